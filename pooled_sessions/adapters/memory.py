@@ -1,0 +1,69 @@
+"""``memory://`` and ``memory://NAME``: an in-process store, for tests and examples.
+
+``memory://`` gives a private table; ``memory://NAME`` a table shared by every store of
+that name in the process, so several services can play separate app servers.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+
+from ..codec import Operation, Record, WriteResult
+from ..config import Settings
+from .table import RecordTable
+from .url import StoreURL
+
+_shared: dict[str, tuple[RecordTable, threading.Lock]] = {}
+_shared_lock = threading.Lock()
+
+
+class MemoryStore:
+    """Sessions in a `RecordTable` in this process; nothing survives the process."""
+
+    def __init__(self, url: StoreURL, settings: Settings) -> None:
+        self.url = url.text
+        self._ttl = settings.tombstone_ttl_seconds
+        name = url.host or url.path.strip("/")
+        if name:
+            with _shared_lock:
+                self._table, self._lock = _shared.setdefault(
+                    name, (RecordTable(), threading.Lock())
+                )
+        else:
+            self._table, self._lock = RecordTable(), threading.Lock()
+        self._seen = self._table.version
+
+    def load(self, session_id: str) -> Record | None:
+        with self._lock:
+            return self._table.load(session_id)
+
+    def load_user(self, username: str) -> Mapping[str, Record]:
+        with self._lock:
+            return self._table.load_user(username)
+
+    def write(self, operations: Sequence[Operation], now: float) -> WriteResult:
+        with self._lock:
+            foreign = self._table.version != self._seen
+            result = self._table.apply(operations)
+            self._seen = self._table.version
+        return WriteResult(result.refused, reloaded=foreign)
+
+    def purge_expired(self, now: float) -> int:
+        with self._lock:
+            return self._table.purge(now, self._ttl)[0]
+
+    def poll(self) -> bool:
+        with self._lock:
+            changed, self._seen = self._table.version != self._seen, self._table.version
+        return changed
+
+    def scan(self) -> Iterator[tuple[str, Record]]:
+        with self._lock:
+            return self._table.scan()
+
+    def count(self) -> int:
+        return len(self._table)
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,99 @@
+"""An in-memory table of session records with tombstones: the state both local stores keep.
+
+The memory store uses it as is; the JSON file stores load it from, and save it to, a file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from ..codec import (
+    Delete,
+    Operation,
+    Record,
+    WriteResult,
+    encode_document,
+    encode_record,
+    is_expired,
+    merge,
+)
+
+
+class RecordTable:
+    """Records by id, a per-user index, tombstones, and cached JSON text per record."""
+
+    def __init__(
+        self,
+        records: dict[str, Record] | None = None,
+        tombstones: dict[str, float] | None = None,
+    ) -> None:
+        self.records: dict[str, Record] = records or {}
+        self.tombstones: dict[str, float] = tombstones or {}
+        self._by_user: dict[str, set[str]] = {}
+        self._text: dict[str, str] = {}
+        self.version = 0
+        for sid, record in self.records.items():
+            self._by_user.setdefault(record["username"], set()).add(sid)
+
+    def load(self, session_id: str) -> Record | None:
+        """The record of one session, or None."""
+        return self.records.get(session_id)
+
+    def load_user(self, username: str) -> dict[str, Record]:
+        """Every record of one user."""
+        return {sid: self.records[sid] for sid in self._by_user.get(username, ())}
+
+    def apply(self, operations: Sequence[Operation]) -> WriteResult:
+        """Apply a batch; upserts of ended sessions are refused, deletes leave tombstones."""
+        refused = set()
+        self.version += 1
+        for op in operations:
+            sid = op.session_id
+            if isinstance(op, Delete):
+                self._drop(sid)
+                self.tombstones[sid] = max(op.ended_at, self.tombstones.get(sid, 0.0))
+            elif sid in self.tombstones:
+                refused.add(sid)
+            else:
+                self.records[sid] = merge(self.records.get(sid), op)
+                self._text.pop(sid, None)
+                self._by_user.setdefault(op.username, set()).add(sid)
+        return WriteResult(refused=frozenset(refused))
+
+    def purge(self, now: float, tombstone_ttl: float) -> tuple[int, int]:
+        """Remove expired records and old tombstones; returns how many of each went."""
+        expired = [sid for sid, record in self.records.items() if is_expired(record, now)]
+        for sid in expired:
+            self._drop(sid)
+        self.version += 1
+        horizon = now - tombstone_ttl
+        old = [sid for sid, ended_at in self.tombstones.items() if ended_at < horizon]
+        for sid in old:
+            del self.tombstones[sid]
+        return len(expired), len(old)
+
+    def document(self) -> str:
+        """The whole table as a file document; unchanged records reuse their cached text."""
+        text = self._text
+        for sid, record in self.records.items():
+            if sid not in text:
+                text[sid] = encode_record(record)
+        return encode_document(text.items(), self.tombstones)
+
+    def scan(self) -> Iterator[tuple[str, Record]]:
+        """Every record, in insertion order."""
+        return iter(list(self.records.items()))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _drop(self, sid: str) -> None:
+        record = self.records.pop(sid, None)
+        self._text.pop(sid, None)
+        if record is not None:
+            ids = self._by_user.get(record["username"])
+            if ids is not None:
+                ids.discard(sid)
+                if not ids:
+                    del self._by_user[record["username"]]
+

@@ -1,0 +1,243 @@
+"""Session data on the wire: attribute encoding, store records, write operations, the file document.
+
+A *record* is what a store keeps for one session: a JSON-ready dict whose attributes
+hold decoded values. Write operations carry attributes JSON-encoded, once, at the call
+that brought them, so bad data is refused there and never reaches a flush.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+from .errors import CorruptStoreError, SessionDataError
+
+FORMAT_NAME = "pooled_sessions"
+FORMAT_VERSION = 1
+MAX_ID_LENGTH = 256
+MAX_USERNAME_LENGTH = 256
+_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,%d}" % MAX_ID_LENGTH)
+_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
+class Record(TypedDict):
+    """One stored session (its id is the key it is stored under)."""
+
+    username: str
+    attributes: dict[str, Any]
+    ip: str | None
+    user_agent: str | None
+    created_at: float
+    last_accessed_at: float
+    expires_at: float
+    absolute_expires_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Upsert:
+    """Write one session: every attribute is carried, ``changed``/``removed`` say which moved.
+
+    A store that holds the session applies only the changed keys (so concurrent writers
+    of different attributes both keep theirs) and never shortens ``expires_at``; a store
+    that lacks it writes the whole snapshot, unless the session was ended (tombstone).
+    """
+
+    session_id: str
+    username: str
+    attributes: Mapping[str, str]
+    changed: frozenset[str]
+    removed: frozenset[str]
+    ip: str | None
+    user_agent: str | None
+    created_at: float
+    last_accessed_at: float
+    expires_at: float
+    absolute_expires_at: float | None
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """End one session; the store keeps a tombstone so no late write brings it back."""
+
+    session_id: str
+    username: str
+    ended_at: float
+
+
+Operation = Upsert | Delete
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a store reports after a batch: ids it refused because they were ended."""
+
+    refused: frozenset[str] = frozenset()
+    reloaded: bool = False
+
+
+def is_valid_id(session_id: object) -> bool:
+    """True for a non-empty, bounded, URL-safe session id."""
+    return isinstance(session_id, str) and _ID_RE.fullmatch(session_id) is not None
+
+
+def check_id(session_id: object) -> str:
+    """Return ``session_id`` if valid, else raise naming the problem."""
+    if not isinstance(session_id, str):
+        raise TypeError(f"session_id must be a str, not {type(session_id).__name__}")
+    if not is_valid_id(session_id):
+        raise ValueError(
+            "session_id must be 1-256 URL-safe characters (A-Z a-z 0-9 _ -), "
+            f"got {session_id[:40]!r}"
+        )
+    return session_id
+
+
+def check_username(username: object) -> str:
+    """Return ``username`` if it is a usable user name, else raise."""
+    if not isinstance(username, str):
+        raise TypeError(f"username must be a str, not {type(username).__name__}")
+    if not username or len(username) > MAX_USERNAME_LENGTH or not username.isprintable():
+        raise ValueError(
+            f"username must be 1-{MAX_USERNAME_LENGTH} printable characters, got {username[:40]!r}"
+        )
+    return username
+
+
+def encode_attributes(attributes: object) -> dict[str, str]:
+    """JSON-encode each attribute value, refusing what JSON cannot hold faithfully."""
+    if not isinstance(attributes, Mapping):
+        raise TypeError(f"attributes must be a mapping, not {type(attributes).__name__}")
+    encoded: dict[str, str] = {}
+    for key, value in attributes.items():
+        if not isinstance(key, str):
+            raise SessionDataError(f"attribute names must be str, got {key!r}")
+        try:
+            encoded[key] = _encode(value)
+        except (TypeError, ValueError) as exc:
+            raise SessionDataError(f"attribute {key!r} cannot be stored as JSON: {exc}") from None
+    return encoded
+
+
+def encoded_size(attributes: Mapping[str, str]) -> int:
+    """Approximate stored size of encoded attributes, in characters."""
+    return sum(len(key) + len(text) + 4 for key, text in attributes.items())
+
+
+def check_size(session_id: str, attributes: Mapping[str, str], limit: int) -> None:
+    """Refuse attributes whose encoded size passes ``limit``."""
+    size = encoded_size(attributes)
+    if size > limit:
+        raise SessionDataError(
+            f"session {session_id[:8]}…: attributes take {size} bytes, over max_session_bytes "
+            f"({limit})"
+        )
+
+
+def record_of(op: Upsert) -> Record:
+    """The full record an upsert describes."""
+    return {
+        "username": op.username,
+        "attributes": {key: json.loads(text) for key, text in op.attributes.items()},
+        "ip": op.ip,
+        "user_agent": op.user_agent,
+        "created_at": op.created_at,
+        "last_accessed_at": op.last_accessed_at,
+        "expires_at": op.expires_at,
+        "absolute_expires_at": op.absolute_expires_at,
+    }
+
+
+def merge(record: Record | None, op: Upsert) -> Record:
+    """Apply an upsert to what a store holds: changed keys only, expiry never shortened."""
+    if record is None:
+        return record_of(op)
+    attributes = dict(record["attributes"])
+    for key in op.removed:
+        attributes.pop(key, None)
+    for key in op.changed:
+        attributes[key] = json.loads(op.attributes[key])
+    return {
+        "username": record["username"],
+        "attributes": attributes,
+        "ip": op.ip if op.ip is not None else record["ip"],
+        "user_agent": op.user_agent if op.user_agent is not None else record["user_agent"],
+        "created_at": min(record["created_at"], op.created_at),
+        "last_accessed_at": max(record["last_accessed_at"], op.last_accessed_at),
+        "expires_at": max(record["expires_at"], op.expires_at),
+        "absolute_expires_at": record["absolute_expires_at"],
+    }
+
+
+def is_expired(record: Record, now: float) -> bool:
+    """True when a stored session's idle or absolute expiry has passed."""
+    absolute = record["absolute_expires_at"]
+    return record["expires_at"] <= now or (absolute is not None and absolute <= now)
+
+
+_RECORD_TYPES: dict[str, tuple[type, ...]] = {
+    "username": (str,),
+    "attributes": (dict,),
+    "ip": (str, type(None)),
+    "user_agent": (str, type(None)),
+    "created_at": (int, float),
+    "last_accessed_at": (int, float),
+    "expires_at": (int, float),
+    "absolute_expires_at": (int, float, type(None)),
+}
+
+
+def check_record(session_id: object, record: object, where: str) -> Record:
+    """Return ``record`` if it has the shape of a Record, else raise CorruptStoreError."""
+    if not is_valid_id(session_id):
+        raise CorruptStoreError(f"{where}: invalid session id {str(session_id)[:40]!r}")
+    if not isinstance(record, dict) or record.keys() != _RECORD_TYPES.keys():
+        raise CorruptStoreError(f"{where}: session {str(session_id)[:8]}… is not a session record")
+    for key, types in _RECORD_TYPES.items():
+        value = record[key]
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise CorruptStoreError(f"{where}: session {str(session_id)[:8]}… has a bad {key!r}")
+    return record  # type: ignore[return-value]
+
+
+def encode_document(
+    fragments: Iterable[tuple[str, str]], tombstones: Mapping[str, float]
+) -> str:
+    """The file document, from already-encoded session records."""
+    sessions = ",".join(f"{_encode(sid)}:{text}" for sid, text in fragments)
+    return (
+        f'{{"format":"{FORMAT_NAME}","version":{FORMAT_VERSION},'
+        f'"sessions":{{{sessions}}},"tombstones":{_encode(tombstones)}}}\n'
+    )
+
+
+def encode_record(record: Record) -> str:
+    """One record as compact JSON."""
+    return _encode(record)
+
+
+def decode_document(data: bytes, where: str) -> tuple[dict[str, Record], dict[str, float]]:
+    """Parse and check a file document; anything unexpected raises CorruptStoreError."""
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptStoreError(f"{where} is not valid JSON ({exc}); it was left as it is") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
+        raise CorruptStoreError(f"{where} is not a pooled_sessions file; it was left as it is")
+    if document.get("version") != FORMAT_VERSION:
+        raise CorruptStoreError(
+            f"{where} has format version {document.get('version')!r}; this library reads "
+            f"version {FORMAT_VERSION}"
+        )
+    sessions, tombstones = document.get("sessions"), document.get("tombstones")
+    if not isinstance(sessions, dict) or not isinstance(tombstones, dict):
+        raise CorruptStoreError(f"{where} lacks its sessions or tombstones table")
+    for sid, record in sessions.items():
+        check_record(sid, record, where)
+    for sid, ended_at in tombstones.items():
+        if not isinstance(ended_at, int | float) or isinstance(ended_at, bool):
+            raise CorruptStoreError(f"{where}: tombstone {sid[:8]}… has a bad time")
+    return sessions, tombstones

@@ -1,0 +1,186 @@
+"""Settings: one validated object built from keyword arguments, a mapping or the environment."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, get_args
+
+from .envtext import parse_value
+from .errors import ConfigError
+from .pool import SessionPoolConfig
+
+ENV_PREFIX = "POOLED_SESSIONS_"
+ClientBinding = Literal["off", "report", "strict"]
+_BINDINGS: tuple[str, ...] = get_args(ClientBinding)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every tunable of a service, validated once.
+
+    Precedence when loading: defaults < environment (``POOLED_SESSIONS_*``) < mapping <
+    keyword arguments.
+    """
+
+    backend: str = "sessions.json"
+    expire_minutes: float = 30.0
+    absolute_lifetime_minutes: float | None = None
+    save_delay_seconds: float = 5.0
+    batch_save_threshold: int = 10
+    cleanup_interval_minutes: float = 10.0
+    touch_step_seconds: float | None = None
+    client_binding: ClientBinding = "report"
+    bind_user_agent: bool = True
+    max_session_bytes: int = 64 * 1024
+    max_pending_sessions: int = 50_000
+    backpressure_timeout_seconds: float = 5.0
+    retry_initial_seconds: float = 0.5
+    retry_max_seconds: float = 30.0
+    shutdown_timeout_seconds: float = 10.0
+    tombstone_ttl_seconds: float = 24 * 3600.0
+    sync_interval_seconds: float = 1.0
+    key_prefix: str = "pooled_sessions"
+    pool: SessionPoolConfig | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if f.name != "pool":
+                _check(f.name, getattr(self, f.name))
+        if self.pool is not None and not isinstance(self.pool, SessionPoolConfig):
+            raise ConfigError(
+                f"pool must be a SessionPoolConfig, not {type(self.pool).__name__}"
+            )
+        if self.touch_step_seconds is not None and self.touch_step_seconds >= self.idle_seconds:
+            raise ConfigError(
+                f"touch_step_seconds ({self.touch_step_seconds}) must be shorter than the "
+                f"idle expiry ({self.idle_seconds} s)"
+            )
+
+    @property
+    def idle_seconds(self) -> float:
+        """Idle expiry in seconds."""
+        return self.expire_minutes * 60.0
+
+    @property
+    def touch_step(self) -> float:
+        """How far a touch must move the expiry before it is written to the store."""
+        if self.touch_step_seconds is not None:
+            return self.touch_step_seconds
+        return min(60.0, self.idle_seconds / 10.0)
+
+    @property
+    def write_through(self) -> bool:
+        """True when every change must reach the store before its call returns."""
+        return self.save_delay_seconds == 0
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed, validated again."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def load(
+        cls,
+        mapping: Mapping[str, Any] | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> Settings:
+        """Build settings from the environment, then a mapping, then keyword arguments."""
+        values: dict[str, Any] = from_environ(os.environ if environ is None else environ)
+        for source in (mapping or {}, kwargs):
+            unknown = set(source) - _FIELD_NAMES
+            if unknown:
+                raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+            values.update(source)
+        if isinstance(values.get("pool"), Mapping):
+            values["pool"] = SessionPoolConfig(**values["pool"])
+        return cls(**values)
+
+
+_FIELD_NAMES = frozenset(f.name for f in fields(Settings))
+_FLOATS = {
+    "expire_minutes": (0.0, False),
+    "absolute_lifetime_minutes": (0.0, False),
+    "save_delay_seconds": (0.0, True),
+    "cleanup_interval_minutes": (0.0, False),
+    "touch_step_seconds": (0.0, True),
+    "backpressure_timeout_seconds": (0.0, True),
+    "retry_initial_seconds": (0.0, False),
+    "retry_max_seconds": (0.0, False),
+    "shutdown_timeout_seconds": (0.0, True),
+    "tombstone_ttl_seconds": (0.0, False),
+    "sync_interval_seconds": (0.0, False),
+}
+_INTS = {"batch_save_threshold": 1, "max_session_bytes": 64, "max_pending_sessions": 1}
+_OPTIONAL = {"absolute_lifetime_minutes", "touch_step_seconds"}
+
+
+def _check(name: str, value: Any) -> None:
+    if value is None and name in _OPTIONAL:
+        return
+    if name in _FLOATS:
+        low, inclusive = _FLOATS[name]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{name} must be a number, not {type(value).__name__}")
+        if not math.isfinite(value) or value < low or (value == low and not inclusive):
+            bound = ">=" if inclusive else ">"
+            raise ConfigError(f"{name} must be a finite number {bound} {low}, got {value!r}")
+    elif name in _INTS:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an int, not {type(value).__name__}")
+        if value < _INTS[name]:
+            raise ConfigError(f"{name} must be >= {_INTS[name]}, got {value!r}")
+    elif name == "client_binding":
+        if value not in _BINDINGS:
+            raise ConfigError(f"client_binding must be one of {_BINDINGS}, got {value!r}")
+    elif name == "bind_user_agent":
+        if not isinstance(value, bool):
+            raise ConfigError(f"bind_user_agent must be a bool, not {type(value).__name__}")
+    elif not isinstance(value, str) or not value:
+        raise ConfigError(f"{name} must be a non-empty str, got {value!r}")
+
+
+def _kind(name: str) -> str:
+    base = "float" if name in _FLOATS else "int" if name in _INTS else "str"
+    if name == "bind_user_agent":
+        base = "bool"
+    return f"none|{base}" if name in _OPTIONAL else base
+
+
+def from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Setting values found in ``POOLED_SESSIONS_*`` variables, converted and checked."""
+    values: dict[str, Any] = {}
+    pool: dict[str, Any] = {}
+    pool_prefix = ENV_PREFIX + "POOL_"
+    for key, text in environ.items():
+        if key.startswith(pool_prefix):
+            pool[key[len(pool_prefix) :].lower()] = SessionPoolConfig.parse_env(key, text)
+        elif key.startswith(ENV_PREFIX):
+            name = key[len(ENV_PREFIX) :].lower()
+            if name not in _FIELD_NAMES or name == "pool":
+                raise ConfigError(f"unknown environment setting {key}")
+            values[name] = parse_value(key, _kind(name), text)
+    if pool:
+        values["pool"] = pool
+    return values
+
+
+def resolve_settings(
+    backend: object, settings: Settings | None, options: Mapping[str, Any]
+) -> Settings:
+    """Settings for a service: ``settings`` (or the environment) plus options and backend."""
+    if backend is not None:
+        options = {**options, "backend": os.fspath(backend) if isinstance(backend, os.PathLike)
+                   else backend}
+    if settings is None:
+        return Settings.load(**options)
+    if not isinstance(settings, Settings):
+        raise ConfigError(f"settings must be a Settings, not {type(settings).__name__}")
+    unknown = set(options) - _FIELD_NAMES
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    return settings.replace(**options) if options else settings

@@ -1,0 +1,437 @@
+"""The engine: every session decision, with no I/O, no threads and no asyncio.
+
+Each public operation is a generator. It yields a request when it needs the store
+(`Load`, `LoadUser`) or the driver's patience (`WaitForRoom`), receives the answer, and
+returns its result. `SessionService` and `AsyncSessionService` only run these
+generators and do the I/O they ask for, so the policy exists once.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Collection, Generator, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple, TypeVar
+
+from .codec import (
+    Delete,
+    Operation,
+    Record,
+    WriteResult,
+    check_id,
+    check_size,
+    check_username,
+    encode_attributes,
+    is_valid_id,
+)
+from .config import Settings
+from .entry import Entry
+from .errors import BackPressureError, SessionError
+from .model import ClientInfo, Reason, Session, ValidationResult
+from .pending import Dirty, PendingBuffer
+
+T = TypeVar("T")
+ENDED_MEMORY_SECONDS = 300.0
+
+
+class Load(NamedTuple):
+    """Ask the store for one session's record (or None)."""
+
+    session_id: str
+
+
+class LoadUser(NamedTuple):
+    """Ask the store for every record of one user, as ``{session_id: record}``."""
+
+    username: str
+
+
+class WaitForRoom(NamedTuple):
+    """Ask the driver to wait until the pending buffer has room; answer True if it has."""
+
+    session_id: str
+
+
+Request = Load | LoadUser | WaitForRoom
+Op = Generator[Request, Any, T]
+
+
+@dataclass(slots=True)
+class Flush:
+    """One batch handed to a store, and the changes it settles."""
+
+    operations: list[Operation]
+    taken: dict[str, Dirty]
+
+
+def new_session_id() -> str:
+    """A fresh session id: 256 random bits, URL-safe."""
+    return secrets.token_urlsafe(32)
+
+
+def _id_or_none(session_id: object) -> str | None:
+    if not isinstance(session_id, str):
+        raise TypeError(f"session_id must be a str, not {type(session_id).__name__}")
+    return session_id if is_valid_id(session_id) else None
+
+
+class Engine:
+    """Live sessions, their dirty state, and the flush and cleanup decisions."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        pending: PendingBuffer | None = None,
+    ) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._mono = monotonic
+        self._entries: dict[str, Entry] = {}
+        self._by_user: dict[str, set[str]] = {}
+        self._ended: dict[str, float] = {}
+        self.pending = pending or PendingBuffer(settings)
+        self._next_cleanup = monotonic() + settings.cleanup_interval_minutes * 60.0
+        self.last_cleanup_at: float | None = None
+        self.evicted = 0
+
+    # -- public operations -------------------------------------------------------------
+
+    def create(
+        self,
+        username: str,
+        attributes: Mapping[str, Any] | None,
+        client: ClientInfo | Mapping[str, Any] | None,
+        session_id: str | None = None,
+    ) -> Op[str]:
+        """Start a session; returns its id."""
+        check_username(username)
+        encoded = encode_attributes({} if attributes is None else attributes)
+        info = ClientInfo.coerce(client) or ClientInfo()
+        if session_id is None:
+            sid = new_session_id()
+        else:
+            sid = check_id(session_id)
+            if sid in self._ended or (yield Load(sid)) is not None or sid in self._entries:
+                raise SessionError(f"session id {sid[:8]}… is already in use")
+        check_size(sid, encoded, self.settings.max_session_bytes)
+        yield from self._room(sid)
+        now = self._clock()
+        absolute = self.settings.absolute_lifetime_minutes
+        entry = Entry(
+            sid, username, encoded, info.ip, info.user_agent, now, now, 0.0,
+            None if absolute is None else now + absolute * 60.0, 0.0,
+        )
+        self._extend(entry, now)
+        self._install(entry)
+        self.pending.mark(sid, self._mono(), Dirty(changed=set(encoded), created=True))
+        return sid
+
+    def validate(
+        self, session_id: str, client: ClientInfo | Mapping[str, Any] | None = None
+    ) -> Op[ValidationResult]:
+        """Check a session for a request, and touch it when it is valid."""
+        sid = _id_or_none(session_id)
+        if sid is None:
+            return ValidationResult(False, Reason.INVALID_ID)
+        info = ClientInfo.coerce(client)
+        now = self._clock()
+        entry = self._entries.get(sid)
+        if entry is None or entry.stale or entry.expired(now):
+            entry, reason = yield from self._fetch(sid)
+            if entry is None:
+                return ValidationResult(False, reason)
+        changed = info is not None and self._client_differs(entry, info)
+        if changed and self.settings.client_binding == "strict":
+            return ValidationResult(False, Reason.CLIENT_MISMATCH)
+        self._touch(entry, now)
+        return ValidationResult(True, Reason.OK, entry.snapshot(), changed)
+
+    def get(self, session_id: str) -> Op[Session | None]:
+        """A live session's snapshot, without touching it."""
+        sid = _id_or_none(session_id)
+        if sid is None:
+            return None
+        entry, _ = yield from self._live(sid)
+        return None if entry is None else entry.snapshot()
+
+    def update(
+        self, session_id: str, attributes: Mapping[str, Any], remove: Collection[str] = ()
+    ) -> Op[bool]:
+        """Merge attributes into a live session (and drop ``remove``); False if it is not live."""
+        encoded = encode_attributes(attributes)
+        if isinstance(remove, str) or not all(isinstance(k, str) for k in remove):
+            raise TypeError("remove must be a collection of attribute names")
+        sid = _id_or_none(session_id)
+        if sid is None:
+            return False
+        yield from self._room(sid)
+        entry, _ = yield from self._live(sid)
+        if entry is None:
+            return False
+        merged = {k: v for k, v in entry.attributes.items() if k not in remove}
+        merged.update(encoded)
+        check_size(sid, merged, self.settings.max_session_bytes)
+        entry.attributes = merged
+        now = self._clock()
+        entry.last_accessed_at = now
+        self._extend(entry, now)
+        removed = {k for k in remove if k not in encoded}
+        self.pending.mark(sid, self._mono(), Dirty(changed=set(encoded), removed=removed))
+        return True
+
+    def rotate(self, session_id: str) -> Op[str | None]:
+        """Move a live session to a new id (same data); the old id ends. None if not live."""
+        sid = _id_or_none(session_id)
+        if sid is None:
+            return None
+        new_id = new_session_id()
+        yield from self._room(new_id)
+        entry, _ = yield from self._live(sid)
+        if entry is None:
+            return None
+        clone = Entry(
+            new_id, entry.username, entry.attributes, entry.ip, entry.user_agent,
+            entry.created_at, entry.last_accessed_at, entry.expires_at,
+            entry.absolute_expires_at, 0.0,
+        )
+        self._end(entry)
+        self._install(clone)
+        self.pending.mark(new_id, self._mono(), Dirty(changed=set(clone.attributes), created=True))
+        return new_id
+
+    def end(self, session_id: str) -> Op[bool]:
+        """End a session everywhere; True if a live session ended.
+
+        Ends are accepted past the pending bound: refusing a logout is worse than memory.
+        """
+        sid = _id_or_none(session_id)
+        if sid is None:
+            return False
+        entry, _ = yield from self._live(sid)
+        if entry is None:
+            return False
+        self._end(entry)
+        return True
+
+    def sessions_of(self, username: str) -> Op[list[str]]:
+        """Ids of one user's live sessions, oldest first."""
+        check_username(username)
+        records: Mapping[str, Record] = yield LoadUser(username)
+        for sid, record in records.items():
+            entry = self._entries.get(sid)
+            if entry is None or entry.stale:
+                self._admit(sid, record, self._clock())
+        now = self._clock()
+        live = [
+            self._entries[sid]
+            for sid in self._by_user.get(username, ())
+            if not self._entries[sid].expired(now) and not self._entries[sid].stale
+        ]
+        return [e.session_id for e in sorted(live, key=lambda e: (e.created_at, e.session_id))]
+
+    # -- store feedback ----------------------------------------------------------------
+
+    def invalidate(self, session_ids: Collection[str] | None, *, ended: bool = False) -> None:
+        """Another process changed (or, with ``ended``, ended) these sessions; None: all."""
+        targets = list(self._entries) if session_ids is None else session_ids
+        mono = self._mono()
+        for sid in targets:
+            if ended:
+                self._ended[sid] = mono
+                self.pending.drop(sid)
+                self._remove(sid)
+            elif self.pending.is_dirty(sid):
+                if sid in self._entries:
+                    self._entries[sid].stale = True
+            else:
+                self._remove(sid)
+
+    def take_flush(self) -> Flush | None:
+        """Every pending change as one batch, or None when nothing is pending."""
+        if not len(self.pending):
+            return None
+        taken = self.pending.take()
+        ops: list[Operation] = []
+        for sid, dirty in taken.items():
+            if dirty.ended_at is not None:
+                ops.append(Delete(sid, dirty.username, dirty.ended_at))
+            elif (entry := self._entries.get(sid)) is not None:
+                ops.append(entry.upsert(dirty.changed, dirty.removed, dirty.created))
+        return Flush(ops, taken)
+
+    def flush_succeeded(self, flush: Flush, result: WriteResult, seconds: float) -> None:
+        """The store holds ``flush``; note what it refused or reloaded."""
+        self.pending.settle(flush.taken, seconds)
+        for op in flush.operations:
+            entry = self._entries.get(op.session_id)
+            if entry is not None and not isinstance(op, Delete):
+                entry.stored_expires_at = max(entry.stored_expires_at, op.expires_at)
+        if result.refused:
+            self.invalidate(result.refused, ended=True)
+        if result.reloaded:
+            self.invalidate(None)
+
+    def flush_failed(self, flush: Flush, error: BaseException) -> float:
+        """Keep a failed batch pending; returns the delay before the retry."""
+        for op in flush.operations:
+            sid = op.session_id
+            if not isinstance(op, Delete) and sid not in self._entries and sid not in self._ended:
+                self._install(Entry.from_upsert(op))
+        return self.pending.restore(flush.taken, self._mono(), error)
+
+    # -- scheduling --------------------------------------------------------------------
+
+    def flush_due(self) -> bool:
+        """True when the batch threshold or the save delay says flush now."""
+        return self.pending.due(self._mono())
+
+    def cleanup_due(self) -> bool:
+        """True when the periodic cleanup should run."""
+        return self._mono() >= self._next_cleanup
+
+    def next_deadline(self) -> float:
+        """Monotonic time of the next flush or cleanup the driver must wake up for."""
+        flush_at = self.pending.deadline()
+        return self._next_cleanup if flush_at is None else min(flush_at, self._next_cleanup)
+
+    def cleanup(self) -> int:
+        """Drop expired sessions that have nothing to write; returns how many."""
+        now, mono = self._clock(), self._mono()
+        expired = [
+            sid for sid, e in self._entries.items()
+            if e.expired(now) and not self.pending.is_dirty(sid)
+        ]
+        for sid in expired:
+            self._remove(sid)
+        horizon = mono - ENDED_MEMORY_SECONDS
+        self._ended = {sid: t for sid, t in self._ended.items() if t > horizon}
+        self._next_cleanup = mono + self.settings.cleanup_interval_minutes * 60.0
+        self.last_cleanup_at = now
+        self.evicted += len(expired)
+        return len(expired)
+
+    def stats(self) -> dict[str, Any]:
+        """Engine counters for `SessionService.stats`."""
+        flush = self.pending.stats
+        return {
+            "live_sessions": len(self._entries),
+            "pending_changes": self.pending.changes,
+            "pending_sessions": len(self.pending),
+            "changes": flush.changes,
+            "flushes": flush.flushes,
+            "sessions_written": flush.sessions_written,
+            "writes_saved": flush.changes - flush.sessions_written - self.pending.changes,
+            "flush_failures": flush.failures,
+            "flush_retries": flush.retries,
+            "flush_mean_seconds": flush.mean_seconds,
+            "flush_max_seconds": flush.max_seconds,
+            "last_error": flush.last_error,
+            "last_cleanup_at": self.last_cleanup_at,
+            "expired_evicted": self.evicted,
+        }
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _room(self, session_id: str) -> Op[None]:
+        if not self.pending.has_room(session_id) and not (yield WaitForRoom(session_id)):
+            limit = self.settings.max_pending_sessions
+            raise BackPressureError(
+                f"{limit} sessions are waiting to be written and the store is not taking "
+                f"them ({self.pending.stats.last_error}); try again later"
+            )
+
+    def _live(self, sid: str) -> Op[tuple[Entry | None, Reason]]:
+        entry = self._entries.get(sid)
+        if entry is not None and not entry.stale and not entry.expired(self._clock()):
+            return entry, Reason.OK
+        return (yield from self._fetch(sid))
+
+    def _fetch(self, sid: str) -> Op[tuple[Entry | None, Reason]]:
+        if sid in self._ended:
+            return None, Reason.NOT_FOUND
+        record: Record | None = yield Load(sid)
+        return self._admit(sid, record, self._clock())
+
+    def _admit(self, sid: str, record: Record | None, now: float) -> tuple[Entry | None, Reason]:
+        """Take the store's copy of a session, keeping this process's unwritten changes."""
+        if sid in self._ended:
+            return None, Reason.NOT_FOUND
+        local = self._entries.get(sid)
+        unwritten = self.pending.unwritten(sid)
+        if record is None:
+            if local is not None and unwritten is not None and unwritten.created:
+                local.stale = False
+                fresh = local
+            else:
+                self.pending.drop(sid)
+                self._remove(sid)
+                return None, Reason.NOT_FOUND
+        else:
+            fresh = Entry.from_record(sid, record)
+            if local is not None and unwritten is not None:
+                fresh.overlay(local, unwritten.changed, unwritten.removed)
+            self._install(fresh)
+        if fresh.expired(now):
+            if unwritten is None:
+                self._remove(sid)
+            return None, Reason.EXPIRED
+        return fresh, Reason.OK
+
+    def _client_differs(self, entry: Entry, info: ClientInfo) -> bool:
+        if self.settings.client_binding == "off":
+            return False
+        if info.ip is not None and entry.ip is not None and info.ip != entry.ip:
+            return True
+        return bool(
+            self.settings.bind_user_agent
+            and info.user_agent is not None
+            and entry.user_agent is not None
+            and info.user_agent != entry.user_agent
+        )
+
+    def _extend(self, entry: Entry, now: float) -> None:
+        expires = now + self.settings.idle_seconds
+        if entry.absolute_expires_at is not None:
+            expires = min(expires, entry.absolute_expires_at)
+        entry.expires_at = max(entry.expires_at, expires)
+
+    def _touch(self, entry: Entry, now: float) -> None:
+        entry.last_accessed_at = now
+        self._extend(entry, now)
+        sid = entry.session_id
+        if (
+            entry.expires_at - entry.stored_expires_at > self.settings.touch_step
+            and self.pending.dirty(sid) is None
+            and self.pending.has_room(sid)
+        ):
+            self.pending.mark(sid, self._mono(), Dirty())
+
+    def _end(self, entry: Entry) -> None:
+        sid = entry.session_id
+        self._remove(sid)
+        self._ended[sid] = self._mono()
+        change = Dirty(ended_at=self._clock(), username=entry.username)
+        self.pending.mark(sid, self._mono(), change)
+
+    def _install(self, entry: Entry) -> None:
+        old = self._entries.get(entry.session_id)
+        if old is not None and old.username != entry.username:
+            self._unindex(old)
+        self._entries[entry.session_id] = entry
+        self._by_user.setdefault(entry.username, set()).add(entry.session_id)
+
+    def _remove(self, sid: str) -> None:
+        entry = self._entries.pop(sid, None)
+        if entry is not None:
+            self._unindex(entry)
+
+    def _unindex(self, entry: Entry) -> None:
+        ids = self._by_user.get(entry.username)
+        if ids is not None:
+            ids.discard(entry.session_id)
+            if not ids:
+                del self._by_user[entry.username]

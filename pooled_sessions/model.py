@@ -1,0 +1,186 @@
+"""Public value types: Session, ClientInfo, ValidationResult and the validation reasons."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+MAX_USER_AGENT_LENGTH = 1024
+
+
+class Reason(str, Enum):
+    """Why `validate_session` accepted or refused a session."""
+
+    OK = "ok"
+    NOT_FOUND = "not_found"
+    EXPIRED = "expired"
+    CLIENT_MISMATCH = "client_mismatch"
+    INVALID_ID = "invalid_id"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """Where a request came from: the client's address and user agent, both optional."""
+
+    ip: str | None = None
+    user_agent: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.ip is not None:
+            if not isinstance(self.ip, str):
+                raise TypeError(f"client ip must be a str, not {type(self.ip).__name__}")
+            try:
+                canonical = str(ipaddress.ip_address(self.ip.strip()))
+            except ValueError:
+                raise ValueError(f"client ip {self.ip[:64]!r} is not an IP address") from None
+            object.__setattr__(self, "ip", canonical)
+        if self.user_agent is not None:
+            if not isinstance(self.user_agent, str):
+                raise TypeError(
+                    f"client user_agent must be a str, not {type(self.user_agent).__name__}"
+                )
+            object.__setattr__(self, "user_agent", self.user_agent[:MAX_USER_AGENT_LENGTH])
+
+    @classmethod
+    def coerce(cls, value: ClientInfo | Mapping[str, Any] | None) -> ClientInfo | None:
+        """Accept a ClientInfo, a mapping with ``ip`` / ``user_agent`` keys, or None."""
+        if value is None or isinstance(value, ClientInfo):
+            return value
+        if not isinstance(value, Mapping):
+            raise TypeError(
+                f"client_info must be a ClientInfo or a mapping, not {type(value).__name__}"
+            )
+        unknown = set(value) - {"ip", "user_agent"}
+        if unknown:
+            raise ValueError(f"client_info has unknown keys: {sorted(map(str, unknown))}")
+        return cls(ip=value.get("ip"), user_agent=value.get("user_agent"))
+
+
+class Session:
+    """A read-only snapshot of one session.
+
+    Attributes are decoded on first access from the JSON captured at snapshot time, so
+    taking a snapshot is cheap and mutating the returned dict never changes the store:
+    use ``update_session`` for that.
+    """
+
+    __slots__ = (
+        "session_id",
+        "username",
+        "ip",
+        "user_agent",
+        "created_at",
+        "last_accessed_at",
+        "expires_at",
+        "absolute_expires_at",
+        "_encoded",
+        "_decoded",
+    )
+
+    session_id: str
+    username: str
+    ip: str | None
+    user_agent: str | None
+    created_at: float
+    last_accessed_at: float
+    expires_at: float
+    absolute_expires_at: float | None
+
+    def __init__(
+        self,
+        session_id: str,
+        username: str,
+        encoded_attributes: Mapping[str, str],
+        ip: str | None,
+        user_agent: str | None,
+        created_at: float,
+        last_accessed_at: float,
+        expires_at: float,
+        absolute_expires_at: float | None = None,
+    ) -> None:
+        self.session_id = session_id
+        self.username = username
+        self.ip = ip
+        self.user_agent = user_agent
+        self.created_at = created_at
+        self.last_accessed_at = last_accessed_at
+        self.expires_at = expires_at
+        self.absolute_expires_at = absolute_expires_at
+        self._encoded = encoded_attributes
+        self._decoded: dict[str, Any] | None = None
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        """The session's attributes, decoded into a dict that belongs to this snapshot."""
+        if self._decoded is None:
+            self._decoded = {key: json.loads(text) for key, text in self._encoded.items()}
+        return self._decoded
+
+    @property
+    def client(self) -> ClientInfo:
+        """The client the session was created for."""
+        return ClientInfo(self.ip, self.user_agent)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Session):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in _COMPARED)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"Session(session_id={self.session_id[:8]!r}…, username={self.username!r}, "
+            f"attributes={self.attributes!r}, ip={self.ip!r}, expires_at={self.expires_at!r})"
+        )
+
+
+_COMPARED = (
+    "session_id",
+    "username",
+    "attributes",
+    "ip",
+    "user_agent",
+    "created_at",
+    "last_accessed_at",
+    "expires_at",
+    "absolute_expires_at",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationResult:
+    """The outcome of `validate_session`; truthy exactly when the session is valid.
+
+    ``client_changed`` is set when the request's client differs from the session's and
+    the binding policy is ``report`` (the session stays valid; the caller decides).
+    """
+
+    valid: bool
+    reason: Reason
+    session: Session | None = None
+    client_changed: bool = False
+
+    def __bool__(self) -> bool:
+        return self.valid
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownReport:
+    """What `shutdown` managed to write, and the (shortened) ids it could not."""
+
+    written: int
+    unsaved: tuple[str, ...] = ()
+    error: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        """True when nothing was left unwritten."""
+        return not self.unsaved
