@@ -15,11 +15,24 @@ from ..errors import ConfigError
 from .base import AsyncStore, Store
 from .url import StoreURL
 
+_REDIS = "pooled_sessions.adapters.redis_hash"
 SYNC_STORES: dict[str, str] = {
     "file": "pooled_sessions.adapters.json_file:JsonFileStore",
     "memory": "pooled_sessions.adapters.memory:MemoryStore",
+    "redis": f"{_REDIS}:RedisStore",
+    "rediss": f"{_REDIS}:RedisStore",
+    "unix": f"{_REDIS}:RedisStore",
+    "redis+cluster": f"{_REDIS}:RedisStore",
 }
-ASYNC_STORES: dict[str, str] = {}
+ASYNC_STORES: dict[str, str] = {
+    "aiofile": "pooled_sessions.adapters.aiofile:AioFileStore",
+    "file": "pooled_sessions.adapters.aiofile:AioFileStore",
+    "memory": "pooled_sessions.adapters.memory:AsyncMemoryStore",
+    "redis": f"{_REDIS}:AsyncRedisStore",
+    "rediss": f"{_REDIS}:AsyncRedisStore",
+    "unix": f"{_REDIS}:AsyncRedisStore",
+    "redis+cluster": f"{_REDIS}:AsyncRedisStore",
+}
 
 
 def _lookup(url: StoreURL, table: dict[str, str], group: str, other: dict[str, str]) -> Any:
