@@ -19,7 +19,7 @@ FORMAT_NAME = "pooled_sessions"
 FORMAT_VERSION = 1
 MAX_ID_LENGTH = 256
 MAX_USERNAME_LENGTH = 256
-_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,%d}" % MAX_ID_LENGTH)
+_ID_RE = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_ID_LENGTH}}}")
 _encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
 
@@ -224,7 +224,9 @@ def decode_document(data: bytes, where: str) -> tuple[dict[str, Record], dict[st
     try:
         document = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptStoreError(f"{where} is not valid JSON ({exc}); it was left as it is") from None
+        raise CorruptStoreError(
+            f"{where} is not valid JSON ({exc}); it was left as it is"
+        ) from None
     if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
         raise CorruptStoreError(f"{where} is not a pooled_sessions file; it was left as it is")
     if document.get("version") != FORMAT_VERSION:

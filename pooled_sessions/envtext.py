@@ -9,7 +9,7 @@ _FALSE = ("0", "false", "no", "off")
 
 
 def parse_value(key: str, kind: str, text: str) -> bool | int | float | str | None:
-    """Convert ``text`` of variable ``key`` to ``kind`` ("bool", "int", "float", "str", "none|float")."""
+    """Convert ``text`` of variable ``key`` to ``kind``: bool, int, float, str, or none|KIND."""
     lowered = text.strip().lower()
     if kind.startswith("none|"):
         if lowered in ("", "none"):

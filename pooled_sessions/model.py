@@ -6,13 +6,13 @@ import ipaddress
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 MAX_USER_AGENT_LENGTH = 1024
 
 
-class Reason(str, Enum):
+class Reason(StrEnum):
     """Why `validate_session` accepted or refused a session."""
 
     OK = "ok"
@@ -20,9 +20,6 @@ class Reason(str, Enum):
     EXPIRED = "expired"
     CLIENT_MISMATCH = "client_mismatch"
     INVALID_ID = "invalid_id"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)

@@ -167,7 +167,7 @@ class PendingBuffer:
         self.stats.failures += 1
         self.stats.last_error = f"{type(error).__name__}: {error}"
         settings = self._settings
-        delay = min(
+        delay: float = min(
             settings.retry_max_seconds,
             settings.retry_initial_seconds * 2 ** min(self._failures - 1, 30),
         ) * self._rng.uniform(0.75, 1.0)

@@ -47,7 +47,9 @@ class SessionService:
         **options: Any,
     ) -> None:
         self.settings = resolve_settings(backend, settings, options)
-        self._store = store if store is not None else open_store(self.settings.backend, self.settings)
+        if store is None:
+            store = open_store(self.settings.backend, self.settings)
+        self._store = store
         self._engine = Engine(self.settings)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
