@@ -221,11 +221,13 @@ class Engine:
         """Ids of one user's live sessions, oldest first."""
         check_username(username)
         records: Mapping[str, Record] = yield LoadUser(username)
+        now = self._clock()
         for sid, record in records.items():
             entry = self._entries.get(sid)
             if entry is None or entry.stale:
-                self._admit(sid, record, self._clock())
-        now = self._clock()
+                self._admit(sid, record, now)
+        for sid in [s for s in self._by_user.get(username, ()) if self._entries[s].stale]:
+            self._admit(sid, None, now)  # not in the store: keep it only if not yet written
         live = [
             self._entries[sid]
             for sid in self._by_user.get(username, ())
