@@ -141,9 +141,11 @@ class Engine:
         now = self._clock()
         entry = self._entries.get(sid)
         if entry is None or entry.stale or entry.expired(now):
+            lapsed = entry is not None and entry.expired(now) and sid not in self._ended
             entry, reason = yield from self._fetch(sid)
             if entry is None:
-                return ValidationResult(False, reason)
+                # A store that drops expired records itself (Redis) must not change the reason.
+                return ValidationResult(False, Reason.EXPIRED if lapsed else reason)
         changed = info is not None and self._client_differs(entry, info)
         if changed and self.settings.client_binding == "strict":
             return ValidationResult(False, Reason.CLIENT_MISMATCH)
@@ -325,6 +327,7 @@ class Engine:
             "pending_sessions": len(self.pending),
             "changes": flush.changes,
             "flushes": flush.flushes,
+            "store_writes": flush.flushes + flush.failures,
             "sessions_written": flush.sessions_written,
             "writes_saved": flush.changes - flush.sessions_written - self.pending.changes,
             "flush_failures": flush.failures,
