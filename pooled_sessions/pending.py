@@ -98,8 +98,13 @@ class PendingBuffer:
         return combined
 
     def has_room(self, session_id: str) -> bool:
-        """True when a change to ``session_id`` keeps the buffer within its bound."""
-        return session_id in self._dirty or len(self._dirty) < self._settings.max_pending_sessions
+        """True when a change to ``session_id`` keeps the buffer within its bound.
+
+        Changes in flight count too: a failed flush puts them back.
+        """
+        if session_id in self._dirty or session_id in self._inflight:
+            return True
+        return len(self._dirty) + len(self._inflight) < self._settings.max_pending_sessions
 
     def mark(self, session_id: str, mono: float, change: Dirty) -> None:
         """Record one change; changes to the same session coalesce into one write."""
@@ -121,8 +126,8 @@ class PendingBuffer:
         """True when a flush should run now."""
         if not self._dirty or mono < self._retry_at:
             return False
-        if self._events >= self._settings.batch_save_threshold:
-            return True
+        if self._failures or self._events >= self._settings.batch_save_threshold:
+            return True  # a failed batch is retried as soon as its backoff ends
         assert self._first_at is not None
         return mono >= self._first_at + self._settings.save_delay_seconds
 
@@ -130,6 +135,8 @@ class PendingBuffer:
         """Monotonic time at which a flush becomes due by delay, or None if nothing is pending."""
         if not self._dirty or self._first_at is None:
             return None
+        if self._failures or self._events >= self._settings.batch_save_threshold:
+            return self._retry_at  # due now, or when the backoff ends
         return max(self._first_at + self._settings.save_delay_seconds, self._retry_at)
 
     def take(self) -> dict[str, Dirty]:

@@ -1,0 +1,79 @@
+"""Helpers to drive the sans-I/O engine in tests: a settable clock and an in-memory store."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pooled_sessions.adapters.table import RecordTable
+from pooled_sessions.codec import WriteResult
+from pooled_sessions.config import Settings
+from pooled_sessions.core import Engine, Flush, Load, LoadUser, Op, WaitForRoom
+
+T = TypeVar("T")
+EPOCH = 1_700_000_000.0
+
+
+class Clock:
+    """Wall and monotonic time that only move when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = EPOCH
+        self.mono = 1000.0
+
+    def wall(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.mono += seconds
+
+
+class Rig:
+    """An engine, its clock and a `RecordTable` standing in for the store."""
+
+    def __init__(self, table: RecordTable | None = None, **settings: Any) -> None:
+        self.settings = Settings(backend="memory://", **settings)
+        self.clock = Clock()
+        self.table = table if table is not None else RecordTable()
+        self.engine = Engine(self.settings, clock=self.clock.wall, monotonic=self.clock.monotonic)
+        self.room = True
+        self.requests: list[object] = []
+
+    def run(self, op: Op[T]) -> T:
+        """Run one engine operation, answering its requests from the table."""
+        reply: Any = None
+        while True:
+            try:
+                request = op.send(reply)
+            except StopIteration as stop:
+                result: T = stop.value
+                return result
+            self.requests.append(request)
+            if isinstance(request, Load):
+                reply = self.table.load(request.session_id)
+            elif isinstance(request, LoadUser):
+                reply = self.table.load_user(request.username)
+            else:
+                assert isinstance(request, WaitForRoom)
+                reply = self.room
+
+    def take(self) -> Flush:
+        flush = self.engine.take_flush()
+        assert flush is not None, "a flush was expected to be pending"
+        return flush
+
+    def flush(self, *, reloaded: bool = False) -> WriteResult:
+        """Take every pending change and apply it to the table, as a store would."""
+        flush = self.engine.take_flush()
+        if flush is None:
+            return WriteResult()
+        result = self.table.apply(flush.operations)
+        result = WriteResult(result.refused, reloaded)
+        self.engine.flush_succeeded(flush, result, 0.001)
+        return result
+
+    def fail(self, flush: Flush) -> float:
+        return self.engine.flush_failed(flush, OSError(28, "No space left on device"))

@@ -1,0 +1,457 @@
+"""The engine alone: an injected clock, a `RecordTable` for a store, no I/O and no threads."""
+
+from __future__ import annotations
+
+import pytest
+
+from pooled_sessions import BackPressureError, Reason, SessionDataError
+from pooled_sessions.codec import Delete, Upsert
+from pooled_sessions.core import ENDED_MEMORY_SECONDS, Load, WaitForRoom
+from tests.enginekit import Rig
+
+
+def upserts(rig: Rig) -> dict[str, Upsert]:
+    flush = rig.take()
+    ops = {op.session_id: op for op in flush.operations if isinstance(op, Upsert)}
+    rig.engine.flush_succeeded(flush, rig.table.apply(flush.operations), 0.0)
+    return ops
+
+
+# -- touch step: sliding expiry without a write per read ----------------------------------
+
+
+def test_a_touch_is_written_only_past_the_step() -> None:
+    rig = Rig(expire_minutes=30)  # the step is min(60 s, 30 min / 10) = 60 s
+    assert rig.settings.touch_step == 60.0
+    sid = rig.run(rig.engine.create("alice", {}, None))
+    rig.flush()
+    for _ in range(59):
+        rig.clock.advance(1.0)
+        assert rig.run(rig.engine.validate(sid))
+    assert len(rig.engine.pending) == 0, "59 s of reads moved the expiry by less than the step"
+    rig.clock.advance(2.0)
+    result = rig.run(rig.engine.validate(sid))
+    assert result.session is not None
+    assert len(rig.engine.pending) == 1
+    op = upserts(rig)[sid]
+    assert op.changed == frozenset() and op.removed == frozenset() and not op.created
+    assert op.expires_at == result.session.expires_at
+    stored = rig.table.load(sid)
+    assert stored is not None and stored["expires_at"] == op.expires_at
+    rig.clock.advance(30.0)
+    assert rig.run(rig.engine.validate(sid))
+    assert len(rig.engine.pending) == 0, "the step counts from the expiry last written"
+
+
+def test_touch_step_setting_and_short_sessions() -> None:
+    rig = Rig(expire_minutes=0.5, touch_step_seconds=2.0)
+    sid = rig.run(rig.engine.create("alice", {}, None))
+    rig.flush()
+    rig.clock.advance(1.5)
+    rig.run(rig.engine.validate(sid))
+    assert len(rig.engine.pending) == 0
+    rig.clock.advance(1.0)
+    rig.run(rig.engine.validate(sid))
+    assert len(rig.engine.pending) == 1
+    assert Rig(expire_minutes=0.5).settings.touch_step == 3.0  # a tenth of the idle time
+
+
+def test_get_never_marks_a_session_dirty() -> None:
+    rig = Rig()
+    sid = rig.run(rig.engine.create("alice", {}, None))
+    rig.flush()
+    rig.clock.advance(600)
+    assert rig.run(rig.engine.get(sid)) is not None
+    assert len(rig.engine.pending) == 0
+
+
+# -- coalescing ------------------------------------------------------------------------------
+
+
+def test_changes_to_one_session_coalesce_into_one_write() -> None:
+    rig = Rig()
+    sid = rig.run(rig.engine.create("alice", {"a": 1}, None))
+    for n in range(20):
+        assert rig.run(rig.engine.update(sid, {"n": n}))
+    assert rig.run(rig.engine.update(sid, {"b": 2}, remove=["a"]))
+    assert len(rig.engine.pending) == 1 and rig.engine.pending.changes == 22
+    flush = rig.take()
+    assert len(flush.operations) == 1
+    op = flush.operations[0]
+    assert isinstance(op, Upsert) and op.created
+    assert op.changed == {"n", "b"} and op.removed == {"a"}
+    assert dict(op.attributes) == {"n": "19", "b": "2"}
+    rig.engine.flush_succeeded(flush, rig.table.apply(flush.operations), 0.01)
+    stats = rig.engine.stats()
+    assert stats["sessions_written"] == 1 and stats["writes_saved"] == 21
+    assert stats["pending_changes"] == 0
+
+
+def test_set_then_remove_and_remove_then_set() -> None:
+    rig = Rig()
+    sid = rig.run(rig.engine.create("alice", {"keep": 0, "x": 1, "y": 1}, None))
+    rig.flush()
+    rig.run(rig.engine.update(sid, {"x": 2}))
+    rig.run(rig.engine.update(sid, {}, remove=["x"]))
+    rig.run(rig.engine.update(sid, {}, remove=["y"]))
+    rig.run(rig.engine.update(sid, {"y": 3}))
+    op = upserts(rig)[sid]
+    assert op.removed == {"x"} and op.changed == {"y"}
+    stored = rig.table.load(sid)
+    assert stored is not None and stored["attributes"] == {"keep": 0, "y": 3}
+
+
+def test_many_sessions_one_batch() -> None:
+    rig = Rig()
+    ids = [rig.run(rig.engine.create(f"u{n}", {}, None)) for n in range(50)]
+    flush = rig.take()
+    assert {op.session_id for op in flush.operations} == set(ids)
+    assert rig.engine.take_flush() is None
+
+
+# -- flush decisions ---------------------------------------------------------------------------
+
+
+def test_threshold_makes_a_flush_due() -> None:
+    rig = Rig(batch_save_threshold=3, save_delay_seconds=100)
+    sid = rig.run(rig.engine.create("alice", {}, None))
+    rig.run(rig.engine.update(sid, {"a": 1}))
+    assert not rig.engine.flush_due()
+    rig.run(rig.engine.update(sid, {"a": 2}))
+    assert rig.engine.flush_due(), "three changes reach the threshold even on one session"
+
+
+def test_delay_makes_a_flush_due() -> None:
+    rig = Rig(batch_save_threshold=10, save_delay_seconds=5)
+    assert not rig.engine.flush_due()
+    assert rig.engine.next_deadline() == rig.clock.mono + 600.0, "only the cleanup is scheduled"
+    rig.run(rig.engine.create("alice", {}, None))
+    assert rig.engine.next_deadline() == pytest.approx(rig.clock.mono + 5.0)
+    rig.clock.advance(4.9)
+    rig.run(rig.engine.create("bob", {}, None))
+    assert not rig.engine.flush_due(), "the delay counts from the first pending change"
+    rig.clock.advance(0.1)
+    assert rig.engine.flush_due()
+    rig.flush()
+    assert not rig.engine.flush_due()
+
+
+def test_write_through_settings_flush_every_change() -> None:
+    rig = Rig(batch_save_threshold=1, save_delay_seconds=0)
+    assert rig.settings.write_through
+    sid = rig.run(rig.engine.create("alice", {}, None))
+    assert rig.engine.flush_due()
+    rig.flush()
+    rig.run(rig.engine.update(sid, {"a": 1}))
+    assert rig.engine.flush_due()
+
+
+# -- failures: backoff and restore ------------------------------------------------------------
+
+
+def test_backoff_doubles_up_to_the_cap_and_blocks_flushes() -> None:
+    rig = Rig(retry_initial_seconds=1.0, retry_max_seconds=8.0, batch_save_threshold=1)
+    rig.run(rig.engine.create("alice", {}, None))
+    delays = []
+    for _ in range(6):
+        flush = rig.take()
+        delays.append(rig.fail(flush))
+        assert not rig.engine.flush_due(), "no retry before the backoff has passed"
+        assert rig.engine.next_deadline() == pytest.approx(rig.clock.mono + delays[-1])
+        rig.clock.advance(delays[-1])
+        assert rig.engine.flush_due()
+    for n, delay in enumerate(delays):
+        cap = min(8.0, 2.0**n)
+        assert 0.75 * cap <= delay <= cap
+    stats = rig.engine.stats()
+    assert stats["flush_failures"] == 6 and stats["flush_retries"] == 5
+    assert "No space left" in stats["last_error"]
+    rig.flush()
+    stats = rig.engine.stats()
+    assert stats["flushes"] == 1 and stats["pending_changes"] == 0
+    rig.run(rig.engine.create("bob", {}, None))
+    assert rig.engine.flush_due(), "a success resets the backoff"
+
+
+def test_a_failed_batch_is_retried_after_the_backoff_not_the_save_delay() -> None:
+    rig = Rig(save_delay_seconds=5, retry_initial_seconds=0.5)
+    rig.run(rig.engine.create("alice", {}, None))
+    rig.clock.advance(5)
+    delay = rig.fail(rig.take())
+    assert delay <= 0.5
+    assert rig.engine.next_deadline() == pytest.approx(rig.clock.mono + delay)
+    rig.clock.advance(delay)
+    assert rig.engine.flush_due()
+
+
+def test_restore_keeps_newer_changes_on_top() -> None:
+    rig = Rig()
+    sid = rig.run(rig.engine.create("alice", {"a": 1, "b": 1}, None))
+    rig.flush()
+    rig.run(rig.engine.update(sid, {"a": 2}))
+    flush = rig.take()  # a=2 in flight
+    rig.run(rig.engine.update(sid, {"c": 3}, remove=["a"]))
+    rig.fail(flush)
+    op = upserts(rig)[sid]
+    assert op.changed == {"c"} and op.removed == {"a"}
+    stored = rig.table.load(sid)
+    assert stored is not None and stored["attributes"] == {"b": 1, "c": 3}
+
+
+def test_restore_keeps_a_creation_a_full_write() -> None:
+    rig = Rig()
+    sid = rig.run(rig.engine.create("alice", {"a": 1}, None))
+    flush = rig.take()
+    rig.run(rig.engine.update(sid, {"b": 2}))
+    rig.fail(flush)
+    op = upserts(rig)[sid]
+    assert op.created and dict(op.attributes) == {"a": "1", "b": "2"}
+    stored = rig.table.load(sid)
+    assert stored is not None and stored["attributes"] == {"a": 1, "b": 2}
+
+
+def test_an_end_during_a_failed_flush_wins() -> None:
+    rig = Rig()
+    sid = rig.run(rig.engine.create("alice", {"a": 1}, None))
+    flush = rig.take()
+    assert rig.run(rig.engine.end(sid))
+    rig.fail(flush)
+    assert rig.run(rig.engine.get(sid)) is None, "a failed flush must not reinstall it"
+    retry = rig.take()
+    assert [type(op) for op in retry.operations] == [Delete]
+    rig.engine.flush_succeeded(retry, rig.table.apply(retry.operations), 0.0)
+    assert rig.table.load(sid) is None and sid in rig.table.tombstones
+
+
+def test_pending_bound_counts_changes_in_flight() -> None:
+    rig = Rig(max_pending_sessions=2)
+    rig.room = False
+    a = rig.run(rig.engine.create("a", {}, None))
+    rig.run(rig.engine.create("b", {}, None))
+    flush = rig.take()
+    with pytest.raises(BackPressureError, match="2 sessions are waiting"):
+        rig.run(rig.engine.create("c", {}, None))
+    assert rig.run(rig.engine.update(a, {"x": 1})), "a session already pending has room"
+    rig.fail(flush)
+    assert len(rig.engine.pending) <= 2
+
+
+# -- bounded buffer: back-pressure ---------------------------------------------------------------
+
+
+def test_back_pressure_asks_the_driver_to_wait() -> None:
+    rig = Rig(max_pending_sessions=2)
+    sids = [rig.run(rig.engine.create(f"u{n}", {}, None)) for n in range(2)]
+    rig.room = False
+    with pytest.raises(BackPressureError, match="try again later"):
+        rig.run(rig.engine.create("late", {}, None))
+    assert isinstance(rig.requests[-1], WaitForRoom)
+    assert rig.run(rig.engine.update(sids[0], {"a": 1})), "a pending session takes more changes"
+    assert rig.run(rig.engine.end(sids[1])), "an end is never refused"
+    rig.room = True
+    assert rig.run(rig.engine.create("late", {}, None)), "the driver found room"
+    assert len(rig.engine.pending) == 3
+
+
+def test_a_touch_without_room_is_skipped_not_refused() -> None:
+    rig = Rig(max_pending_sessions=1)
+    sid = rig.run(rig.engine.create("alice", {}, None))
+    rig.flush()
+    rig.run(rig.engine.create("bob", {}, None))
+    rig.clock.advance(120)
+    assert rig.run(rig.engine.validate(sid)), "a full buffer never refuses a read"
+    assert rig.engine.pending.ids() != [sid]
+
+
+# -- bad data refused at the call -------------------------------------------------------------
+
+
+def test_bad_data_is_refused_before_anything_is_queued() -> None:
+    rig = Rig(max_session_bytes=100)
+    sid = rig.run(rig.engine.create("alice", {}, None))
+    rig.flush()
+    with pytest.raises(SessionDataError, match="'f'"):
+        rig.run(rig.engine.update(sid, {"ok": 1, "f": object()}))
+    with pytest.raises(SessionDataError, match="max_session_bytes"):
+        rig.run(rig.engine.update(sid, {"big": "x" * 200}))
+    with pytest.raises(SessionDataError):
+        rig.run(rig.engine.create("bob", {"nan": float("nan")}, None))
+    with pytest.raises(SessionDataError, match="max_session_bytes"):
+        rig.run(rig.engine.create("bob", {"big": "x" * 200}, None))
+    with pytest.raises(TypeError, match="username"):
+        rig.run(rig.engine.create(7, {}, None))  # type: ignore[arg-type]
+    assert len(rig.engine.pending) == 0
+    session = rig.run(rig.engine.get(sid))
+    assert session is not None and session.attributes == {}
+
+
+# -- tombstones: an ended session never comes back --------------------------------------------
+
+
+def test_store_refusal_forgets_the_session() -> None:
+    rig = Rig()
+    sid = rig.run(rig.engine.create("alice", {}, None))
+    rig.flush()
+    rig.table.apply([Delete(sid, "alice", rig.clock.now)])  # ended by another process
+    rig.run(rig.engine.update(sid, {"late": 1}))
+    result = rig.flush()
+    assert result.refused == {sid}
+    assert rig.table.load(sid) is None
+    assert rig.run(rig.engine.validate(sid)).reason is Reason.NOT_FOUND
+    assert rig.run(rig.engine.update(sid, {"later": 1})) is False
+    assert len(rig.engine.pending) == 0
+
+
+def test_invalidate_ended_drops_pending_changes() -> None:
+    rig = Rig()
+    sid = rig.run(rig.engine.create("alice", {}, None))
+    rig.flush()
+    rig.run(rig.engine.update(sid, {"a": 1}))
+    rig.engine.invalidate([sid], ended=True)
+    assert len(rig.engine.pending) == 0
+    assert rig.run(rig.engine.validate(sid)).reason is Reason.NOT_FOUND
+    assert not any(isinstance(r, Load) for r in rig.requests[-1:]), "no store read needed"
+
+
+def test_an_ended_id_cannot_be_reused_nor_resurrected_by_a_late_load() -> None:
+    rig = Rig()
+    sid = "custom-id"
+    rig.run(rig.engine.create("alice", {}, None, session_id=sid))
+    rig.flush()
+    assert rig.run(rig.engine.end(sid))
+    # The end is not written yet; the store still holds the session.
+    assert rig.table.load(sid) is not None
+    assert rig.run(rig.engine.validate(sid)).reason is Reason.NOT_FOUND
+    assert rig.run(rig.engine.sessions_of("alice")) == []
+    with pytest.raises(Exception, match="already in use"):
+        rig.run(rig.engine.create("mallory", {}, None, session_id=sid))
+    rig.flush()
+    rig.clock.advance(ENDED_MEMORY_SECONDS + 1)
+    rig.engine.cleanup()
+    assert rig.run(rig.engine.validate(sid)).reason is Reason.NOT_FOUND
+
+
+def test_update_racing_an_end_in_the_same_engine() -> None:
+    """An update's store read resumes after an end of the same session: the end wins."""
+    rig = Rig()
+    sid = rig.run(rig.engine.create("alice", {}, None))
+    rig.flush()
+    rig.engine.invalidate(None)  # nothing cached: both calls must read the store
+    update = rig.engine.update(sid, {"late": 1})
+    request = update.send(None)
+    assert isinstance(request, Load)
+    assert rig.run(rig.engine.end(sid))
+    with pytest.raises(StopIteration) as stop:
+        update.send(rig.table.load(sid))
+    assert stop.value.value is False
+    rig.flush()
+    assert rig.table.load(sid) is None and sid in rig.table.tombstones
+
+
+# -- invalidation: another process changed the store --------------------------------------------
+
+
+def test_invalidate_all_drops_clean_entries_and_keeps_dirty_ones() -> None:
+    rig = Rig()
+    clean = rig.run(rig.engine.create("alice", {"v": 1}, None))
+    dirty = rig.run(rig.engine.create("bob", {"mine": 1}, None))
+    rig.flush()
+    rig.run(rig.engine.update(dirty, {"mine": 2}))
+    # Another process writes both sessions.
+    for sid, key in ((clean, "v"), (dirty, "theirs")):
+        record = rig.table.load(sid)
+        assert record is not None
+        rig.table.records[sid] = {**record, "attributes": {**record["attributes"], key: 9}}
+    rig.engine.invalidate(None)
+    assert rig.engine.stats()["live_sessions"] == 1
+    session = rig.run(rig.engine.get(clean))
+    assert session is not None and session.attributes == {"v": 9}
+    session = rig.run(rig.engine.get(dirty))
+    assert session is not None and session.attributes == {"mine": 2, "theirs": 9}
+    rig.flush()
+    stored = rig.table.load(dirty)
+    assert stored is not None and stored["attributes"] == {"mine": 2, "theirs": 9}
+
+
+def test_reloaded_write_invalidates_the_cache() -> None:
+    rig = Rig()
+    sid = rig.run(rig.engine.create("alice", {}, None))
+    rig.flush(reloaded=True)
+    assert rig.engine.stats()["live_sessions"] == 0
+    assert rig.run(rig.engine.validate(sid))
+
+
+def test_unwritten_creation_survives_a_store_without_it() -> None:
+    rig = Rig()
+    sid = rig.run(rig.engine.create("alice", {"a": 1}, None))
+    rig.engine.invalidate(None)
+    session = rig.run(rig.engine.get(sid))
+    assert session is not None and session.attributes == {"a": 1}
+
+
+def test_a_session_the_store_lost_is_forgotten() -> None:
+    rig = Rig()
+    sid = rig.run(rig.engine.create("alice", {"a": 1}, None))
+    rig.flush()
+    rig.run(rig.engine.update(sid, {"b": 2}))
+    rig.table.records.clear()  # the file was removed by hand
+    rig.engine.invalidate(None)
+    assert rig.run(rig.engine.validate(sid)).reason is Reason.NOT_FOUND
+    assert len(rig.engine.pending) == 0
+
+
+# -- expiry and cleanup ---------------------------------------------------------------------------
+
+
+def test_expiry_and_absolute_lifetime() -> None:
+    rig = Rig(expire_minutes=1, absolute_lifetime_minutes=2.5)
+    sid = rig.run(rig.engine.create("alice", {}, None))
+    for _ in range(4):
+        rig.clock.advance(30)
+        assert rig.run(rig.engine.validate(sid))
+    rig.clock.advance(29)
+    result = rig.run(rig.engine.validate(sid))
+    assert result.session is not None and result.session.expires_at == rig.clock.now + 1
+    rig.clock.advance(1)
+    assert rig.run(rig.engine.validate(sid)).reason is Reason.EXPIRED
+    other = rig.run(rig.engine.create("bob", {}, None))
+    rig.clock.advance(60)
+    assert rig.run(rig.engine.validate(other)).reason is Reason.EXPIRED
+
+
+def test_cleanup_evicts_expired_clean_sessions_on_schedule() -> None:
+    rig = Rig(expire_minutes=1, cleanup_interval_minutes=10)
+    old = rig.run(rig.engine.create("old", {}, None))
+    rig.flush()
+    rig.clock.advance(50)
+    young = rig.run(rig.engine.create("young", {}, None))
+    rig.clock.advance(20)
+    assert not rig.engine.cleanup_due()
+    rig.clock.advance(600)
+    assert rig.engine.cleanup_due()
+    rig.clock.advance(-610)  # back to when only the old session has expired
+    assert rig.engine.cleanup() == 1
+    assert rig.engine.stats()["expired_evicted"] == 1
+    assert rig.engine.last_cleanup_at == rig.clock.now
+    assert rig.run(rig.engine.get(young)) is not None
+    assert old not in rig.engine.pending.ids()
+
+
+def test_cleanup_keeps_expired_sessions_with_unwritten_changes() -> None:
+    rig = Rig(expire_minutes=1)
+    sid = rig.run(rig.engine.create("alice", {"a": 1}, None))
+    rig.clock.advance(120)
+    assert rig.engine.cleanup() == 0
+    rig.flush()
+    assert rig.table.load(sid) is not None, "the creation still reaches the store"
+
+
+def test_sessions_of_reads_the_store() -> None:
+    rig = Rig()
+    sid = rig.run(rig.engine.create("alice", {}, None))
+    rig.flush()
+    other = Rig(table=rig.table)
+    other.clock.now = rig.clock.now
+    assert other.run(other.engine.sessions_of("alice")) == [sid]
+    session = other.run(other.engine.get(sid))
+    assert session is not None and session.username == "alice"
