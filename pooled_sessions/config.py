@@ -97,8 +97,16 @@ class Settings:
                 raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
             values.update(source)
         if isinstance(values.get("pool"), Mapping):
-            values["pool"] = SessionPoolConfig(**values["pool"])
+            values["pool"] = _pool_from(values["pool"])
         return cls(**values)
+
+
+def _pool_from(mapping: Mapping[str, Any]) -> SessionPoolConfig:
+    """A pool configuration from a mapping, naming any key it does not know."""
+    unknown = set(mapping) - {f.name for f in fields(SessionPoolConfig)}
+    if unknown:
+        raise ConfigError(f"unknown pool setting(s): {', '.join(sorted(map(str, unknown)))}")
+    return SessionPoolConfig(**mapping)
 
 
 _FIELD_NAMES = frozenset(f.name for f in fields(Settings))

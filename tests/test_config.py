@@ -1,0 +1,173 @@
+"""Settings: keyword arguments, a mapping and POOLED_SESSIONS_* variables, and their errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pooled_sessions import ConfigError, SessionPoolConfig, SessionService, Settings
+from pooled_sessions.config import resolve_settings
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    settings = Settings()
+    assert settings.save_delay_seconds == 5
+    assert settings.batch_save_threshold == 10
+    assert settings.cleanup_interval_minutes == 10
+    assert settings.expire_minutes == 30
+    assert settings.backend == "sessions.json"
+    assert settings.pool is None, "no pool configured: live sessions are not capped"
+    assert not settings.write_through
+
+
+def test_precedence_environment_then_mapping_then_keywords() -> None:
+    environ = {
+        "POOLED_SESSIONS_EXPIRE_MINUTES": "1.5",
+        "POOLED_SESSIONS_BATCH_SAVE_THRESHOLD": "7",
+        "POOLED_SESSIONS_SAVE_DELAY_SECONDS": "2",
+        "POOLED_SESSIONS_BIND_USER_AGENT": "no",
+    }
+    only_env = Settings.load(environ=environ)
+    assert only_env.expire_minutes == 1.5 and only_env.batch_save_threshold == 7
+    assert only_env.bind_user_agent is False
+    mapped = Settings.load({"batch_save_threshold": 3, "save_delay_seconds": 1}, environ=environ)
+    assert (mapped.expire_minutes, mapped.batch_save_threshold) == (1.5, 3)
+    both = Settings.load({"batch_save_threshold": 3, "save_delay_seconds": 1},
+                         environ=environ, save_delay_seconds=0.25)
+    assert both.batch_save_threshold == 3 and both.save_delay_seconds == 0.25
+    assert both.expire_minutes == 1.5
+
+
+def test_service_reads_the_process_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "from-env.json"
+    monkeypatch.setenv("POOLED_SESSIONS_BACKEND", str(path))
+    monkeypatch.setenv("POOLED_SESSIONS_EXPIRE_MINUTES", "0.25")
+    monkeypatch.setenv("POOLED_SESSIONS_ABSOLUTE_LIFETIME_MINUTES", "none")
+    with SessionService(save_delay_seconds=0.5) as svc:
+        assert svc.settings.expire_minutes == 0.25
+        assert svc.settings.absolute_lifetime_minutes is None
+        assert svc.settings.backend == str(path)
+        svc.create_session("alice")
+    assert path.exists()
+    with SessionService(tmp_path / "explicit.json") as svc:
+        assert svc.settings.backend == str(tmp_path / "explicit.json"), "the argument wins"
+
+
+def test_settings_object_plus_overrides(tmp_path: Path) -> None:
+    base = Settings(backend=str(tmp_path / "s.json"), expire_minutes=5)
+    resolved = resolve_settings(None, base, {"batch_save_threshold": 2})
+    assert (resolved.expire_minutes, resolved.batch_save_threshold) == (5, 2)
+    assert resolve_settings(tmp_path / "t.json", base, {}).backend == str(tmp_path / "t.json")
+    with pytest.raises(ConfigError, match="settings must be a Settings"):
+        resolve_settings(None, {"expire_minutes": 1}, {})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unknown setting.*bogus"):
+        resolve_settings(None, base, {"bogus": 1})
+
+
+def test_pool_from_environment_and_mapping() -> None:
+    settings = Settings.load(environ={
+        "POOLED_SESSIONS_POOL_MAX_TOTAL": "50",
+        "POOLED_SESSIONS_POOL_MAX_WAIT": "0.5",
+        "POOLED_SESSIONS_POOL_TEST_ON_BORROW": "false",
+    })
+    assert settings.pool == SessionPoolConfig(max_total=50, max_wait=0.5, test_on_borrow=False)
+    mapped = Settings.load({"pool": {"max_total": 7, "max_idle": 3, "min_idle": 1}})
+    assert mapped.pool == SessionPoolConfig(max_total=7, max_idle=3, min_idle=1)
+
+
+BAD_VALUES: list[tuple[str, Any]] = [
+    ("expire_minutes", 0),
+    ("expire_minutes", -1),
+    ("expire_minutes", "30"),
+    ("expire_minutes", True),
+    ("expire_minutes", float("nan")),
+    ("expire_minutes", float("inf")),
+    ("absolute_lifetime_minutes", 0),
+    ("save_delay_seconds", -0.1),
+    ("save_delay_seconds", None),
+    ("batch_save_threshold", 0),
+    ("batch_save_threshold", 2.5),
+    ("batch_save_threshold", "10"),
+    ("cleanup_interval_minutes", 0),
+    ("touch_step_seconds", -1),
+    ("client_binding", "loose"),
+    ("client_binding", None),
+    ("bind_user_agent", "yes"),
+    ("max_session_bytes", 10),
+    ("max_pending_sessions", 0),
+    ("backpressure_timeout_seconds", -1),
+    ("retry_initial_seconds", 0),
+    ("retry_max_seconds", float("inf")),
+    ("shutdown_timeout_seconds", -5),
+    ("tombstone_ttl_seconds", 0),
+    ("sync_interval_seconds", 0),
+    ("key_prefix", ""),
+    ("backend", ""),
+    ("backend", 42),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_VALUES)
+def test_every_bad_value_is_a_config_error_naming_it(name: str, value: Any) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings(**{name: value})
+    with pytest.raises(ConfigError, match=name):
+        Settings.load({name: value})
+
+
+def test_cross_field_check() -> None:
+    with pytest.raises(ConfigError, match="touch_step_seconds"):
+        Settings(expire_minutes=1, touch_step_seconds=60)
+    with pytest.raises(ConfigError, match="pool"):
+        Settings(pool={"max_total": 1})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "needle"),
+    [
+        ("POOLED_SESSIONS_EXPIRE_MINUTES", "soon", "POOLED_SESSIONS_EXPIRE_MINUTES"),
+        ("POOLED_SESSIONS_EXPIRE_MINUTES", "nan", "expire_minutes"),
+        ("POOLED_SESSIONS_BATCH_SAVE_THRESHOLD", "1.5", "POOLED_SESSIONS_BATCH_SAVE_THRESHOLD"),
+        ("POOLED_SESSIONS_BIND_USER_AGENT", "maybe", "POOLED_SESSIONS_BIND_USER_AGENT"),
+        ("POOLED_SESSIONS_CLIENT_BINDING", "lax", "client_binding"),
+        ("POOLED_SESSIONS_SAVE_DELAY_SECONDS", "-1", "save_delay_seconds"),
+        ("POOLED_SESSIONS_POOL_MAX_TOTAL", "0", "max_total"),
+        ("POOLED_SESSIONS_POOL_MAX_TOTAL", "many", "POOLED_SESSIONS_POOL_MAX_TOTAL"),
+        ("POOLED_SESSIONS_EXPIRY", "5", "POOLED_SESSIONS_EXPIRY"),
+        ("POOLED_SESSIONS_POOL", "5", "POOLED_SESSIONS_POOL"),
+        ("POOLED_SESSIONS_POOL_SIZE", "5", "POOLED_SESSIONS_POOL_SIZE"),
+    ],
+)
+def test_bad_environment_is_a_config_error_naming_it(
+    variable: str, text: str, needle: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        Settings.load(environ={variable: text})
+    monkeypatch.setenv(variable, text)
+    with pytest.raises(ConfigError, match=needle):
+        SessionService(tmp_path / "s.json")
+
+
+def test_unknown_keywords_and_mapping_keys() -> None:
+    with pytest.raises(ConfigError, match="expire_minute"):
+        Settings.load(expire_minute=5)
+    with pytest.raises(ConfigError, match="batch_size"):
+        Settings.load({"batch_size": 5})
+    with pytest.raises(ConfigError, match="pool.*max_totl|max_totl"):
+        Settings.load({"pool": {"max_totl": 5}})
+
+
+def test_service_refuses_bad_options_and_urls(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="expire_minutes"):
+        SessionService(tmp_path / "s.json", expire_minutes=-1)
+    with pytest.raises(ConfigError, match="flush_every"):
+        SessionService(tmp_path / "s.json", flush_every=3)
+    with pytest.raises(ConfigError, match="gopher"):
+        SessionService("gopher://example.org/x")
+    with pytest.raises(ConfigError, match="empty"):
+        SessionService("   ")
+    assert not (tmp_path / "s.json").exists()
