@@ -1,8 +1,8 @@
 """The engine: every session decision, with no I/O, no threads and no asyncio.
 
 Each public operation is a generator. It yields a request when it needs the store
-(`Load`, `LoadUser`) or the driver's patience (`WaitForRoom`), receives the answer, and
-returns its result. `SessionService` and `AsyncSessionService` only run these
+(`Load`, `LoadUser`) or the driver's patience (`WaitForRoom`, `AcquireSlot`), receives
+the answer, and returns its result. `SessionService` and `AsyncSessionService` only run these
 generators and do the I/O they ask for, so the policy exists once.
 """
 
@@ -30,6 +30,8 @@ from .entry import Entry
 from .errors import BackPressureError, SessionError
 from .model import ClientInfo, Reason, Session, ValidationResult
 from .pending import Dirty, PendingBuffer
+from .poolpolicy import AcquireSlot as AcquireSlot
+from .poolpolicy import SlotLedger
 
 T = TypeVar("T")
 ENDED_MEMORY_SECONDS = 300.0
@@ -53,7 +55,9 @@ class WaitForRoom(NamedTuple):
     session_id: str
 
 
-Request = Load | LoadUser | WaitForRoom
+# AcquireSlot (poolpolicy.py; its docstring is the driver's contract): with a pool
+# configured and every live-session slot taken, `create` waits for one, up to max_wait.
+Request = Load | LoadUser | WaitForRoom | AcquireSlot
 Op = Generator[Request, Any, T]
 
 
@@ -97,6 +101,7 @@ class Engine:
         self._next_cleanup = monotonic() + settings.cleanup_interval_minutes * 60.0
         self.last_cleanup_at: float | None = None
         self.evicted = 0
+        self.slots = SlotLedger(settings.pool, monotonic)
 
     # -- public operations -------------------------------------------------------------
 
@@ -119,6 +124,7 @@ class Engine:
                 raise SessionError(f"session id {sid[:8]}… is already in use")
         check_size(sid, encoded, self.settings.max_session_bytes)
         yield from self._room(sid)
+        yield from self.slots.claim(self._entries, self._clock())
         now = self._clock()
         absolute = self.settings.absolute_lifetime_minutes
         entry = Entry(
@@ -127,6 +133,7 @@ class Engine:
         )
         self._extend(entry, now)
         self._install(entry)
+        self.slots.hold(entry)
         self.pending.mark(sid, self._mono(), Dirty(changed=set(encoded), created=True))
         return sid
 
@@ -200,6 +207,7 @@ class Engine:
             entry.created_at, entry.last_accessed_at, entry.expires_at,
             entry.absolute_expires_at, 0.0,
         )
+        self.slots.move(sid, clone)
         self._end(entry)
         self._install(clone)
         self.pending.mark(new_id, self._mono(), Dirty(changed=set(clone.attributes), created=True))
@@ -245,6 +253,7 @@ class Engine:
         mono = self._mono()
         for sid in targets:
             if ended:
+                self.slots.release(sid, evicted=True)
                 self._ended[sid] = mono
                 self.pending.drop(sid)
                 self._remove(sid)
@@ -311,6 +320,7 @@ class Engine:
         ]
         for sid in expired:
             self._remove(sid)
+        self.slots.sweep(self._entries, now)
         horizon = mono - ENDED_MEMORY_SECONDS
         self._ended = {sid: t for sid, t in self._ended.items() if t > horizon}
         self._next_cleanup = mono + self.settings.cleanup_interval_minutes * 60.0
@@ -337,6 +347,7 @@ class Engine:
             "last_error": flush.last_error,
             "last_cleanup_at": self.last_cleanup_at,
             "expired_evicted": self.evicted,
+            "pool": self.slots.stats(),
         }
 
     # -- internals ---------------------------------------------------------------------
@@ -374,6 +385,7 @@ class Engine:
             else:
                 self.pending.drop(sid)
                 self._remove(sid)
+                self.slots.release(sid, evicted=True)
                 return None, Reason.NOT_FOUND
         else:
             fresh = Entry.from_record(sid, record)
@@ -383,6 +395,7 @@ class Engine:
         if fresh.expired(now):
             if unwritten is None:
                 self._remove(sid)
+            self.slots.release(sid, evicted=True)
             return None, Reason.EXPIRED
         return fresh, Reason.OK
 
@@ -418,6 +431,7 @@ class Engine:
     def _end(self, entry: Entry) -> None:
         sid = entry.session_id
         self._remove(sid)
+        self.slots.release(sid)
         self._ended[sid] = self._mono()
         change = Dirty(ended_at=self._clock(), username=entry.username)
         self.pending.mark(sid, self._mono(), change)

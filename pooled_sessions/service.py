@@ -16,9 +16,10 @@ from typing import Any, TypeVar
 
 from .adapters import Store, open_store
 from .config import Settings, resolve_settings
-from .core import Engine, Flush, Load, LoadUser, Op, Request
+from .core import AcquireSlot, Engine, Flush, Load, LoadUser, Op, Request
 from .errors import ServiceClosedError, StoreError, StoreUnavailableError
 from .model import ClientInfo, Session, ShutdownReport, ValidationResult
+from .pool import wait_for_grant
 
 T = TypeVar("T")
 logger = logging.getLogger("session_service")
@@ -163,8 +164,10 @@ class SessionService:
                         result: T = stop.value
                         break
                 reply = self._perform(request)
-        finally:
-            op.close()
+        except BaseException:
+            with self._lock:  # abandoned mid-way: a wait for a pool slot withdraws under the lock
+                op.close()
+            raise
         if due:
             self._flush_is_due()
         return result
@@ -174,6 +177,9 @@ class SessionService:
             return self._store.load(request.session_id)
         if isinstance(request, LoadUser):
             return self._store.load_user(request.username)
+        if isinstance(request, AcquireSlot):
+            with self._lock:
+                return wait_for_grant(self._lock, request)
         self._wake_flusher()
         has_room = self._engine.pending.has_room
         with self._wake:

@@ -1,0 +1,303 @@
+"""Pool policy: live-session slots, first-come-first-served waiters, idle objects, statistics.
+
+Pure: no threads, no I/O, no asyncio; times are monotonic seconds passed in by the caller.
+`SessionPool` (threads) and the engine behind both services use it, so the rules of the
+pool exist once. A driver only waits for a `SlotTicket` to be granted, with its own
+primitives, and wakes the waiter through ``ticket.waker``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeVar
+
+from .errors import PoolExhaustedError
+
+if TYPE_CHECKING:
+    from .pool import SessionPoolConfig
+
+T = TypeVar("T")
+
+
+class SlotTicket:
+    """One request for a live-session slot; ``granted`` turns True when the pool hands one over.
+
+    ``waker`` is set by the driver that waits for the ticket. The policy calls it, with no
+    arguments and at most once, from the code that freed the slot (under the sync driver's
+    lock, or on the asyncio driver's event loop); it must not raise.
+    """
+
+    __slots__ = ("since", "granted", "waker")
+
+    def __init__(self, since: float) -> None:
+        self.since = since
+        self.granted = False
+        self.waker: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """A consistent snapshot of the pool's counters (also readable as ``stats["active"]``).
+
+    ``active == borrowed - returned - evicted`` and ``created == active + idle + discarded``
+    whenever no borrow is half-way (granted a slot, object not yet handed out).
+    """
+
+    max_total: int
+    created: int
+    borrowed: int
+    returned: int
+    discarded: int
+    evicted: int
+    timeouts: int
+    active: int
+    idle: int
+    waiting: int
+    mean_wait_seconds: float
+    max_wait_seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counters as a plain dict (for ``SessionService.stats()`` and JSON)."""
+        return asdict(self)
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in _STAT_NAMES:
+            raise KeyError(name)
+        return getattr(self, name)
+
+
+_STAT_NAMES = frozenset(PoolStats.__dataclass_fields__)
+
+
+class PoolPolicy(Generic[T]):
+    """The pool's decisions: who gets a slot, in which order, and which idle objects to keep.
+
+    Slots bound the objects out on loan (``max_total``). A request that finds none free
+    queues behind earlier ones (no barging); each freed slot goes to the oldest waiter.
+    """
+
+    def __init__(self, config: SessionPoolConfig) -> None:
+        self.config = config
+        self._waiters: deque[SlotTicket] = deque()
+        self._idle: deque[T] = deque()
+        self.active = 0
+        self.created = self.borrowed = self.returned = 0
+        self.discarded = self.evicted = self.timeouts = 0
+        self._wait_total = self._wait_max = 0.0
+
+    @property
+    def full(self) -> bool:
+        """True when every slot is taken."""
+        return self.active >= self.config.max_total
+
+    # -- slots -------------------------------------------------------------------------
+
+    def request(self, mono: float) -> SlotTicket:
+        """Ask for a slot: granted at once if one is free and nobody waits, else queued."""
+        ticket = SlotTicket(mono)
+        if not self._waiters and not self.full:
+            self._grant(ticket, mono)
+        else:
+            self._waiters.append(ticket)
+        return ticket
+
+    def withdraw(self, ticket: SlotTicket, mono: float) -> None:
+        """A waiter gives up: it leaves the queue, or gives back a slot granted too late."""
+        if ticket.granted:
+            self.release(mono)
+            return
+        try:
+            self._waiters.remove(ticket)
+        except ValueError:
+            return
+        self.timeouts += 1
+
+    def release(self, mono: float, *, evicted: bool = False) -> None:
+        """A slot comes back (``evicted``: taken back by the pool); the oldest waiter gets it."""
+        if self.active <= 0:
+            raise RuntimeError("pool slot released more often than granted")
+        self.active -= 1
+        if evicted:
+            self.evicted += 1
+        else:
+            self.returned += 1
+        if self._waiters and not self.full:
+            self._grant(self._waiters.popleft(), mono)
+
+    def _grant(self, ticket: SlotTicket, mono: float) -> None:
+        self.active += 1
+        self.borrowed += 1
+        waited = max(0.0, mono - ticket.since)
+        self._wait_total += waited
+        self._wait_max = max(self._wait_max, waited)
+        ticket.granted = True
+        if ticket.waker is not None:
+            ticket.waker()
+
+    # -- objects -----------------------------------------------------------------------
+
+    def pop_idle(self) -> T | None:
+        """The most recently returned idle object (warmest first), or None."""
+        return self._idle.pop() if self._idle else None
+
+    def push_idle(self, obj: T) -> bool:
+        """Keep a returned object for reuse; False (the caller discards it) past ``max_idle``."""
+        if len(self._idle) >= self.config.max_idle:
+            return False
+        self._idle.append(obj)
+        return True
+
+    def trim_idle(self) -> list[T]:
+        """Idle objects beyond ``max_idle``, oldest first; the caller discards them."""
+        excess = len(self._idle) - self.config.max_idle
+        return [self._idle.popleft() for _ in range(max(0, excess))]
+
+    def idle_shortfall(self) -> int:
+        """Objects to create to bring the idle list up to ``min_idle``, within ``max_total``."""
+        room = self.config.max_total - self.active - len(self._idle)
+        return max(0, min(self.config.min_idle - len(self._idle), room))
+
+    def drain_idle(self) -> list[T]:
+        """Remove and return every idle object (the pool is closing)."""
+        drained = list(self._idle)
+        self._idle.clear()
+        return drained
+
+    def stats(self) -> PoolStats:
+        """A snapshot of every counter."""
+        return PoolStats(
+            max_total=self.config.max_total,
+            created=self.created,
+            borrowed=self.borrowed,
+            returned=self.returned,
+            discarded=self.discarded,
+            evicted=self.evicted,
+            timeouts=self.timeouts,
+            active=self.active,
+            idle=len(self._idle),
+            waiting=len(self._waiters),
+            mean_wait_seconds=self._wait_total / self.borrowed if self.borrowed else 0.0,
+            max_wait_seconds=self._wait_max,
+        )
+
+
+def exhausted(max_total: int, waited: float) -> PoolExhaustedError:
+    """The error for a borrow that found no free slot within its wait."""
+    return PoolExhaustedError(
+        f"session pool exhausted: all {max_total} live-session slots (max_total) are in use "
+        f"and none became free within {waited:g} s (max_wait)"
+    )
+
+
+# -- the engine's side -----------------------------------------------------------------
+
+
+class Expiring(Protocol):
+    """What the ledger needs of a live session."""
+
+    @property
+    def session_id(self) -> str: ...
+
+    def expired(self, now: float) -> bool: ...
+
+
+class AcquireSlot(NamedTuple):
+    """Engine request: every live-session slot is taken; wait for ``ticket`` to be granted.
+
+    The driver sets ``ticket.waker`` to a no-argument callable that wakes the waiting
+    caller, waits until ``ticket.granted`` is True or ``timeout`` seconds (the pool's
+    ``max_wait``) have passed, then resumes the operation; the value it sends is ignored.
+    The engine reads ``ticket.granted`` itself, so a grant that lands just after the wait
+    timed out still counts, and an ungranted ticket is withdrawn and `PoolExhaustedError`
+    raised. A driver that abandons the wait closes the operation (or throws into it); the
+    engine then withdraws the ticket or gives back a slot granted meanwhile.
+    """
+
+    ticket: SlotTicket
+    timeout: float
+
+
+def acquire(
+    policy: PoolPolicy[Any], monotonic: Callable[[], float], timeout: float
+) -> Generator[AcquireSlot, Any, None]:
+    """Take one slot of ``policy``; yields one `AcquireSlot` when the caller must wait.
+
+    Raises `PoolExhaustedError` when the wait ends ungranted. Closing or throwing into the
+    generator while it waits withdraws the ticket (or gives back a slot granted meanwhile).
+    """
+    ticket = policy.request(monotonic())
+    if ticket.granted:
+        return
+    try:
+        yield AcquireSlot(ticket, float(timeout))
+    except BaseException:
+        policy.withdraw(ticket, monotonic())
+        raise
+    if not ticket.granted:
+        policy.withdraw(ticket, monotonic())
+        raise exhausted(policy.config.max_total, timeout)
+
+
+class SlotLedger:
+    """The engine's live-session slots: which sessions hold one, over one `PoolPolicy`.
+
+    A session created by this engine holds a slot until it ends, expires or is evicted
+    (ended elsewhere, or gone from the store). Without a pool configuration nothing is
+    counted or capped. `claim` and `release` are the one place where a slot is taken and
+    given back.
+    """
+
+    def __init__(self, config: SessionPoolConfig | None, monotonic: Callable[[], float]) -> None:
+        self.policy: PoolPolicy[None] | None = None if config is None else PoolPolicy(config)
+        self._mono = monotonic
+        self._holders: dict[str, Expiring] = {}
+
+    def claim(
+        self, sessions: Mapping[str, Expiring], now: float
+    ) -> Generator[AcquireSlot, Any, None]:
+        """Take a slot for a new session, waiting (through the driver) when all are taken."""
+        policy = self.policy
+        if policy is None:
+            return
+        if policy.full:
+            self.sweep(sessions, now)
+        yield from acquire(policy, self._mono, policy.config.max_wait)
+
+    def hold(self, session: Expiring) -> None:
+        """``session`` now holds the slot its `claim` took."""
+        if self.policy is None:
+            return
+        self.policy.created += 1
+        if self._holders.setdefault(session.session_id, session) is not session:
+            self.policy.release(self._mono())  # the id already held a slot: do not count it twice
+            self.policy.discarded += 1
+
+    def move(self, old_id: str, session: Expiring) -> None:
+        """A session changed its id (rotation): its slot goes with it."""
+        if self._holders.pop(old_id, None) is not None:
+            self._holders[session.session_id] = session
+
+    def release(self, session_id: str, *, evicted: bool = False) -> None:
+        """The session ended (or, ``evicted``, expired or vanished): its slot comes back."""
+        if self.policy is not None and self._holders.pop(session_id, None) is not None:
+            self.policy.release(self._mono(), evicted=evicted)
+            self.policy.discarded += 1  # session objects are never reused (see the benchmark)
+
+    def sweep(self, sessions: Mapping[str, Expiring], now: float) -> int:
+        """Give back the slots of expired sessions; ``sessions`` holds the freshest copies."""
+        expired = []
+        for sid, held in self._holders.items():
+            current = sessions.get(sid)
+            if current is not None and current is not held:
+                self._holders[sid] = held = current
+            if held.expired(now):
+                expired.append(sid)
+        for sid in expired:
+            self.release(sid, evicted=True)
+        return len(expired)
+
+    def stats(self) -> dict[str, Any] | None:
+        """The pool's counters, or None when live sessions are not pooled."""
+        return None if self.policy is None else self.policy.stats().as_dict()
