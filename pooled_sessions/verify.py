@@ -1,8 +1,8 @@
 """Check a migration: every live source session, compared with the target's copy.
 
 Both sides get a count and an order-independent checksum (a sum of per-session digests),
-so two stores can be compared without holding either in memory. Times are compared to
-the microsecond, the precision every store keeps.
+so two stores can be compared without holding either in memory. Times within a
+millisecond of the source's count as equal: Redis keeps expiries in whole milliseconds.
 """
 
 from __future__ import annotations
@@ -19,16 +19,27 @@ from .storeio import Source
 
 CHECKSUM_BITS = 128
 MAX_EXAMPLES = 5
+TIME_TOLERANCE = 0.001
 _TIMES = ("created_at", "last_accessed_at", "expires_at", "absolute_expires_at")
 
 
 def canonical(record: Mapping[str, Any]) -> str:
-    """One text per session content: sorted keys, times rounded to the microsecond."""
+    """One text per session content: sorted keys, times as floats."""
     fields = dict(record)
     for name in _TIMES:
         if fields.get(name) is not None:
-            fields[name] = round(float(fields[name]), 6)
+            fields[name] = float(fields[name])
     return json.dumps(fields, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def aligned(copy: Record, original: Record) -> dict[str, Any]:
+    """``copy`` with each time that is within a millisecond of ``original``'s set to it."""
+    fields: dict[str, Any] = dict(copy)
+    for name in _TIMES:
+        mine, theirs = original[name], fields[name]  # type: ignore[literal-required]
+        if mine is not None and theirs is not None and abs(mine - theirs) <= TIME_TOLERANCE:
+            fields[name] = mine
+    return fields
 
 
 def digest(session_id: str, record: Mapping[str, Any]) -> int:
@@ -77,7 +88,7 @@ class Verification:
             self.missing += 1
             self._example(session_id, "missing")
             return
-        theirs = digest(session_id, copy)
+        theirs = digest(session_id, aligned(copy, record))
         self.target_count += 1
         self.target_sum = (self.target_sum + theirs) % (1 << CHECKSUM_BITS)
         if theirs != mine:
