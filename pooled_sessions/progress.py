@@ -80,7 +80,7 @@ class Bar:
         self._bar: Any = None
 
     def start(self, label: str, total: int | None) -> None:
-        self._bar = self._tqdm(total=total, desc=label, unit=" sessions", unit_scale=True,
+        self._bar = self._tqdm(total=total, desc=label, unit=" sessions",
                                file=self._stream, leave=True, dynamic_ncols=True)
 
     def advance(self, count: int) -> None:
