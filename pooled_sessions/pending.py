@@ -61,6 +61,10 @@ class PendingBuffer:
         self._first_at: float | None = None
         self._retry_at = 0.0
         self._failures = 0
+        self._end_waiting = False
+        self.prompt_ends = False
+        """Write an end at once (set by drivers of stores shared with other servers, so
+        those refuse the session within milliseconds, not after the save delay)."""
         self.stats = FlushStats()
 
     def __len__(self) -> int:
@@ -115,6 +119,8 @@ class PendingBuffer:
             current.absorb(change)
         self._events += 1
         self.stats.changes += 1
+        if change.ended_at is not None:
+            self._end_waiting = True
         if self._first_at is None:
             self._first_at = mono
 
@@ -126,8 +132,8 @@ class PendingBuffer:
         """True when a flush should run now."""
         if not self._dirty or mono < self._retry_at:
             return False
-        if self._failures or self._events >= self._settings.batch_save_threshold:
-            return True  # a failed batch is retried as soon as its backoff ends
+        if self._urgent():
+            return True
         assert self._first_at is not None
         return mono >= self._first_at + self._settings.save_delay_seconds
 
@@ -135,15 +141,25 @@ class PendingBuffer:
         """Monotonic time at which a flush becomes due by delay, or None if nothing is pending."""
         if not self._dirty or self._first_at is None:
             return None
-        if self._failures or self._events >= self._settings.batch_save_threshold:
+        if self._urgent():
             return self._retry_at  # due now, or when the backoff ends
         return max(self._first_at + self._settings.save_delay_seconds, self._retry_at)
+
+    def _urgent(self) -> bool:
+        """Flush without waiting for the save delay: threshold reached, buffer full, or retry."""
+        return (
+            self._events >= self._settings.batch_save_threshold
+            or self._failures > 0  # a failed batch is retried as soon as its backoff ends
+            or len(self._dirty) + len(self._inflight) >= self._settings.max_pending_sessions
+            or (self.prompt_ends and self._end_waiting)
+        )
 
     def take(self) -> dict[str, Dirty]:
         """Hand every pending change to a flush; they count as in flight until settled."""
         taken, self._dirty = self._dirty, {}
         self._inflight.update(taken)
         self._events, self._first_at = 0, None
+        self._end_waiting = False
         if self._failures:
             self.stats.retries += 1
         return taken

@@ -77,7 +77,9 @@ class SessionService:
         session_id: str | None = None,
     ) -> str:
         """Start a session for ``username``; returns its id (``session_id`` if given)."""
-        sid = self._call(self._engine.create(username, attributes, client_info, session_id))
+        sid = self._call(
+            self._engine.create(username, attributes, client_info, session_id), writes=True
+        )
         logger.debug("created session %s for %r", short(sid), username)
         return sid
 
@@ -89,7 +91,7 @@ class SessionService:
         self, session_id: str, attributes: Mapping[str, Any], *, remove: Collection[str] = ()
     ) -> bool:
         """Merge ``attributes`` into a live session, dropping ``remove``; False if not live."""
-        return self._call(self._engine.update(session_id, attributes, remove))
+        return self._call(self._engine.update(session_id, attributes, remove), writes=True)
 
     def get_session(self, session_id: str) -> Session | None:
         """A live session's snapshot, without touching it."""
@@ -97,7 +99,7 @@ class SessionService:
 
     def rotate_session(self, session_id: str) -> str | None:
         """Give a live session a new id (after login or a privilege change); None if not live."""
-        return self._call(self._engine.rotate(session_id))
+        return self._call(self._engine.rotate(session_id), writes=True)
 
     def sessions_of(self, username: str) -> list[str]:
         """Ids of ``username``'s live sessions, oldest first."""
@@ -105,7 +107,7 @@ class SessionService:
 
     def end_session(self, session_id: str) -> bool:
         """End a session everywhere; True if a live session ended."""
-        ended = self._call(self._engine.end(session_id))
+        ended = self._call(self._engine.end(session_id), writes=True)
         if ended:
             logger.debug("ended session %s", short(session_id))
         return ended
@@ -151,16 +153,21 @@ class SessionService:
 
     # -- driving the engine ------------------------------------------------------------
 
-    def _call(self, op: Op[T]) -> T:
+    def _call(self, op: Op[T], *, writes: bool = False) -> T:
+        """Run one engine operation; ``writes``: its change must reach a write-through store."""
         self._check_open()
         reply: Any = None
+        before = -1
         try:
             while True:
                 with self._lock:
+                    if before < 0:
+                        before = self._engine.pending.stats.changes
                     try:
                         request = op.send(reply)
                     except StopIteration as stop:
                         due = self._engine.flush_due()
+                        changed = writes and self._engine.pending.stats.changes != before
                         result: T = stop.value
                         break
                 reply = self._perform(request)
@@ -168,8 +175,8 @@ class SessionService:
             with self._lock:  # abandoned mid-way: a wait for a pool slot withdraws under the lock
                 op.close()
             raise
-        if due:
-            self._flush_is_due()
+        if due or (changed and self.settings.write_through):
+            self._flush_is_due(changed)
         return result
 
     def _perform(self, request: Request) -> Any:
@@ -191,11 +198,20 @@ class SessionService:
         if self._closed:
             raise ServiceClosedError("the session service was shut down")
 
-    def _flush_is_due(self) -> None:
-        if self.settings.write_through:
-            self._flush()
-        else:
+    def _flush_is_due(self, changed: bool) -> None:
+        """Wake the flusher, or in write-through mode flush here, backoff or not.
+
+        A write-through call that changed a session raises if the store refused it (the
+        change stays pending and is retried); a read's touch is left to the retries.
+        """
+        if not self.settings.write_through:
             self._wake_flusher()
+            return
+        try:
+            self._flush()
+        except StoreError:
+            if changed:
+                raise
 
     def _wake_flusher(self) -> None:
         with self._wake:

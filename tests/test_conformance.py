@@ -313,9 +313,10 @@ def test_force_save_then_a_fresh_service_sees_everything(
     assert svc.update_session(ids[0], {"cart": [3, 7]}, remove=["n"])
     rotated = svc.rotate_session(ids[1])
     assert svc.end_session(ids[2])
-    written = svc.force_save()
-    assert written >= 1
-    assert svc.stats()["pending_changes"] == 0
+    svc.force_save()  # the flusher may have written some already (25 creations > threshold)
+    stats = svc.stats()
+    assert stats["pending_changes"] == 0 and stats["pending_sessions"] == 0
+    assert stats["sessions_written"] >= 26
     peer = make_peer()
     for sid in ids[3:] + [ids[0]]:
         assert peer.get_session(sid) == svc.get_session(sid)
