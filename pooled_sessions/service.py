@@ -59,6 +59,10 @@ class SessionService:
         self._stopping = False
         self._purged = 0
         self._next_sync = time.monotonic() + self.settings.sync_interval_seconds
+        watch = getattr(store, "watch", None)
+        if watch is not None:  # shared with other servers: end at once, hear their ends
+            self._engine.pending.prompt_ends = True
+            watch(self._invalidated)
         self._thread = threading.Thread(
             target=self._background, name="pooled-sessions-flusher", daemon=True
         )
@@ -193,6 +197,12 @@ class SessionService:
             return self._wake.wait_for(
                 lambda: has_room(request.session_id), self.settings.backpressure_timeout_seconds
             )
+
+    def _invalidated(self, session_ids: Collection[str] | None, ended: bool) -> None:
+        """Store callback, from any thread: other servers ended or changed these sessions."""
+        with self._wake:
+            self._engine.invalidate(session_ids, ended=ended)
+            self._wake.notify_all()
 
     def _check_open(self) -> None:
         if self._closed:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from ..codec import Operation, Record, WriteResult
@@ -67,4 +67,48 @@ class AsyncIteratorOfRecords(Protocol):
     async def __anext__(self) -> tuple[str, Record]: ...
 
 
-__all__ = ["AsyncStore", "Store", "AsyncIteratorOfRecords", "Iterator"]
+Invalidate = Callable[[Collection[str] | None, bool], None]
+"""``callback(session_ids, ended)``: other servers ended (``ended=True``) or changed these
+sessions; ``session_ids`` None means anything may have changed (events were lost)."""
+
+
+@runtime_checkable
+class WatchableStore(Store, Protocol):
+    """A store shared with other servers that pushes their changes (optional ``watch``).
+
+    Driver contract (`SessionService` does exactly this in its constructor):
+    - call ``store.watch(callback)`` once, after the engine exists and before serving;
+    - set ``engine.pending.prompt_ends = True``, so an end is flushed at once and other
+      servers refuse the session within milliseconds rather than after the save delay;
+    - ``callback(ids, ended)`` runs on a thread the store owns: take the driver's lock and
+      call ``engine.invalidate(ids, ended=ended)`` (then wake anyone waiting on it). It
+      must not call the store, and must be quick.
+    ``close()`` stops the watching; no callback runs after it returns.
+    """
+
+    def watch(self, callback: Invalidate) -> None: ...
+
+
+@runtime_checkable
+class AsyncWatchableStore(AsyncStore, Protocol):
+    """The asyncio twin of `WatchableStore`.
+
+    ``await store.watch(callback)`` from the running loop (for example at the driver's
+    first use, before serving), and set ``engine.pending.prompt_ends = True``. The
+    callback runs in the event loop's thread, from a task the store owns: it must not
+    block or await; it calls ``engine.invalidate(ids, ended=ended)`` directly (under the
+    driver's lock if the driver has one). ``await store.close()`` stops the task.
+    """
+
+    async def watch(self, callback: Invalidate) -> None: ...
+
+
+__all__ = [
+    "AsyncIteratorOfRecords",
+    "AsyncStore",
+    "AsyncWatchableStore",
+    "Invalidate",
+    "Iterator",
+    "Store",
+    "WatchableStore",
+]

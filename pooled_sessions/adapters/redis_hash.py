@@ -1,0 +1,254 @@
+"""``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://``: sessions as Redis hashes.
+
+Both stores run the same plans (`redis_plan`) over the same keys (`redis_keys`); they
+only differ in how a pipeline is sent. Every server sharing a prefix shares the sessions,
+and `watch` tells a service which of its cached sessions another server ended or changed.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+from ..codec import Operation, Record, WriteResult
+from ..config import Settings
+from ..errors import MissingDependencyError, SessionError, StoreError, StoreUnavailableError
+from . import redis_plan as plan
+from .redis_events import AsyncEventListener, Callback, EventListener, Subscription
+from .redis_options import CLUSTER_SCHEME, RedisOptions
+from .url import StoreURL, redact
+
+T = TypeVar("T")
+INSTALL_HINT = 'pip install "pooled-sessions[redis]"'
+
+
+def _redis() -> Any:
+    try:
+        import redis
+        import redis.asyncio
+        import redis.asyncio.cluster
+        import redis.backoff
+        import redis.cluster
+        import redis.retry
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"the Redis store needs the redis package: {INSTALL_HINT}"
+        ) from exc
+    return redis
+
+
+def _client_url(client: Any, asyncio: bool) -> str:
+    """A URL describing a ready client, for messages and `url`."""
+    redis = _redis()
+    cluster_type = redis.asyncio.cluster.RedisCluster if asyncio else redis.cluster.RedisCluster
+    if isinstance(client, cluster_type):
+        node = client.get_default_node()
+        return f"{CLUSTER_SCHEME}://{node.host}:{node.port}"
+    kwargs = client.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
+    host, port = kwargs.get("host", "localhost"), kwargs.get("port", 6379)
+    return f"redis://{host}:{port}/{kwargs.get('db', 0)}"
+
+
+def _build_client(options: RedisOptions, asyncio: bool) -> Any:
+    redis = _redis()
+    retry_type = redis.asyncio.retry.Retry if asyncio else redis.retry.Retry
+    retry = retry_type(redis.backoff.ExponentialBackoff(cap=1.0, base=0.05), options.retries)
+    if options.cluster:
+        kind = redis.asyncio.cluster.RedisCluster if asyncio else redis.cluster.RedisCluster
+    else:
+        kind = redis.asyncio.Redis if asyncio else redis.Redis
+    try:
+        return kind.from_url(options.client_url, retry=retry, **options.client_kwargs)
+    except (TypeError, ValueError) as exc:
+        raise SessionError(f"cannot open {options}: {exc}") from None
+
+
+class _RedisBase:
+    """What both stores share: options, keys, an origin token, error translation."""
+
+    def __init__(self, url: StoreURL | str | None, settings: Settings | None,
+                 client: Any, asyncio: bool) -> None:
+        settings = settings or Settings()
+        if url is None:
+            if client is None:
+                raise SessionError("a Redis store needs a URL or a client")
+            url = _client_url(client, asyncio)
+        parsed = url if isinstance(url, StoreURL) else StoreURL.parse(url)
+        self.options = RedisOptions.parse(parsed, settings)
+        self.url = parsed.text
+        self.keys = self.options.keys
+        self.where = f"redis {redact(parsed.text)}"
+        self._origin = secrets.token_hex(8)
+        self._owns_client = client is None
+        self._client = client if client is not None else _build_client(self.options, asyncio)
+        self._redis = _redis()
+
+    def _failure(self, exc: Exception) -> SessionError:
+        """The error a caller sees: unavailable (retry later) or a plain store error."""
+        if isinstance(exc, SessionError):
+            return exc
+        errors = self._redis.exceptions
+        down = (errors.ConnectionError, errors.TimeoutError, errors.ClusterError,
+                errors.RedisClusterException, errors.TryAgainError, errors.ReadOnlyError,
+                errors.BusyLoadingError, OSError)
+        if isinstance(exc, down) or "LOADING" in str(exc) or "MASTERDOWN" in str(exc):
+            return StoreUnavailableError(f"{self.where} is unavailable: {exc}")
+        return StoreError(f"{self.where} failed: {type(exc).__name__}: {exc}")
+
+    def _write_plan(self, operations: Sequence[Operation], now: float) -> plan.Step[WriteResult]:
+        o = self.options
+        return plan.write(self.keys, operations, now, self._origin, o.tombstone_ttl_ms,
+                          o.chunk_size, o.cluster)
+
+    def _subscription(self, callback: Callback) -> Subscription:
+        return Subscription(self._origin, callback, self.where)
+
+    def _subscribe_wait(self) -> float:
+        return float(self.options.client_kwargs.get("socket_connect_timeout", 2.0)) + 1.0
+
+
+class RedisStore(_RedisBase):
+    """Blocking store on redis-py; pass ``client=`` to use a ready ``Redis``/``RedisCluster``."""
+
+    def __init__(self, url: StoreURL | str | None = None, settings: Settings | None = None,
+                 *, client: Any = None) -> None:
+        super().__init__(url, settings, client, asyncio=False)
+        self._listener: EventListener | None = None
+
+    def _run(self, step: plan.Step[T]) -> T:
+        replies: Any = None
+        try:
+            while True:
+                commands = step.send(replies)
+                pipe = self._client.pipeline(transaction=False)
+                for command in commands:
+                    pipe.execute_command(*command)
+                replies = pipe.execute(raise_on_error=False)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+        except Exception as exc:
+            raise self._failure(exc) from exc
+        finally:
+            step.close()
+
+    def load(self, session_id: str) -> Record | None:
+        return self._run(plan.load(self.keys, session_id, self.where))
+
+    def load_user(self, username: str) -> Mapping[str, Record]:
+        return self._run(plan.load_user(self.keys, username, self.where))
+
+    def write(self, operations: Sequence[Operation], now: float) -> WriteResult:
+        return self._run(self._write_plan(operations, now))
+
+    def purge_expired(self, now: float) -> int:
+        return self._run(plan.purge(self.keys, now))
+
+    def poll(self) -> bool:
+        """Always False: changes by other servers arrive through `watch`."""
+        return False
+
+    def scan(self) -> Iterator[tuple[str, Record]]:
+        for shard in self.keys.all_shards():
+            cursor = 0
+            while True:
+                cursor, page = self._run(plan.scan_page(self.keys, shard, cursor, self.where))
+                yield from page
+                if cursor == 0:
+                    break
+
+    def count(self) -> int:
+        return self._run(plan.count(self.keys, time.time()))
+
+    def watch(self, callback: Callback) -> None:
+        """Call ``callback(ids, ended)`` from a listener thread when other servers end or
+        change sessions (``ids`` None: anything may have changed). Waits briefly for the
+        subscription; if Redis is down, the listener keeps trying in the background."""
+        if self._listener is not None:
+            raise SessionError(f"{self.where} is already watched")
+        subscription = self._subscription(callback)
+        self._listener = EventListener(self._client, self.keys.channel, subscription)
+        self._listener.start(self._subscribe_wait())
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
+        if self._owns_client:
+            self._client.close()
+
+
+class AsyncRedisStore(_RedisBase):
+    """The asyncio twin on ``redis.asyncio``; ``client=`` takes a ready asyncio client."""
+
+    def __init__(self, url: StoreURL | str | None = None, settings: Settings | None = None,
+                 *, client: Any = None) -> None:
+        super().__init__(url, settings, client, asyncio=True)
+        self._listener: AsyncEventListener | None = None
+
+    async def _run(self, step: plan.Step[T]) -> T:
+        replies: Any = None
+        try:
+            while True:
+                commands = step.send(replies)
+                pipe = self._client.pipeline(transaction=False)
+                for command in commands:
+                    pipe.execute_command(*command)
+                replies = await pipe.execute(raise_on_error=False)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+        except Exception as exc:
+            raise self._failure(exc) from exc
+        finally:
+            step.close()
+
+    async def load(self, session_id: str) -> Record | None:
+        return await self._run(plan.load(self.keys, session_id, self.where))
+
+    async def load_user(self, username: str) -> Mapping[str, Record]:
+        return await self._run(plan.load_user(self.keys, username, self.where))
+
+    async def write(self, operations: Sequence[Operation], now: float) -> WriteResult:
+        return await self._run(self._write_plan(operations, now))
+
+    async def purge_expired(self, now: float) -> int:
+        return await self._run(plan.purge(self.keys, now))
+
+    async def poll(self) -> bool:
+        """Always False: changes by other servers arrive through `watch`."""
+        return False
+
+    async def scan(self) -> AsyncIterator[tuple[str, Record]]:
+        for shard in self.keys.all_shards():
+            cursor = 0
+            while True:
+                step = plan.scan_page(self.keys, shard, cursor, self.where)
+                cursor, page = await self._run(step)
+                for item in page:
+                    yield item
+                if cursor == 0:
+                    break
+
+    async def count(self) -> int:
+        return await self._run(plan.count(self.keys, time.time()))
+
+    async def watch(self, callback: Callback) -> None:
+        """Like `RedisStore.watch`, from a task of the running loop: ``callback`` runs in
+        the loop's thread, so it must not block."""
+        if self._listener is not None:
+            raise SessionError(f"{self.where} is already watched")
+        subscription = self._subscription(callback)
+        self._listener = AsyncEventListener(self._client, self.keys.channel, subscription)
+        await self._listener.start(self._subscribe_wait())
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
+        if self._owns_client:
+            await self._client.aclose()

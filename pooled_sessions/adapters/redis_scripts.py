@@ -1,0 +1,99 @@
+"""Lua scripts of the Redis store: each runs atomically on the server that owns its keys.
+
+A script only touches keys passed in KEYS, and the store passes keys of one hash slot
+per call on a cluster, so scripts never cross slots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A Lua script and its SHA1, for EVALSHA with an EVAL fallback."""
+
+    source: str
+
+    @property
+    def sha(self) -> str:
+        return hashlib.sha1(self.source.encode()).hexdigest()
+
+
+# Apply a batch of writes. KEYS: hash and tombstone of each operation, in order.
+# ARGV: now_ms, tombstone_ttl_ms, channel, origin, then per operation either
+#   "D", id, ended_at
+#   "U", id, mode ("F" full / "P" partial), expires_ms, accessed, notify, nset, ndel,
+#        nset field/value pairs, ndel field names
+# Returns one status per operation: 1 written, 0 refused (ended), 2 missing (the
+# session is not in Redis and a partial write cannot rebuild it: send it in full).
+# Why each step:
+# - the tombstone is checked only when the hash is missing: an ended session has no
+#   hash, so a live hash proves no tombstone applies (one read instead of two);
+# - PEXPIREAT ... GT on an existing hash: a late or retried write never shortens expiry;
+# - "@accessed" only moves forward, so a late flush does not roll it back;
+# - ids ended or changed are published from inside the script, after the write, so a
+#   server that drops its cached copy and reloads sees the new state.
+APPLY = Script(
+    """
+local now, tomb_ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local status, ended, changed = {}, {}, {}
+local i = 5
+local function hset(h, list)
+  for s = 1, #list, 512 do
+    redis.call('HSET', h, unpack(list, s, math.min(s + 511, #list)))
+  end
+end
+for k = 1, #KEYS, 2 do
+  local h, t = KEYS[k], KEYS[k + 1]
+  if ARGV[i] == 'D' then
+    redis.call('DEL', h)
+    redis.call('SET', t, ARGV[i + 2], 'PX', tomb_ttl)
+    ended[#ended + 1] = ARGV[i + 1]
+    status[#status + 1] = 1
+    i = i + 3
+  else
+    local sid, mode, exp = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+    local accessed, notify = ARGV[i + 4], ARGV[i + 5]
+    local nset, ndel = tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7])
+    local j = i + 8
+    local fields = {}
+    for f = j, j + 2 * nset - 1 do fields[#fields + 1] = ARGV[f] end
+    local current = redis.call('HGET', h, '@accessed')
+    if not current then
+      if redis.call('EXISTS', t) == 1 then
+        status[#status + 1] = 0
+      elseif mode ~= 'F' then
+        status[#status + 1] = 2
+      else
+        if exp > now then
+          fields[#fields + 1] = '@accessed'
+          fields[#fields + 1] = accessed
+          hset(h, fields)
+          redis.call('PEXPIREAT', h, exp)
+        end
+        status[#status + 1] = 1
+      end
+    else
+      if tonumber(accessed) > tonumber(current) then
+        fields[#fields + 1] = '@accessed'
+        fields[#fields + 1] = accessed
+      end
+      if ndel > 0 then
+        redis.call('HDEL', h, unpack(ARGV, j + 2 * nset, j + 2 * nset + ndel - 1))
+      end
+      if #fields > 0 then hset(h, fields) end
+      redis.call('PEXPIREAT', h, exp, 'GT')
+      if notify == '1' then changed[#changed + 1] = sid end
+      status[#status + 1] = 1
+    end
+    i = j + 2 * nset + ndel
+  end
+end
+if #ended > 0 or #changed > 0 then
+  redis.call('PUBLISH', ARGV[3], cjson.encode({o = ARGV[4], e = ended, c = changed}))
+end
+return status
+"""
+)
