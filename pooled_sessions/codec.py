@@ -219,13 +219,25 @@ def encode_record(record: Record) -> str:
     return _encode(record)
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number as a float, refusing ones that overflow (this library never writes them)."""
+    value = float(text)
+    if value - value != 0.0:
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def decode_document(data: bytes, where: str) -> tuple[dict[str, Record], dict[str, float]]:
     """Parse and check a file document; anything unexpected raises CorruptStoreError."""
     try:
-        document = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        document = json.loads(data, parse_float=_finite_float, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:  # also bad UTF-8, huge integers, deep nesting
         raise CorruptStoreError(
-            f"{where} is not valid JSON ({exc}); it was left as it is"
+            f"{where} is not valid JSON ({str(exc)[:200]}); it was left as it is"
         ) from None
     if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
         raise CorruptStoreError(f"{where} is not a pooled_sessions file; it was left as it is")

@@ -1,0 +1,256 @@
+"""The JSON file store on real files: format, atomic replace, modes, strays, corrupt files."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from pooled_sessions import CorruptStoreError, SessionService, StoreUnavailableError
+from tests.filekit import EPOCH, document, mode_of, record, temp_files, write_document
+
+
+def test_document_format_and_modes(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.json"
+    with SessionService(path) as svc:
+        sid = svc.create_session("alice", {"cart": [3, 7]}, {"ip": "203.0.113.7"})
+        ended = svc.create_session("bob")
+        svc.force_save()
+        svc.end_session(ended)
+    body = json.loads(path.read_bytes())
+    assert (body["format"], body["version"]) == ("pooled_sessions", 1)
+    stored = body["sessions"][sid]
+    assert stored["username"] == "alice" and stored["attributes"] == {"cart": [3, 7]}
+    assert stored["ip"] == "203.0.113.7"
+    assert ended not in body["sessions"] and ended in body["tombstones"]
+    assert mode_of(path) == 0o600
+    assert mode_of(Path(str(path) + ".lock")) == 0o600
+    assert temp_files(tmp_path) == []
+
+
+def test_each_flush_replaces_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.json"
+    with SessionService(path) as svc:
+        svc.create_session("alice")
+        svc.force_save()
+        held = open(path, "rb")  # noqa: SIM115 - a reader holding the old version open
+        before = os.fstat(held.fileno()).st_ino
+        old_bytes = held.read()
+        svc.create_session("bob")
+        svc.force_save()
+        assert os.stat(path).st_ino != before, "a new inode: the old file was never rewritten"
+        held.seek(0)
+        assert held.read() == old_bytes, "a reader of the old version sees it whole"
+        held.close()
+
+
+def test_file_url_and_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with SessionService("relative.json") as svc:
+        sid = svc.create_session("alice")
+    with SessionService(f"file://{tmp_path}/relative.json") as svc:
+        assert svc.get_session(sid) is not None
+
+
+def test_readers_never_see_a_partial_file(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.json"
+    stop = threading.Event()
+    reads: list[int] = []
+    problems: list[str] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            try:
+                json.loads(data)
+                reads.append(len(data))
+            except ValueError as exc:
+                problems.append(str(exc))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        with SessionService(path) as svc:
+            for n in range(60):
+                svc.create_session(f"user{n}", {"pad": "x" * 2000})
+                svc.force_save()
+    finally:
+        stop.set()
+        thread.join()
+    assert problems == []
+    assert len(reads) > 10 and len(set(reads)) > 5
+
+
+def test_stray_temp_files_are_removed_and_others_kept(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.json"
+    strays = [tmp_path / ".sessions.json.k3j2l1.tmp", tmp_path / ".sessions.json.zz.tmp"]
+    unrelated = [tmp_path / ".other.json.k3j2l1.tmp", tmp_path / "sessions.json.bak"]
+    for file in strays + unrelated:
+        file.write_bytes(b"half a docu")
+    with SessionService(path) as svc:
+        assert not any(file.exists() for file in strays)
+        assert all(file.exists() for file in unrelated)
+        svc.create_session("alice")
+    assert temp_files(tmp_path) == [".other.json.k3j2l1.tmp"]
+
+
+def test_missing_directory_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "dir"
+    with pytest.raises(StoreUnavailableError, match=str(missing)):
+        SessionService(missing / "sessions.json")
+    assert not missing.exists()
+
+
+def test_a_directory_in_place_of_the_file(tmp_path: Path) -> None:
+    (tmp_path / "sessions.json").mkdir()
+    with pytest.raises(StoreUnavailableError, match="is a directory"):
+        SessionService(tmp_path / "sessions.json")
+
+
+def test_tombstones_and_expired_sessions_are_purged_by_cleanup(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.json"
+    write_document(path, document(
+        sessions={"s-old": {**record(), "expires_at": EPOCH}, "s-live": record()},
+        tombstones={"s-ancient": EPOCH, "s-recent": time.time()},
+    ))
+    with SessionService(path, cleanup_interval_minutes=0.002, tombstone_ttl_seconds=3600):
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            body = json.loads(path.read_bytes())
+            if "s-old" not in body["sessions"] and "s-ancient" not in body["tombstones"]:
+                break
+            time.sleep(0.05)
+    body = json.loads(path.read_bytes())
+    assert set(body["sessions"]) == {"s-live"}
+    assert set(body["tombstones"]) == {"s-recent"}
+
+
+# -- corrupt files are refused and left byte for byte ------------------------------------------
+
+
+def _corrupt_bodies() -> list[tuple[str, bytes]]:
+    good = document()
+    cases: list[tuple[str, Any]] = [
+        ("list", [good]),
+        ("no format", {k: v for k, v in good.items() if k != "format"}),
+        ("other format", {**good, "format": "flask_session"}),
+        ("newer version", {**good, "version": 2}),
+        ("sessions a list", {**good, "sessions": []}),
+        ("no tombstones", {k: v for k, v in good.items() if k != "tombstones"}),
+        ("record missing a key", document({"s-one": {"username": "alice"}})),
+        ("record extra key", document({"s-one": {**record(), "admin": True}})),
+        ("bool time", document({"s-one": {**record(), "created_at": True}})),
+        ("string time", document({"s-one": {**record(), "expires_at": "tomorrow"}})),
+        ("bad username", document({"s-one": {**record(), "username": 7}})),
+        ("attributes a list", document({"s-one": {**record(), "attributes": [1]}})),
+        ("bad session id", document({"has space": record()})),
+        ("bad tombstone", document(tombstones={"s-x": "yesterday"})),
+    ]
+    raw = [(name, (json.dumps(body) + "\n").encode()) for name, body in cases]
+    text = (json.dumps(good) + "\n")
+    return raw + [
+        ("empty", b""),
+        ("not json", b"sessions: yes\n"),
+        ("not utf-8", b'{"format": "\xff\xfe"}'),
+        ("NaN time", text.replace("4000000000.0", "NaN", 1).encode()),
+        ("Infinity time", text.replace("4000000000.0", "Infinity", 1).encode()),
+        ("overflowing time", text.replace("4000000000.0", "1e999", 1).encode()),
+        ("overflowing attribute", text.replace("[1, 2]", "[1e999, 2]", 1).encode()),
+        ("NaN attribute", text.replace("[1, 2]", "[NaN, 2]", 1).encode()),
+        ("huge integer", text.replace("[1, 2]", "[" + "9" * 5000 + ", 2]", 1).encode()),
+        ("deep nesting", text.replace("[1, 2]", "[" * 100_000 + "]" * 100_000, 1).encode()),
+    ]
+
+
+@pytest.mark.parametrize(("name", "data"), _corrupt_bodies(), ids=lambda v: str(v)[:24])
+def test_corrupt_files_are_refused_and_kept(tmp_path: Path, name: str, data: bytes) -> None:
+    path = tmp_path / "sessions.json"
+    path.write_bytes(data)
+    with pytest.raises(CorruptStoreError, match=str(path)):
+        SessionService(path)
+    assert path.read_bytes() == data
+    assert temp_files(tmp_path) == []
+
+
+def test_truncated_files_are_refused_at_every_length(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.json"
+    with SessionService(path) as svc:
+        for n in range(3):
+            svc.create_session(f"user{n}", {"n": n})
+    whole = path.read_bytes()
+    refused = 0
+    for length in range(0, len(whole) - 1, 7):
+        path.write_bytes(whole[:length])
+        with pytest.raises(CorruptStoreError):
+            SessionService(path)
+        assert path.read_bytes() == whole[:length]
+        refused += 1
+    assert refused > 50
+
+
+def test_a_file_corrupted_while_running_is_never_overwritten(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.json"
+    with SessionService(path, save_delay_seconds=3600, retry_initial_seconds=60) as svc:
+        kept = svc.create_session("alice")
+        svc.force_save()
+        garbage = b'{"format": "pooled_sessions", "version": 1, "sessions": {'
+        path.write_bytes(garbage)
+        late = svc.create_session("bob", {"pending": True})
+        with pytest.raises(CorruptStoreError, match="left as it is"):
+            svc.force_save()
+        assert path.read_bytes() == garbage
+        assert svc.stats()["pending_sessions"] == 1
+        path.unlink()  # the operator moves the damaged file aside
+        svc.force_save()
+    with SessionService(path) as svc:
+        session = svc.get_session(late)
+        assert session is not None and session.attributes == {"pending": True}
+        assert svc.get_session(kept) is None, "it lived only in the file that was removed"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    edits=st.lists(
+        st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255),
+                  st.sampled_from(["flip", "insert", "delete"])),
+        min_size=1, max_size=4,
+    )
+)
+@example(edits=[(0.999, 0, "delete")])  # only the final newline goes: still a good file
+def test_fuzzed_files_are_refused_or_read_never_changed(
+    tmp_path_factory: pytest.TempPathFactory, edits: list[tuple[float, int, str]]
+) -> None:
+    directory = tmp_path_factory.mktemp("fuzz")
+    path = directory / "sessions.json"
+    data = bytearray((json.dumps(document()) + "\n").encode())
+    for where, value, how in edits:
+        at = int(where * len(data))
+        if how == "flip":
+            data[at] = value
+        elif how == "insert":
+            data.insert(at, value)
+        elif len(data) > 1:
+            del data[at]
+    path.write_bytes(bytes(data))
+    try:
+        svc = SessionService(path)
+    except CorruptStoreError:
+        pass
+    else:
+        with svc:  # it parsed: every session in it must be usable
+            body = json.loads(bytes(data))
+            for sid, stored in body["sessions"].items():
+                svc.get_session(sid)
+                svc.sessions_of(stored["username"]) if stored["username"] else None
+    assert path.read_bytes() == bytes(data)
+    assert temp_files(directory) == []
