@@ -154,7 +154,7 @@ def _corrupt_bodies() -> list[tuple[str, bytes]]:
         ("bad username", document({"s-one": {**record(), "username": 7}})),
         ("attributes a list", document({"s-one": {**record(), "attributes": [1]}})),
         ("bad session id", document({"has space": record()})),
-        ("bad tombstone", document(tombstones={"s-x": "yesterday"})),
+        ("bad tombstone", document(tombstones={"s-x": "yesterday"})),  # type: ignore[dict-item]
     ]
     raw = [(name, (json.dumps(body) + "\n").encode()) for name, body in cases]
     text = (json.dumps(good) + "\n")
