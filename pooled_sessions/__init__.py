@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .client_ip import ClientIPResolver, client_ip
 from .config import Settings
 from .errors import (
     BackPressureError,
@@ -16,23 +17,28 @@ from .errors import (
     StoreUnavailableError,
 )
 from .model import ClientInfo, Reason, Session, ShutdownReport, ValidationResult
-from .pool import SessionPoolConfig
+from .pool import PooledSession, SessionPool, SessionPoolConfig
+from .poolpolicy import PoolStats
 from .service import SessionService
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackPressureError",
+    "ClientIPResolver",
     "ClientInfo",
     "ConfigError",
     "CorruptStoreError",
     "MissingDependencyError",
     "PoolExhaustedError",
+    "PoolStats",
+    "PooledSession",
     "Reason",
     "ServiceClosedError",
     "Session",
     "SessionDataError",
     "SessionError",
+    "SessionPool",
     "SessionPoolConfig",
     "SessionService",
     "Settings",
@@ -41,4 +47,5 @@ __all__ = [
     "StoreUnavailableError",
     "ValidationResult",
     "__version__",
+    "client_ip",
 ]
