@@ -73,6 +73,8 @@ ServiceFactory = Callable[..., ServiceAPI]
 BACKENDS: list[Any] = [
     pytest.param("memory", id="memory"),
     pytest.param("file", id="file"),
+    pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    pytest.param("cluster", id="cluster", marks=pytest.mark.cluster),
 ]
 TEARDOWN_SHUTDOWN_SECONDS = 2.0
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest_plugins = ["tests.backends"]
+pytest_plugins = ["tests.backends", "tests.redis_servers"]
 
 
 @pytest.fixture(autouse=True)

@@ -76,8 +76,10 @@ class EventListener:
         self._thread.start()
         return self._ready.wait(wait)
 
-    def stop(self) -> None:
+    def stop(self, wake: Callable[[], Any]) -> None:
+        """Stop listening; ``wake`` publishes a message of our own so the read returns now."""
         self._stop.set()
+        _quietly(wake)
         self._thread.join(POLL_SECONDS * 4)
 
     def _run(self) -> None:

@@ -7,6 +7,7 @@ and `watch` tells a service which of its cached sessions another server ended or
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -104,6 +105,11 @@ class _RedisBase:
         return plan.write(self.keys, operations, now, self._origin, o.tombstone_ttl_ms,
                           o.chunk_size, o.cluster)
 
+    @property
+    def _wake(self) -> str:
+        """An event that carries no ids, from this store: every listener ignores it."""
+        return json.dumps({"o": self._origin})
+
     def _subscription(self, callback: Callback) -> Subscription:
         return Subscription(self._origin, callback, self.where)
 
@@ -176,7 +182,7 @@ class RedisStore(_RedisBase):
 
     def close(self) -> None:
         if self._listener is not None:
-            self._listener.stop()
+            self._listener.stop(lambda: self._client.publish(self.keys.channel, self._wake))
             self._listener = None
         if self._owns_client:
             self._client.close()

@@ -6,7 +6,7 @@ index is tagged with the user name, and the expiry index is split into shards ta
 with their number, so no key is hot on a cluster.
 
     {prefix}:s:{<id>}        hash: one field per attribute (".name" -> JSON) and metadata
-                             ("@user", "@created", ...); its TTL is the session's expiry
+                             ("@user", "@expires", ...); its TTL is the session's expiry
     {prefix}:t:{<id>}        tombstone (the end time) with a TTL: a late write never revives
     {prefix}:u:{<user>}      sorted set: the user's session ids, scored by creation time
     {prefix}:x:{<n>}         sorted set, shard n: "<id>:<user>" scored by expiry (a lower bound)
@@ -27,7 +27,7 @@ from ..errors import ConfigError, CorruptStoreError
 
 LAYOUT_VERSION = "1"
 VERSION, USER, IP, AGENT = "@v", "@user", "@ip", "@ua"
-CREATED, ACCESSED, ABSOLUTE = "@created", "@accessed", "@absolute"
+CREATED, ACCESSED, EXPIRES, ABSOLUTE = "@created", "@accessed", "@expires", "@absolute"
 ATTRIBUTE = "."  # prefix of attribute fields, so a name never meets a metadata field
 
 
@@ -117,11 +117,9 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def decode_hash(
-    session_id: str, raw: Mapping[Any, Any], expire_ms: int, where: str
-) -> Record | None:
+def decode_hash(session_id: str, raw: Mapping[Any, Any], where: str) -> Record | None:
     """The record a session hash holds (None if the hash is gone), or CorruptStoreError."""
-    if not raw or expire_ms == -2:
+    if not raw:
         return None
     try:
         fields = {_text(k): _text(v) for k, v in raw.items()}
@@ -140,7 +138,7 @@ def decode_hash(
             "user_agent": fields.get(AGENT),
             "created_at": float(fields[CREATED]),
             "last_accessed_at": float(fields[ACCESSED]),
-            "expires_at": expire_ms / 1000.0 if expire_ms >= 0 else math.inf,
+            "expires_at": float(fields[EXPIRES]),
             "absolute_expires_at": float(absolute) if absolute else None,
         }
     except (KeyError, ValueError, UnicodeDecodeError) as exc:

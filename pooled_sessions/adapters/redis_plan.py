@@ -84,7 +84,8 @@ class Batch:
             dels = [] if whole else removed_fields(op)
             notify = not op.created and bool(op.changed or op.removed)
             args += ("U", op.session_id, "F" if whole else "P", ms(op.expires_at),
-                     repr(op.last_accessed_at), "1" if notify else "0", len(fields), len(dels))
+                     repr(op.expires_at), repr(op.last_accessed_at), "1" if notify else "0",
+                     len(fields), len(dels))
             for name, value in fields.items():
                 args += (name, value)
             args += dels
@@ -149,26 +150,18 @@ def _apply(batch: Batch, ops: Sequence[Operation], full: bool, cluster: bool) ->
 # -- reads ----------------------------------------------------------------------------
 
 
-def _load_commands(keys: KeySchema, session_id: str) -> list[Command]:
-    key = keys.session(session_id)
-    return [("HGETALL", key), ("PEXPIRETIME", key)]
-
-
 def load(keys: KeySchema, session_id: str, where: str) -> Step[Record | None]:
-    """One session's record, from its hash and its TTL."""
-    raw, expire = yield from run(_load_commands(keys, session_id))
-    return decode_hash(session_id, raw, int(expire), where)
+    """One session's record, from its hash."""
+    (raw,) = yield from run([("HGETALL", keys.session(session_id))])
+    return decode_hash(session_id, raw, where)
 
 
 def load_many(keys: KeySchema, ids: Sequence[str], where: str) -> Step[dict[str, Record | None]]:
     """Records of several sessions (None for each one gone), in one pipeline."""
     if not ids:
         return {}
-    replies = yield from run([c for sid in ids for c in _load_commands(keys, sid)])
-    return {
-        sid: decode_hash(sid, replies[2 * n], int(replies[2 * n + 1]), where)
-        for n, sid in enumerate(ids)
-    }
+    replies = yield from run([("HGETALL", keys.session(sid)) for sid in ids])
+    return {sid: decode_hash(sid, raw, where) for sid, raw in zip(ids, replies, strict=True)}
 
 
 def load_user(keys: KeySchema, username: str, where: str) -> Step[Mapping[str, Record]]:

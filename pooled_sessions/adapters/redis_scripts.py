@@ -24,15 +24,15 @@ class Script:
 # Apply a batch of writes. KEYS: hash and tombstone of each operation, in order.
 # ARGV: now_ms, tombstone_ttl_ms, channel, origin, then per operation either
 #   "D", id, ended_at
-#   "U", id, mode ("F" full / "P" partial), expires_ms, accessed, notify, nset, ndel,
+#   "U", id, mode ("F" full / "P" partial), expires_ms, expires, accessed, notify, nset, ndel,
 #        nset field/value pairs, ndel field names
 # Returns one status per operation: 1 written, 0 refused (ended), 2 missing (the
 # session is not in Redis and a partial write cannot rebuild it: send it in full).
 # Why each step:
 # - the tombstone is checked only when the hash is missing: an ended session has no
 #   hash, so a live hash proves no tombstone applies (one read instead of two);
-# - PEXPIREAT ... GT on an existing hash: a late or retried write never shortens expiry;
-# - "@accessed" only moves forward, so a late flush does not roll it back;
+# - "@expires" (exact) and the TTL (PEXPIREAT, in ms rounded up) only move forward, and
+#   "@accessed" too: a late or retried write never shortens expiry or rolls time back;
 # - ids ended or changed are published from inside the script, after the write, so a
 #   server that drops its cached copy and reloads sees the new state.
 APPLY = Script(
@@ -54,37 +54,43 @@ for k = 1, #KEYS, 2 do
     status[#status + 1] = 1
     i = i + 3
   else
-    local sid, mode, exp = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
-    local accessed, notify = ARGV[i + 4], ARGV[i + 5]
-    local nset, ndel = tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7])
-    local j = i + 8
+    local sid, mode, exp_ms, exp = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4]
+    local accessed, notify = ARGV[i + 5], ARGV[i + 6]
+    local nset, ndel = tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8])
+    local j = i + 9
     local fields = {}
     for f = j, j + 2 * nset - 1 do fields[#fields + 1] = ARGV[f] end
-    local current = redis.call('HGET', h, '@accessed')
-    if not current then
+    local current = redis.call('HMGET', h, '@accessed', '@expires')
+    if not current[1] then
       if redis.call('EXISTS', t) == 1 then
         status[#status + 1] = 0
       elseif mode ~= 'F' then
         status[#status + 1] = 2
       else
-        if exp > now then
-          fields[#fields + 1] = '@accessed'
-          fields[#fields + 1] = accessed
+        if exp_ms > now then
+          for _, v in ipairs({'@accessed', accessed, '@expires', exp}) do
+            fields[#fields + 1] = v
+          end
           hset(h, fields)
-          redis.call('PEXPIREAT', h, exp)
+          redis.call('PEXPIREAT', h, exp_ms)
         end
         status[#status + 1] = 1
       end
     else
-      if tonumber(accessed) > tonumber(current) then
+      if tonumber(accessed) > tonumber(current[1]) then
         fields[#fields + 1] = '@accessed'
         fields[#fields + 1] = accessed
+      end
+      local longer = tonumber(exp) > tonumber(current[2] or '0')
+      if longer then
+        fields[#fields + 1] = '@expires'
+        fields[#fields + 1] = exp
       end
       if ndel > 0 then
         redis.call('HDEL', h, unpack(ARGV, j + 2 * nset, j + 2 * nset + ndel - 1))
       end
       if #fields > 0 then hset(h, fields) end
-      redis.call('PEXPIREAT', h, exp, 'GT')
+      if longer then redis.call('PEXPIREAT', h, exp_ms, 'GT') end
       if notify == '1' then changed[#changed + 1] = sid end
       status[#status + 1] = 1
     end
