@@ -335,6 +335,7 @@ class Engine:
             "live_sessions": len(self._entries),
             "pending_changes": self.pending.changes,
             "pending_sessions": len(self.pending),
+            "inflight_sessions": self.pending.in_flight,
             "changes": flush.changes,
             "flushes": flush.flushes,
             "store_writes": flush.flushes + flush.failures,

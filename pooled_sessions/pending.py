@@ -80,6 +80,11 @@ class PendingBuffer:
         """True while the last flush attempt failed."""
         return self._failures > 0
 
+    @property
+    def in_flight(self) -> int:
+        """Sessions handed to a flush that has not finished yet."""
+        return len(self._inflight)
+
     def ids(self) -> list[str]:
         """Ids of the sessions with pending (not in-flight) changes."""
         return list(self._dirty)

@@ -101,6 +101,12 @@ def wait_until(predicate: Any, timeout: float = 5.0) -> bool:
     return True
 
 
+def settled(svc: SessionService) -> bool:
+    """True when no change waits for, or is being written to, the store."""
+    stats = svc.stats()
+    return bool(stats["pending_sessions"] == 0 and stats["inflight_sessions"] == 0)
+
+
 # -- bad input is refused at the call, nothing queued ------------------------------------------
 
 
@@ -293,7 +299,7 @@ def test_a_failed_flush_keeps_everything_and_recovers(service_on: Any, flaky: Fl
     assert "No space left" in stats["last_error"]
     assert svc.validate_session(sid), "reads are served while the store is down"
     flaky.down = False
-    assert wait_until(lambda: svc.stats()["pending_sessions"] == 0)
+    assert wait_until(lambda: settled(svc))
     record = flaky.load(sid)
     assert record is not None and record["attributes"] == {"a": 1, "b": 2}
 
@@ -312,7 +318,7 @@ def test_back_pressure_then_recovery_loses_nothing(service_on: Any, flaky: Flaky
         assert svc.update_session(sid, {"more": True}), "pending sessions still take changes"
     assert svc.stats()["pending_sessions"] <= 5
     flaky.down = False
-    assert wait_until(lambda: svc.stats()["pending_sessions"] == 0)
+    assert wait_until(lambda: settled(svc))
     for sid, n in accepted.items():
         record = flaky.load(sid)
         assert record is not None and record["attributes"] == {"n": n, "more": True}

@@ -1,0 +1,231 @@
+"""Faults of the file system, injected into ``pooled_sessions.adapters.fsio``.
+
+The tests run as root, so chmod cannot stage a full disk or a read-only directory; each
+fault is an OSError with the errno the kernel would give, raised where it would arise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pooled_sessions import SessionService, StoreUnavailableError
+from pooled_sessions.adapters import fsio
+from tests.filekit import temp_files
+
+
+class Fault:
+    """Wrap ``fsio.<name>`` so its next ``times`` calls raise OSError(``code``)."""
+
+    def __init__(
+        self, monkeypatch: pytest.MonkeyPatch, name: str, code: int, times: int = 10**9,
+        *, before: Callable[..., Any] | None = None,
+    ) -> None:
+        self.real: Callable[..., Any] = getattr(fsio, name)
+        self.code = code
+        self.left = times
+        self.calls: list[tuple[Any, ...]] = []
+        self.before = before
+        monkeypatch.setattr(fsio, name, self)
+
+    def __call__(self, *args: Any) -> Any:
+        self.calls.append(args)
+        if self.left > 0:
+            self.left -= 1
+            if self.before is not None:
+                self.before(*args)
+            raise OSError(self.code, os.strerror(self.code))
+        return self.real(*args)
+
+    def heal(self) -> None:
+        self.left = 0
+
+
+def populate(svc: SessionService) -> dict[str, dict[str, Any]]:
+    """Some saved sessions, then unsaved changes; the state every reopen must show."""
+    expected = {svc.create_session(f"user{n}", {"n": n}): {"n": n} for n in range(5)}
+    svc.force_save()
+    first, second = list(expected)[:2]
+    svc.update_session(first, {"late": True})
+    expected[first] = {"n": 0, "late": True}
+    expected[svc.create_session("newcomer", {"fresh": 1})] = {"fresh": 1}
+    assert svc.end_session(second)
+    del expected[second]
+    return expected
+
+
+def assert_file_holds(path: Path, expected: dict[str, dict[str, Any]]) -> None:
+    with SessionService(path) as svc:
+        for sid, attributes in expected.items():
+            session = svc.get_session(sid)
+            assert session is not None and session.attributes == attributes
+        assert svc.stats()["live_sessions"] == len(expected)
+
+
+def unsettled(svc: SessionService) -> int:
+    """Sessions with changes the store has not confirmed."""
+    stats = svc.stats()
+    return int(stats["pending_sessions"] + stats["inflight_sessions"])
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "sessions.json"
+
+
+@pytest.fixture
+def service(path: Path) -> Iterator[SessionService]:
+    svc = SessionService(path, save_delay_seconds=3600, retry_initial_seconds=3600)
+    yield svc
+    svc.shutdown(timeout=1)
+
+
+FAULTS = [
+    ("write_all", errno.ENOSPC, "disk full"),
+    ("open_temp", errno.ENOSPC, "disk full"),
+    ("open_temp", errno.EACCES, "permission denied"),
+    ("open_temp", errno.EROFS, "read-only file system"),
+    ("fsync", errno.EIO, "I/O error"),
+    ("sync_directory", errno.EIO, "I/O error"),
+    ("read_file", errno.EIO, "I/O error"),
+]
+
+
+@pytest.mark.parametrize(("name", "code", "words"), FAULTS, ids=[f"{n}-{w}" for n, _, w in FAULTS])
+def test_a_failed_flush_keeps_its_changes_and_recovers(
+    service: SessionService, path: Path, name: str, code: int, words: str
+) -> None:
+    expected = populate(service)
+    saved = path.read_bytes()
+    with pytest.MonkeyPatch.context() as patch:
+        fault = Fault(patch, name, code)
+        for _ in range(2):
+            with pytest.raises(StoreUnavailableError, match=words):
+                service.force_save()
+        assert fault.calls, "the fault was reached"
+        stats = service.stats()
+        assert stats["pending_sessions"] == 3 and stats["flushes"] == 1
+        assert stats["flush_failures"] == 2 and words in stats["last_error"]
+        if name != "sync_directory":  # that one fails after the rename, with the data in place
+            assert path.read_bytes() == saved, "the old file is untouched"
+        assert temp_files(path.parent) == []
+        for sid, attributes in expected.items():
+            session = service.get_session(sid)
+            assert session is not None and session.attributes == attributes
+    assert service.force_save() == 3
+    assert service.stats()["pending_sessions"] == 0
+    assert_file_holds(path, expected)
+
+
+def test_the_flusher_retries_with_backoff_until_the_disk_has_room(path: Path) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        fault = Fault(patch, "write_all", errno.ENOSPC, times=3)
+        with SessionService(path, save_delay_seconds=0.01, retry_initial_seconds=0.02,
+                            retry_max_seconds=0.2) as svc:
+            expected = {svc.create_session(f"u{n}", {"n": n}): {"n": n} for n in range(4)}
+            deadline = time.monotonic() + 10
+            while unsettled(svc) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            stats = svc.stats()
+            assert stats["pending_sessions"] == 0 and fault.left == 0
+            assert stats["flush_failures"] == 3 and stats["flush_retries"] == 3
+            assert stats["flushes"] >= 1
+    assert_file_holds(path, expected)
+
+
+def test_a_failed_fsync_is_never_retried_on_the_same_descriptor(
+    service: SessionService, path: Path
+) -> None:
+    expected = populate(service)
+    temps: list[str] = []
+    real_open_temp = fsio.open_temp
+
+    def recording_open_temp(target: str) -> tuple[int, str]:
+        fd, name = real_open_temp(target)
+        temps.append(name)
+        return fd, name
+
+    failed_fds: list[int] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fsio, "open_temp", recording_open_temp)
+        fault = Fault(patch, "fsync", errno.EIO, times=1, before=failed_fds.append)
+        with pytest.raises(StoreUnavailableError, match="I/O error"):
+            service.force_save()
+        with pytest.raises(OSError) as closed:
+            os.fstat(failed_fds[0])
+        assert closed.value.errno == errno.EBADF, "the descriptor whose fsync failed is closed"
+        assert not os.path.exists(temps[0]), "its temp file is gone"
+        assert service.stats()["flushes"] == 1, "the failed flush is not reported done"
+        assert service.force_save() == 3
+        assert len(temps) == 2 and temps[0] != temps[1], "the retry wrote a fresh temp file"
+        assert len(fault.calls) >= 2
+    assert_file_holds(path, expected)
+
+
+def test_disk_full_halfway_through_a_write(service: SessionService, path: Path) -> None:
+    expected = populate(service)
+    saved = path.read_bytes()
+
+    def half_then_full(fd: int, data: bytes) -> None:
+        os.write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fsio, "write_all", half_then_full)
+        with pytest.raises(StoreUnavailableError, match="disk full"):
+            service.force_save()
+        assert path.read_bytes() == saved
+        assert temp_files(path.parent) == []
+    service.force_save()
+    assert_file_holds(path, expected)
+
+
+def test_rename_refused(service: SessionService, path: Path) -> None:
+    expected = populate(service)
+    saved = path.read_bytes()
+
+    def refuse(source: str, target: str) -> None:
+        raise OSError(errno.EACCES, "Permission denied")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "replace", refuse)
+        with pytest.raises(StoreUnavailableError, match="permission denied"):
+            service.force_save()
+    assert path.read_bytes() == saved and temp_files(path.parent) == []
+    service.force_save()
+    assert_file_holds(path, expected)
+
+
+def test_lock_file_refused(service: SessionService, path: Path) -> None:
+    expected = populate(service)
+
+    @contextlib.contextmanager
+    def no_lock(target: str, *, exclusive: bool = True) -> Iterator[None]:
+        raise OSError(errno.EROFS, "Read-only file system")
+        yield
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fsio, "locked", no_lock)
+        with pytest.raises(StoreUnavailableError, match=r"cannot lock .*read-only"):
+            service.force_save()
+    service.force_save()
+    assert_file_holds(path, expected)
+
+
+def test_shutdown_on_a_full_disk_reports_the_unsaved(service: SessionService, path: Path) -> None:
+    expected = populate(service)
+    saved = path.read_bytes()
+    with pytest.MonkeyPatch.context() as patch:
+        Fault(patch, "write_all", errno.ENOSPC)
+        report = service.shutdown(timeout=0.3)
+    assert not report.complete and len(report.unsaved) == 3
+    assert report.error is not None and "disk full" in report.error
+    assert path.read_bytes() == saved
+    del expected  # the unsaved changes are reported, not silently dropped
