@@ -15,7 +15,13 @@ from typing import Any, TypeVar
 
 from ..codec import Operation, Record, WriteResult
 from ..config import Settings
-from ..errors import MissingDependencyError, SessionError, StoreError, StoreUnavailableError
+from ..errors import (
+    ConfigError,
+    MissingDependencyError,
+    SessionError,
+    StoreError,
+    StoreUnavailableError,
+)
 from . import redis_plan as plan
 from .redis_events import AsyncEventListener, Callback, EventListener, Subscription
 from .redis_options import CLUSTER_SCHEME, RedisOptions
@@ -65,7 +71,10 @@ def _build_client(options: RedisOptions, asyncio: bool) -> Any:
     try:
         return kind.from_url(options.client_url, retry=retry, **options.client_kwargs)
     except (TypeError, ValueError) as exc:
-        raise SessionError(f"cannot open {options}: {exc}") from None
+        raise ConfigError(f"cannot open {options}: {exc}") from None
+    except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
+        # a cluster client reads the slot map at once
+        raise StoreUnavailableError(f"redis {options} is unavailable: {exc}") from exc
 
 
 class _RedisBase:

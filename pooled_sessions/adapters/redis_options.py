@@ -122,4 +122,5 @@ def _client_url(url: StoreURL, rest: Mapping[str, str], cluster: bool) -> str:
     """The URL without this library's options, in the scheme redis-py knows."""
     parts = urlsplit(url.text)
     scheme = "redis" if cluster else parts.scheme
-    return parts._replace(scheme=scheme, query=urlencode(rest)).geturl()
+    query = f"?{urlencode(rest)}" if rest else ""
+    return f"{scheme}://{parts.netloc}{parts.path}{query}"  # geturl() drops unix:// slashes
