@@ -16,6 +16,8 @@ from .errors import (
     StoreError,
     StoreUnavailableError,
 )
+from .logins import LocationEvent, LocationPolicy, LoginPolicy
+from .manager import AsyncSessionManager, LoginResult, SessionManager
 from .model import ClientInfo, Reason, Session, ShutdownReport, ValidationResult
 from .pool import PooledSession, SessionPool, SessionPoolConfig
 from .poolpolicy import PoolStats
@@ -24,11 +26,16 @@ from .service import SessionService
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncSessionManager",
     "BackPressureError",
     "ClientIPResolver",
     "ClientInfo",
     "ConfigError",
     "CorruptStoreError",
+    "LocationEvent",
+    "LocationPolicy",
+    "LoginPolicy",
+    "LoginResult",
     "MissingDependencyError",
     "PoolExhaustedError",
     "PoolStats",
@@ -38,6 +45,7 @@ __all__ = [
     "Session",
     "SessionDataError",
     "SessionError",
+    "SessionManager",
     "SessionPool",
     "SessionPoolConfig",
     "SessionService",

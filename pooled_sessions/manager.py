@@ -1,0 +1,305 @@
+"""SessionManager: the user-centric facade (login, logout, is_valid_session) over a service.
+
+Each operation is written once, as a generator yielding the service calls it needs
+(`Call`); `SessionManager` runs it against a `SessionService`, `AsyncSessionManager`
+awaits the same calls on an `AsyncSessionService`. What a login does to the user's other
+sessions is decided by the pure `decide_login`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import logging
+import threading
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple, TypeVar
+
+from .codec import check_id, check_username, is_valid_id
+from .errors import ConfigError, PoolExhaustedError, SessionError
+from .logins import (
+    LiveLogin,
+    LocationEvent,
+    LocationPolicy,
+    LoginPolicy,
+    decide_login,
+    location_event,
+)
+from .model import ClientInfo, Session, ValidationResult
+
+T = TypeVar("T")
+logger = logging.getLogger("session_service")
+Listener = Callable[[LocationEvent], Any]
+_STRIPES = 64
+
+
+class Call(NamedTuple):
+    """One service method call a manager operation needs."""
+
+    method: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = {}
+
+
+Flow = Generator[Call, Any, T]
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    """The outcome of `SessionManager.sign_in`; truthy when the user is logged in.
+
+    ``session_id`` is the id to hand the client: the one passed in, or a new one when the
+    login kept an existing session's data (rotation) or the id was already used.
+    ``reason``: ``"ok"``, ``"other_location"``, ``"too_many_sessions"`` or ``"pool_exhausted"``.
+    """
+
+    ok: bool
+    session_id: str | None
+    reason: str
+    rotated: bool = False
+    ended: tuple[str, ...] = ()
+    event: LocationEvent | None = None
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+class _Manager:
+    """What both managers share: the policy, the listener, and the operations as flows."""
+
+    def __init__(
+        self,
+        service: Any,
+        policy: LoginPolicy | LocationPolicy | str | None = None,
+        *,
+        on_location_change: Listener | None = None,
+        **options: Any,
+    ) -> None:
+        if isinstance(policy, LoginPolicy):
+            if options:
+                raise ConfigError("give a LoginPolicy or policy options, not both")
+            self.policy = policy
+        else:
+            fields = dict(options)
+            if policy is not None:
+                fields["on_new_location"] = policy
+            try:
+                self.policy = LoginPolicy(**fields)
+            except TypeError as exc:
+                raise ConfigError(f"unknown SessionManager option: {exc}") from None
+        if on_location_change is not None and not callable(on_location_change):
+            raise ConfigError("on_location_change must be callable")
+        self.service = service
+        self.on_location_change = on_location_change
+
+    def _sign_in(
+        self,
+        user: str,
+        session_id: str,
+        ip: str | None,
+        user_agent: str | None,
+        attributes: Mapping[str, Any] | None,
+    ) -> Flow[LoginResult]:
+        check_username(user)
+        check_id(session_id)
+        client = ClientInfo(ip=ip, user_agent=user_agent)
+        current: Session | None = yield Call("get_session", (session_id,))
+        others = []
+        for sid in (yield Call("sessions_of", (user,))):
+            session: Session | None = None if sid == session_id else (
+                yield Call("get_session", (sid,))
+            )
+            if session is not None:
+                others.append(LiveLogin(sid, session.ip, session.created_at))
+        decision = decide_login(others, client.ip, self.policy)
+        event = location_event(user, client.ip, decision, self.policy)
+        if not decision.allowed:
+            return LoginResult(False, None, decision.reason, event=event)
+        for sid in decision.end:
+            yield Call("end_session", (sid,))
+        if current is not None and current.username == user:
+            new_id = yield Call("rotate_session", (session_id,))  # data kept: new id
+            if new_id is not None:
+                return LoginResult(True, new_id, "ok", True, decision.end, event)
+        elif current is not None:
+            yield Call("end_session", (session_id,))  # never hand one user's data to another
+        wanted = session_id if current is None else None
+        sid = yield from self._create(user, attributes, client, wanted)
+        if sid is None:
+            return LoginResult(False, None, "pool_exhausted", False, decision.end, event)
+        return LoginResult(True, sid, "ok", sid != session_id, decision.end, event)
+
+    def _create(
+        self, user: str, attributes: Mapping[str, Any] | None, client: ClientInfo,
+        wanted: str | None,
+    ) -> Flow[str | None]:
+        """A new session under ``wanted`` (or a fresh id if that one was used); None if full."""
+        for candidate in (wanted, None) if wanted is not None else (None,):
+            try:
+                sid: str = yield Call(
+                    "create_session", (user, attributes, client), {"session_id": candidate}
+                )
+                return sid
+            except PoolExhaustedError:
+                return None
+            except SessionError as exc:
+                if candidate is None or type(exc) is not SessionError:  # only "id in use"
+                    raise
+        return None
+
+    def _logout(self, user: str) -> Flow[int]:
+        check_username(user)
+        ended = 0
+        for sid in (yield Call("sessions_of", (user,))):
+            ended += bool((yield Call("end_session", (sid,))))
+        return ended
+
+    def _is_valid(self, user: str, session_id: str, ip: str | None) -> Flow[bool]:
+        if not isinstance(user, str) or not isinstance(session_id, str):
+            raise TypeError("user and session_id must be str")
+        if not is_valid_id(session_id):
+            return False
+        session: Session | None = yield Call("get_session", (session_id,))
+        if session is None or session.username != user:  # checked before touching it
+            return False
+        client = None if ip is None else ClientInfo(ip=ip)
+        result: ValidationResult = yield Call("validate_session", (session_id, client))
+        return result.valid and result.session is not None and result.session.username == user
+
+    def _report(self, result: LoginResult) -> Any:
+        event = result.event
+        if event is None:
+            return None
+        logger.warning(
+            "login of %r from %s while active from %s: %s",
+            event.username, event.new_ip, ", ".join(event.old_ips) or "unknown", event.action,
+        )
+        if self.on_location_change is None:
+            return None
+        try:
+            return self.on_location_change(event)
+        except Exception:  # a listener's bug must not undo a completed login
+            logger.exception("on_location_change listener failed")
+            return None
+
+    @staticmethod
+    def _stripe(user: str) -> int:
+        digest = hashlib.blake2b(user.encode("utf-8", "surrogatepass"), digest_size=2).digest()
+        return int.from_bytes(digest, "big") % _STRIPES
+
+
+class SessionManager(_Manager):
+    """Logins, logouts and session checks per user, over a `SessionService`. Thread-safe.
+
+    ``SessionManager(service, "allow", ipv4_prefix=24, max_sessions_per_user=3,
+    on_location_change=callback)``: the policy (``"end_older"`` by default, ``"allow"``,
+    ``"refuse"``) or a `LoginPolicy`, and the listener told of logins from elsewhere.
+    Logins of one user are serialised in this process.
+    """
+
+    def __init__(self, service: Any, policy: LoginPolicy | LocationPolicy | str | None = None,
+                 *, on_location_change: Listener | None = None, **options: Any) -> None:
+        super().__init__(service, policy, on_location_change=on_location_change, **options)
+        self._locks = [threading.Lock() for _ in range(_STRIPES)]
+
+    def login(self, user: str, session_id: str, ip: str | None = None) -> bool:
+        """Log ``user`` in under ``session_id`` from ``ip``; False when refused or the pool is full.
+
+        Use `sign_in` when the id may change (see `LoginResult`).
+        """
+        return self.sign_in(user, session_id, ip).ok
+
+    def sign_in(
+        self,
+        user: str,
+        session_id: str,
+        ip: str | None = None,
+        *,
+        user_agent: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> LoginResult:
+        """`login` with the full outcome: the id to use, what ended, the location event."""
+        with self._locks[self._stripe(user)]:
+            result = self._run(self._sign_in(user, session_id, ip, user_agent, attributes))
+        self._report(result)
+        return result
+
+    def logout(self, user: str) -> int:
+        """End every live session of ``user``; returns how many ended."""
+        with self._locks[self._stripe(user)]:
+            return self._run(self._logout(user))
+
+    def is_valid_session(self, user: str, session_id: str, ip: str | None = None) -> bool:
+        """True when ``session_id`` is a live session of ``user`` (and touches it)."""
+        return self._run(self._is_valid(user, session_id, ip))
+
+    def _run(self, flow: Flow[T]) -> T:
+        reply: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                call = flow.send(reply) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            try:
+                reply, error = getattr(self.service, call.method)(*call.args, **call.kwargs), None
+            except Exception as exc:
+                reply, error = None, exc
+
+
+class AsyncSessionManager(_Manager):
+    """`SessionManager` for an `AsyncSessionService`: the same operations, as coroutines."""
+
+    def __init__(self, service: Any, policy: LoginPolicy | LocationPolicy | str | None = None,
+                 *, on_location_change: Listener | None = None, **options: Any) -> None:
+        super().__init__(service, policy, on_location_change=on_location_change, **options)
+        self._locks = [asyncio.Lock() for _ in range(_STRIPES)]
+
+    async def login(self, user: str, session_id: str, ip: str | None = None) -> bool:
+        """See `SessionManager.login`."""
+        return (await self.sign_in(user, session_id, ip)).ok
+
+    async def sign_in(
+        self,
+        user: str,
+        session_id: str,
+        ip: str | None = None,
+        *,
+        user_agent: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> LoginResult:
+        """See `SessionManager.sign_in`; an async listener is awaited."""
+        async with self._locks[self._stripe(user)]:
+            result = await self._run(self._sign_in(user, session_id, ip, user_agent, attributes))
+        outcome = self._report(result)
+        if inspect.isawaitable(outcome):
+            try:
+                await outcome
+            except Exception:
+                logger.exception("on_location_change listener failed")
+        return result
+
+    async def logout(self, user: str) -> int:
+        """See `SessionManager.logout`."""
+        async with self._locks[self._stripe(user)]:
+            return await self._run(self._logout(user))
+
+    async def is_valid_session(self, user: str, session_id: str, ip: str | None = None) -> bool:
+        """See `SessionManager.is_valid_session`."""
+        return await self._run(self._is_valid(user, session_id, ip))
+
+    async def _run(self, flow: Flow[T]) -> T:
+        reply: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                call = flow.send(reply) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            try:
+                method = getattr(self.service, call.method)
+                reply, error = await method(*call.args, **call.kwargs), None
+            except Exception as exc:
+                reply, error = None, exc
