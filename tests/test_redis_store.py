@@ -320,10 +320,10 @@ def test_a_missing_redis_package_names_the_extra(
 def test_event_messages_are_json_with_ids(redis_server: RedisServer) -> None:
     prefix = unique_prefix()
     opened = RedisStore(f"{redis_server.url}?prefix={prefix}", Settings())
-    listener = redis.Redis(port=redis_server.port).pubsub()
+    listener: Any = redis.Redis(port=redis_server.port).pubsub()  # type: ignore[no-untyped-call]
     listener.subscribe(f"{prefix}:events")
     try:
-        assert listener.get_message(timeout=1)["type"] == "subscribe"  # type: ignore[index]
+        assert listener.get_message(timeout=1)["type"] == "subscribe"
         opened.write([upsert(created=True)], time.time())
         opened.write([Delete(SID, "alice", time.time())], time.time())
         message = listener.get_message(timeout=1)
