@@ -16,6 +16,8 @@ from .errors import CorruptStoreError, StoreUnavailableError
 
 CHUNK_CHARS = 1 << 20
 _SPACE = re.compile(r"[ \t\n\r]*")
+_PLAIN_KEY = re.compile(r'[ \t\n\r]*"([^"\\\x00-\x1f]*)"[ \t\n\r]*:')
+_AFTER_VALUE = re.compile(r"[ \t\n\r]*([,}])")
 _decode = json.JSONDecoder().raw_decode
 
 
@@ -85,17 +87,25 @@ class _Tokens:
             self._pos += 1
             return
         while True:
-            key = self.value()
-            if not isinstance(key, str):
-                raise self.corrupt("an object key is not a string")
-            self.expect(":")
-            yield key
-            found = self.peek()
-            self._pos += 1
-            if found == "}":
+            yield self._key()
+            found = _AFTER_VALUE.match(self._buf, self._pos)  # the common case, in one step
+            char = found.group(1) if found else self.peek()
+            self._pos = found.end() if found else self._pos + 1
+            if char == "}":
                 return
-            if found != ",":
-                raise self.corrupt(f"expected ',' or '}}', found {found or 'the end'!r}")
+            if char != ",":
+                raise self.corrupt(f"expected ',' or '}}', found {char or 'the end'!r}")
+
+    def _key(self) -> str:
+        plain = _PLAIN_KEY.match(self._buf, self._pos)  # no escapes: no decoding needed
+        if plain is not None:
+            self._pos = plain.end()
+            return plain.group(1)
+        key = self.value()
+        if not isinstance(key, str):
+            raise self.corrupt("an object key is not a string")
+        self.expect(":")
+        return key
 
     def finish(self) -> None:
         if self.peek():
@@ -121,7 +131,11 @@ class DocumentStream:
         except OSError as exc:
             raise StoreUnavailableError(f"cannot read {self.path}: {exc.strerror}") from exc
         with file:
-            yield from self._walk(_Tokens(file, self.path))
+            yield from self.read(file)
+
+    def read(self, file: IO[str]) -> Iterator[tuple[str, Record]]:
+        """`records` of a document already open as text (the aiofile store parses in steps)."""
+        return self._walk(_Tokens(file, self.path))
 
     def _walk(self, tokens: _Tokens) -> Iterator[tuple[str, Record]]:
         header: dict[str, Any] = {}

@@ -18,16 +18,25 @@ Semantics (see the README for the why):
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from .adapters.base import Store
-from .codec import Delete, Operation, Record, Upsert, encode_attributes, is_expired
+from .codec import (
+    Delete,
+    Operation,
+    Record,
+    Upsert,
+    WriteResult,
+    encode_attributes,
+    is_expired,
+)
 from .errors import ConfigError, CorruptStoreError, SessionDataError
 from .inventory import Inventory, survey
 from .progress import Progress, Silent
 from .storeio import FILE_SCHEMES, Source, parse
 from .verify import Verification, verify
+from .writer import BackgroundWriter
 
 DEFAULT_BATCH_SIZE = 2000
 Clock = Callable[[], float]
@@ -133,13 +142,23 @@ def _copy(
     batches: Iterator[list[Operation]],
     progress: Progress,
 ) -> None:
-    for batch in batches:
-        result = target.write(batch, time.time())
+    """Write the batches; the next one is read from the source while one is being written."""
+
+    def written(batch: Sequence[Operation], result: WriteResult) -> None:
         report.batches += 1
         report.copied += len(batch) - len(result.refused)
         report.refused += len(result.refused)
         report.refused_ids.update(result.refused)
         progress.advance(len(batch))
+
+    writer = BackgroundWriter(target, written)
+    try:
+        for batch in batches:
+            writer.put(batch)
+    except BaseException:
+        writer.cancel()
+        raise
+    writer.close()
 
 
 def _end_tombstoned(

@@ -243,12 +243,13 @@ class Sink:
         return self.written
 
 
-def test_source_is_read_one_batch_ahead_at_most() -> None:
+def test_source_is_read_two_batches_ahead_at_most() -> None:
     source = CountingSource(sample(95))
     sink = Sink(source)
     report = migrate(source, sink, batch_size=10)  # type: ignore[arg-type]
     assert report.copied == 95 and len(sink.ahead) == 10
-    assert max(sink.ahead) <= 1  # the record that filled a batch may be read before it is sent
+    # one batch queued for the writer, one being filled (and the record that fills it)
+    assert max(sink.ahead) <= 2 * 10 + 1
 
 
 def _peak_bytes(path: str) -> int:
