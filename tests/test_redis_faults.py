@@ -18,7 +18,7 @@ from pooled_sessions.errors import StoreUnavailableError
 from tests.redis_servers import RedisServer, unique_prefix
 
 pytestmark = pytest.mark.redis
-FAST_RETRY = {"retry_initial_seconds": 0.05, "retry_max_seconds": 0.3,
+FAST_RETRY: dict[str, Any] = {"retry_initial_seconds": 0.05, "retry_max_seconds": 0.3,
               "save_delay_seconds": 0.05}
 
 
@@ -132,7 +132,7 @@ class ReplyLost:
 
         class Pipe:
             def execute_command(self, *args: Any) -> None:
-                pipe.execute_command(*args)
+                pipe.execute_command(*args)  # type: ignore[no-untyped-call]
 
             def execute(self, raise_on_error: bool = True) -> Any:
                 replies = pipe.execute(raise_on_error=raise_on_error)
