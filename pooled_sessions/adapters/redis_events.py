@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from .redis_plan import parse_event
@@ -99,9 +99,13 @@ class EventListener:
 
 
 class AsyncEventListener:
-    """An asyncio task reading the channel; the callback runs in the event loop."""
+    """An asyncio task reading the channel; the callback runs in the event loop.
 
-    def __init__(self, client: Any, channel: str, subscription: Subscription) -> None:
+    ``client`` is awaited for the client to subscribe with, each time it (re)subscribes.
+    """
+
+    def __init__(self, client: Callable[[], Awaitable[Any]], channel: str,
+                 subscription: Subscription) -> None:
         self._client = client
         self._channel = channel
         self._sub = subscription
@@ -126,7 +130,7 @@ class AsyncEventListener:
         while True:
             pubsub = None
             try:
-                pubsub = self._client.pubsub()
+                pubsub = (await self._client()).pubsub()
                 await pubsub.subscribe(self._channel)
                 while True:
                     if self._sub.handle(await pubsub.get_message(timeout=POLL_SECONDS)):

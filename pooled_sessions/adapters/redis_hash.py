@@ -204,6 +204,22 @@ class AsyncRedisStore(_RedisBase):
                  *, client: Any = None) -> None:
         super().__init__(url, settings, client, asyncio=True)
         self._listener: AsyncEventListener | None = None
+        self._node: Any = None
+
+    async def _events_client(self) -> Any:
+        """The client to subscribe with: on a cluster, a plain client of one node (classic
+        pub/sub reaches every node, and the asyncio cluster client has no usable one)."""
+        if not self.options.cluster:
+            return self._client
+        if self._node is None:
+            redis = self._redis
+            await self._client.initialize()
+            node = self._client.get_default_node()
+            pool = redis.asyncio.ConnectionPool(
+                connection_class=node.connection_class, **node.connection_kwargs
+            )
+            self._node = redis.asyncio.Redis(connection_pool=pool)
+        return self._node
 
     async def _run(self, step: plan.Step[T]) -> T:
         replies: Any = None
@@ -258,12 +274,15 @@ class AsyncRedisStore(_RedisBase):
         if self._listener is not None:
             raise SessionError(f"{self.where} is already watched")
         subscription = self._subscription(callback)
-        self._listener = AsyncEventListener(self._client, self.keys.channel, subscription)
+        self._listener = AsyncEventListener(self._events_client, self.keys.channel, subscription)
         await self._listener.start(self._subscribe_wait())
 
     async def close(self) -> None:
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None
+        if self._node is not None:
+            await self._node.aclose(close_connection_pool=True)
+            self._node = None
         if self._owns_client:
             await self._client.aclose()
