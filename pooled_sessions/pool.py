@@ -18,7 +18,7 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar, overload
 from .codec import check_id, check_username, encode_attributes
 from .envtext import parse_value
 from .errors import ConfigError, ServiceClosedError
-from .poolpolicy import AcquireSlot, PoolPolicy, PoolStats, acquire
+from .poolpolicy import AcquireSlot, PoolPolicy, PoolStats, await_ticket
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,7 +315,10 @@ class SessionPool(Generic[P]):
             raise ServiceClosedError("the session pool was closed")
 
     def _acquire(self, wait: float) -> None:
-        op = acquire(self._policy, self._mono, wait)
+        ticket = self._policy.request(self._mono())
+        if ticket.granted:
+            return
+        op = await_ticket(self._policy, ticket, self._mono, wait)
         try:
             for request in op:
                 wait_for_grant(self._lock, request)
