@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, TypedDict
 
 from .errors import CorruptStoreError, SessionDataError
@@ -207,11 +208,29 @@ def encode_document(
     fragments: Iterable[tuple[str, str]], tombstones: Mapping[str, float]
 ) -> str:
     """The file document, from already-encoded session records."""
-    sessions = ",".join(f"{_encode(sid)}:{text}" for sid, text in fragments)
-    return (
-        f'{{"format":"{FORMAT_NAME}","version":{FORMAT_VERSION},'
-        f'"sessions":{{{sessions}}},"tombstones":{_encode(tombstones)}}}\n'
-    )
+    return "".join(document_parts(fragments, tombstones))
+
+
+def document_parts(
+    fragments: Iterable[tuple[str, str]], tombstones: Mapping[str, float], step: int = 500
+) -> Iterator[str]:
+    """The file document in pieces of at most ``step`` sessions (or tombstones) each.
+
+    Joined, the pieces are `encode_document`; a writer that must not hold the CPU for
+    long (an event loop) does other work between them.
+    """
+    yield f'{{"format":"{FORMAT_NAME}","version":{FORMAT_VERSION},"sessions":{{'
+    yield from _members(((_encode(sid), text) for sid, text in fragments), step)
+    yield '},"tombstones":{'
+    yield from _members(((_encode(sid), _encode(t)) for sid, t in tombstones.items()), step)
+    yield "}}\n"
+
+
+def _members(pairs: Iterable[tuple[str, str]], step: int) -> Iterator[str]:
+    pairs, comma = iter(pairs), ""
+    while chunk := list(islice(pairs, step)):
+        yield comma + ",".join(f"{key}:{value}" for key, value in chunk)
+        comma = ","
 
 
 def encode_record(record: Record) -> str:

@@ -14,21 +14,17 @@ from collections.abc import Collection, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
-from .adapters import Store, open_store
+from .adapters import Store, check_kind, open_store
 from .config import Settings, resolve_settings
-from .core import AcquireSlot, Engine, Flush, Load, LoadUser, Op, Request
-from .errors import ServiceClosedError, StoreError, StoreUnavailableError
+from .core import AcquireSlot, Engine, Flush, Op, WaitForRoom
+from .driver import After, FinalFlush, Schedule, after_call, dispatch, flush_failed, short
+from .errors import ServiceClosedError, StoreError
 from .model import ClientInfo, Session, ShutdownReport, ValidationResult
 from .pool import wait_for_grant
 
 T = TypeVar("T")
 logger = logging.getLogger("session_service")
 ClientLike = ClientInfo | Mapping[str, Any] | None
-
-
-def short(session_id: str) -> str:
-    """A session id cut short for logs: enough to correlate, useless to an attacker."""
-    return session_id[:6] + "…"
 
 
 class SessionService:
@@ -50,6 +46,7 @@ class SessionService:
         self.settings = resolve_settings(backend, settings, options)
         if store is None:
             store = open_store(self.settings.backend, self.settings)
+        check_kind(store, asynchronous=False)
         self._store = store
         self._engine = Engine(self.settings)
         self._lock = threading.Lock()
@@ -57,8 +54,7 @@ class SessionService:
         self._flush_lock = threading.Lock()
         self._closed = False
         self._stopping = False
-        self._purged = 0
-        self._next_sync = time.monotonic() + self.settings.sync_interval_seconds
+        self._schedule = Schedule(self.settings)
         watch = getattr(store, "watch", None)
         if watch is not None:  # shared with other servers: end at once, hear their ends
             self._engine.pending.prompt_ends = True
@@ -128,9 +124,7 @@ class SessionService:
     def stats(self) -> dict[str, Any]:
         """Counters: pending changes, flushes and their durations, failures, live sessions."""
         with self._lock:
-            stats = self._engine.stats()
-        stats.update(store=str(self._store.url), store_purged=self._purged, closed=self._closed)
-        return stats
+            return self._schedule.stats(self._engine, str(self._store.url), closed=self._closed)
 
     def shutdown(self, timeout: float | None = None) -> ShutdownReport:
         """Flush within ``timeout`` seconds, stop the flusher and close the store; idempotent."""
@@ -140,12 +134,11 @@ class SessionService:
             self._closed = self._stopping = True
             self._wake.notify_all()
         atexit.unregister(self._exit_hook)
-        limit = self.settings.shutdown_timeout_seconds if timeout is None else timeout
-        deadline = time.monotonic() + limit
-        self._thread.join(max(0.0, deadline - time.monotonic()))
-        report = self._final_flush(deadline)
+        final = FinalFlush(self.settings, timeout)
+        self._thread.join(final.remaining())
+        self._final_flush(final)
         self._store.close()
-        return report
+        return final.report()
 
     def __enter__(self) -> SessionService:
         return self
@@ -170,27 +163,25 @@ class SessionService:
                     try:
                         request = op.send(reply)
                     except StopIteration as stop:
-                        due = self._engine.flush_due()
-                        changed = writes and self._engine.pending.stats.changes != before
+                        after = after_call(self._engine, writes=writes, changes_before=before)
                         result: T = stop.value
                         break
-                reply = self._perform(request)
+                reply = dispatch(
+                    request, self._store,
+                    acquire_slot=self._acquire_slot, wait_for_room=self._wait_for_room,
+                )
         except BaseException:
             with self._lock:  # abandoned mid-way: a wait for a pool slot withdraws under the lock
                 op.close()
             raise
-        if due or (changed and self.settings.write_through):
-            self._flush_is_due(changed)
+        self._after(after)
         return result
 
-    def _perform(self, request: Request) -> Any:
-        if isinstance(request, Load):
-            return self._store.load(request.session_id)
-        if isinstance(request, LoadUser):
-            return self._store.load_user(request.username)
-        if isinstance(request, AcquireSlot):
-            with self._lock:
-                return wait_for_grant(self._lock, request)
+    def _acquire_slot(self, request: AcquireSlot) -> None:
+        with self._lock:
+            wait_for_grant(self._lock, request)
+
+    def _wait_for_room(self, request: WaitForRoom) -> bool:
         self._wake_flusher()
         has_room = self._engine.pending.has_room
         with self._wake:
@@ -208,20 +199,20 @@ class SessionService:
         if self._closed:
             raise ServiceClosedError("the session service was shut down")
 
-    def _flush_is_due(self, changed: bool) -> None:
+    def _after(self, after: After) -> None:
         """Wake the flusher, or in write-through mode flush here, backoff or not.
 
         A write-through call that changed a session raises if the store refused it (the
         change stays pending and is retried); a read's touch is left to the retries.
         """
-        if not self.settings.write_through:
+        if after is After.WAKE:
             self._wake_flusher()
-            return
-        try:
-            self._flush()
-        except StoreError:
-            if changed:
-                raise
+        elif after is not After.NOTHING:
+            try:
+                self._flush()
+            except StoreError:
+                if after is After.FLUSH_OR_RAISE:
+                    raise
 
     def _wake_flusher(self) -> None:
         with self._wake:
@@ -243,14 +234,11 @@ class SessionService:
             result = self._store.write(flush.operations, time.time())
         except BaseException as exc:
             with self._wake:
-                delay = self._engine.flush_failed(flush, exc)
+                error = flush_failed(self._engine, flush, exc, str(self._store.url))
                 self._wake.notify_all()
-            logger.warning(
-                "flush of %d session(s) failed, retry in %.1f s: %s", len(flush.taken), delay, exc
-            )
-            if isinstance(exc, Exception) and not isinstance(exc, StoreError):
-                raise StoreUnavailableError(f"store {self._store.url} failed: {exc}") from exc
-            raise
+            if error is exc:
+                raise
+            raise error from exc
         with self._wake:
             self._engine.flush_succeeded(flush, result, time.monotonic() - started)
             self._wake.notify_all()
@@ -264,7 +252,7 @@ class SessionService:
                 if self._stopping:
                     return
                 if not engine.flush_due():
-                    wake_at = min(engine.next_deadline(), self._next_sync)
+                    wake_at = self._schedule.wake_at(engine)
                     self._wake.wait(max(0.0, wake_at - time.monotonic()))
                 if self._stopping:
                     return
@@ -276,42 +264,31 @@ class SessionService:
     def _background_step(self) -> None:
         engine = self._engine
         with self._lock:
-            flush_due, cleanup_due = engine.flush_due(), engine.cleanup_due()
-        if flush_due:
+            chores = self._schedule.chores(engine)
+        if chores.flush:
             try:
                 self._flush()
             except Exception:
                 pass  # logged and kept pending by _write; retried after the backoff
-        if cleanup_due:
+        if chores.cleanup:
             with self._lock:
                 evicted = engine.cleanup()
-            purged = self._store.purge_expired(time.time())
-            self._purged += purged
-            logger.info("cleanup: %d expired session(s) evicted, %d purged", evicted, purged)
-        if time.monotonic() >= self._next_sync:
-            self._next_sync = time.monotonic() + self.settings.sync_interval_seconds
-            if self._store.poll():
-                with self._lock:
-                    engine.invalidate(None)
+            self._schedule.cleaned(evicted, self._store.purge_expired(time.time()))
+        if chores.poll and self._store.poll():
+            with self._lock:
+                engine.invalidate(None)
 
-    def _final_flush(self, deadline: float) -> ShutdownReport:
-        written, error = 0, None
+    def _final_flush(self, final: FinalFlush) -> None:
         while True:
             try:
-                written += self._flush()
+                final.written += self._flush()
             except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"
+                final.failed(exc)
             with self._lock:
-                unsaved = tuple(short(sid) for sid in self._engine.pending.ids())
-            if not unsaved or time.monotonic() >= deadline:
-                break
-            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
-        if unsaved:
-            logger.error(
-                "shutdown could not write %d session(s) (%s): %s",
-                len(unsaved), error, ", ".join(unsaved[:20]),
-            )
-        return ShutdownReport(written, unsaved, error)
+                pause = final.pause(self._engine)
+            if pause is None:
+                return
+            time.sleep(pause)
 
 
 def _shutdown_at_exit(ref: weakref.ref[SessionService]) -> None:

@@ -7,6 +7,7 @@ Third-party stores register under the entry-point groups ``pooled_sessions.store
 from __future__ import annotations
 
 import importlib
+import inspect
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -71,4 +72,29 @@ def open_async_store(url: str | StoreURL, settings: Settings) -> AsyncStore:
     return store
 
 
-__all__ = ["AsyncStore", "Store", "StoreURL", "open_async_store", "open_store"]
+def check_kind(store: object, *, asynchronous: bool) -> None:
+    """Refuse a store object of the other kind: a blocking one for asyncio, or the reverse.
+
+    Not bridged: a blocking store on the loop would stall it, and an asyncio store driven
+    from threads would need a loop of its own. Each store has a twin of the right kind.
+    """
+    write = getattr(store, "write", None)
+    if not callable(write):
+        raise ConfigError(f"{type(store).__name__} is not a session store (it has no write())")
+    if inspect.iscoroutinefunction(write) == asynchronous:
+        return
+    name = type(store).__name__
+    if asynchronous:
+        raise ConfigError(
+            f"{name} is a blocking store: AsyncSessionService needs an asyncio store "
+            "(give it a URL, or AioFileStore, AsyncMemoryStore, AsyncRedisStore); "
+            f"use {name} with SessionService"
+        )
+    raise ConfigError(
+        f"{name} is an asyncio store: SessionService needs a blocking store "
+        f"(give it a URL, or JsonFileStore, MemoryStore, RedisStore); "
+        f"use {name} with AsyncSessionService"
+    )
+
+
+__all__ = ["AsyncStore", "Store", "StoreURL", "check_kind", "open_async_store", "open_store"]

@@ -12,7 +12,7 @@ import glob
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 from ..errors import StoreUnavailableError
@@ -94,17 +94,20 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def replace_atomically(path: str, data: bytes) -> Stamp:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never a mix.
+def replace_atomically(path: str, data: bytes | Sequence[bytes]) -> Stamp:
+    """Write ``data`` (bytes, or pieces written in order) to ``path`` so readers see the old
+    file or the new one, never a mix.
 
     Temp file in the same directory, fsync, rename over, fsync of the directory. On any
     failure the temp file is removed and the old file stays; a retry starts a fresh temp
     file, since a descriptor whose fsync failed cannot be trusted again.
     """
+    pieces = (data,) if isinstance(data, bytes) else data
     fd, temp = open_temp(path)
     try:
         try:
-            write_all(fd, data)
+            for piece in pieces:
+                write_all(fd, piece)
             fsync(fd)
             written = stamp_of(os.fstat(fd))
         finally:
@@ -127,10 +130,24 @@ def sync_directory(directory: str) -> None:
         os.close(fd)
 
 
+def open_lock(path: str) -> int:
+    """Open (creating it 0600) the lock file beside ``path``; opened per use, so fork-safe."""
+    return os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+
+
+def try_lock(fd: int) -> bool:
+    """Take the exclusive lock without waiting; False while another holder has it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def locked(path: str, *, exclusive: bool = True) -> Iterator[None]:
-    """Hold the lock file beside ``path``; opened per use, so it is safe across fork."""
-    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    """Hold the lock file beside ``path``, waiting for it."""
+    fd = open_lock(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield
@@ -150,6 +167,11 @@ def describe(error: OSError) -> str:
     return names.get(error.errno or 0, error.strerror or type(error).__name__)
 
 
+def lock_failed(path: str, error: OSError) -> StoreUnavailableError:
+    """The error for a lock file that cannot be opened or locked."""
+    return StoreUnavailableError(f"cannot lock {path}.lock: {describe(error)}")
+
+
 class Guard:
     """This process's mutex and the cross-process lock file, taken together."""
 
@@ -165,9 +187,7 @@ class Guard:
             stack.enter_context(locked(self._path))
         except OSError as exc:
             stack.close()
-            raise StoreUnavailableError(
-                f"cannot lock {self._path}.lock: {describe(exc)}"
-            ) from exc
+            raise lock_failed(self._path, exc) from exc
         self._held = stack
 
     def __exit__(self, *exc_info: object) -> None:

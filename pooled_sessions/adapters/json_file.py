@@ -3,37 +3,149 @@
 The process keeps the file's content in memory (a `RecordTable`) and notices, by the
 file's stamp, when another process replaced it. Each write is a read-merge-write under
 an exclusive lock on a separate lock file, so no process erases another's sessions.
+
+`FileMirror` holds those steps once, as generators that yield the file I/O they need
+(`ReadFile`, `ReplaceFile`) and pause points (None); this store runs them blocking with
+`run`, the asyncio store (aiofile.py) in worker threads and slices of the event loop.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 from ..codec import Operation, Record, WriteResult, decode_document
 from ..config import Settings
+from ..docstream import DocumentStream
 from ..errors import StoreUnavailableError
 from . import fsio
 from .table import RecordTable
 from .url import StoreURL
 
+T = TypeVar("T")
 logger = logging.getLogger("session_service")
+PACE = 256
+"""Records (or operations) handled between two pause points of the file steps."""
+UNKNOWN = fsio.Stamp(-1, -1, -1)
+"""The stamp of a mirror that may differ from every file: reread it before the next use."""
+
+
+class ReadFile(NamedTuple):
+    """File step: the whole file and its stamp (``fsio.read_file``)."""
+
+
+class ReplaceFile(NamedTuple):
+    """File step: replace the file atomically with ``pieces``; answered with the new stamp."""
+
+    pieces: list[bytes]
+
+
+FileStep = ReadFile | ReplaceFile | None
+Steps = Generator[FileStep, Any, T]
+
+
+def perform(path: str, step: ReadFile | ReplaceFile) -> Any:
+    """Do one file step, blocking; an OS error becomes StoreUnavailableError naming the file."""
+    try:
+        if isinstance(step, ReadFile):
+            return fsio.read_file(path)
+        return fsio.replace_atomically(path, step.pieces)
+    except OSError as exc:
+        verb = "read" if isinstance(step, ReadFile) else "write"
+        raise StoreUnavailableError(f"cannot {verb} {path}: {fsio.describe(exc)}") from exc
+
+
+def run(steps: Steps[T], path: str) -> T:
+    """Run file steps to their end, blocking; pause points are passed over."""
+    try:
+        reply: Any = None
+        while True:
+            step = steps.send(reply)
+            reply = None if step is None else perform(path, step)
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+    finally:
+        steps.close()  # a failed step: the steps see GeneratorExit and mark the mirror unknown
 
 
 class FileMirror:
-    """The in-memory copy of a sessions file and the stamp of the version it mirrors."""
+    """The in-memory copy of a sessions file and the stamp of the version it mirrors.
 
-    def __init__(self, path: str) -> None:
+    ``paced``: parse a changed file a few hundred records at a time between pause points
+    (for an event loop), rather than in one step.
+    """
+
+    def __init__(self, path: str, *, paced: bool = False) -> None:
         self.path = path
+        self.paced = paced
         self.table = RecordTable()
         self.stamp: fsio.Stamp | None = None
+
+    def refreshing(self) -> Steps[bool]:
+        """Read the file and mirror it; True if it differs from what was mirrored."""
+        content = yield ReadFile()
+        if self.paced:
+            return (yield from self.adopting(content))
+        return self.adopt(content)
+
+    def writing(self, operations: Sequence[Operation]) -> Steps[WriteResult]:
+        """Read-merge-write of one batch; the caller holds the lock file."""
+        reloaded = yield from self.refreshing()
+        refused: set[str] = set()
+        try:
+            for start in range(0, len(operations), PACE):
+                refused |= self.table.apply(operations[start : start + PACE]).refused
+                yield None
+            yield from self._saving()
+        except BaseException:
+            self.stamp = UNKNOWN  # the table may be ahead of the file
+            raise
+        return WriteResult(frozenset(refused), reloaded)
+
+    def purging(self, now: float, tombstone_ttl: float) -> Steps[int]:
+        """Drop expired records and old tombstones, saving if any went; caller holds the lock."""
+        yield from self.refreshing()
+        try:
+            purged, tombstones = self.table.purge(now, tombstone_ttl)
+            if purged or tombstones:
+                yield from self._saving()
+        except BaseException:
+            self.stamp = UNKNOWN
+            raise
+        return purged
+
+    def _saving(self) -> Steps[None]:
+        pieces = []
+        for part in self.table.document_parts():
+            pieces.append(part.encode())
+            yield None
+        self.stamp = yield ReplaceFile(pieces)
+
+    def adopting(self, content: tuple[bytes, fsio.Stamp] | None) -> Steps[bool]:
+        """`adopt`, parsing a changed file `PACE` records at a time between pause points."""
+        if content is None or content[1] == self.stamp:
+            return self.adopt(content)
+        data, stamp = content
+        stream = DocumentStream(self.path)
+        table = RecordTable()
+        text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", newline="")
+        for count, (sid, record) in enumerate(stream.read(text), 1):
+            table.add(sid, record)
+            if not count % PACE:
+                yield None
+        table.tombstones = dict(stream.tombstones)
+        self.table, self.stamp = table, stamp
+        return True
 
     def adopt(self, content: tuple[bytes, fsio.Stamp] | None) -> bool:
         """Mirror ``content`` (None: no file); True if it differs from what was mirrored."""
         if content is None:
             changed = self.stamp is not None
-            if changed:
+            if changed and self.stamp != UNKNOWN:
                 logger.warning("sessions file %s disappeared; starting empty", self.path)
             self.table, self.stamp = RecordTable(), None
             return changed
@@ -43,10 +155,6 @@ class FileMirror:
         sessions, tombstones = decode_document(data, self.path)
         self.table, self.stamp = RecordTable(sessions, tombstones), stamp
         return True
-
-    def document(self) -> bytes:
-        """The table as the bytes of a file."""
-        return self.table.document().encode()
 
 
 class JsonFileStore:
@@ -61,7 +169,7 @@ class JsonFileStore:
         fsio.check_directory(self.path)
         with self._guard():
             fsio.remove_strays(self.path)
-            self._refresh()
+            run(self._mirror.refreshing(), self.path)
 
     def load(self, session_id: str) -> Record | None:
         with self._mutex:
@@ -75,18 +183,11 @@ class JsonFileStore:
 
     def write(self, operations: Sequence[Operation], now: float) -> WriteResult:
         with self._guard():
-            reloaded = self._refresh()
-            result = self._mirror.table.apply(operations)
-            self._save()
-        return WriteResult(result.refused, reloaded)
+            return run(self._mirror.writing(operations), self.path)
 
     def purge_expired(self, now: float) -> int:
         with self._guard():
-            self._refresh()
-            purged, tombstones = self._mirror.table.purge(now, self._ttl)
-            if purged or tombstones:
-                self._save()
-        return purged
+            return run(self._mirror.purging(now, self._ttl), self.path)
 
     def poll(self) -> bool:
         with self._mutex:
@@ -111,21 +212,4 @@ class JsonFileStore:
     def _refresh_if_stale(self) -> bool:
         if fsio.current_stamp(self.path) == self._mirror.stamp:
             return False
-        return self._refresh()
-
-    def _refresh(self) -> bool:
-        try:
-            return self._mirror.adopt(fsio.read_file(self.path))
-        except OSError as exc:
-            raise StoreUnavailableError(
-                f"cannot read {self.path}: {fsio.describe(exc)}"
-            ) from exc
-
-    def _save(self) -> None:
-        try:
-            self._mirror.stamp = fsio.replace_atomically(self.path, self._mirror.document())
-        except OSError as exc:
-            self._mirror.stamp = None  # mirror holds unsaved changes: reread before next use
-            raise StoreUnavailableError(
-                f"cannot write {self.path}: {fsio.describe(exc)}"
-            ) from exc
+        return run(self._mirror.refreshing(), self.path)

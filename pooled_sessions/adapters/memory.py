@@ -6,8 +6,9 @@ that name in the process, so several services can play separate app servers.
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 
 from ..codec import Operation, Record, WriteResult
 from ..config import Settings
@@ -67,3 +68,43 @@ class MemoryStore:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+class AsyncMemoryStore:
+    """``memory://`` for `AsyncSessionService`: a `MemoryStore` behind coroutines.
+
+    Nothing here blocks (no I/O; the table lock is held for microseconds), so the calls
+    run on the loop. ``memory://NAME`` shares its table with blocking stores of that name.
+    A write first gives the loop one turn, as a real store's round trip would, so
+    concurrency and cancellation behave as they do on the other stores.
+    """
+
+    def __init__(self, url: StoreURL, settings: Settings) -> None:
+        self._store = MemoryStore(url, settings)
+        self.url = self._store.url
+
+    async def load(self, session_id: str) -> Record | None:
+        return self._store.load(session_id)
+
+    async def load_user(self, username: str) -> Mapping[str, Record]:
+        return self._store.load_user(username)
+
+    async def write(self, operations: Sequence[Operation], now: float) -> WriteResult:
+        await asyncio.sleep(0)
+        return self._store.write(operations, now)
+
+    async def purge_expired(self, now: float) -> int:
+        return self._store.purge_expired(now)
+
+    async def poll(self) -> bool:
+        return self._store.poll()
+
+    async def scan(self) -> AsyncIterator[tuple[str, Record]]:
+        for pair in self._store.scan():
+            yield pair
+
+    async def count(self) -> int:
+        return self._store.count()
+
+    async def close(self) -> None:
+        self._store.close()

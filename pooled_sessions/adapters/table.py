@@ -12,7 +12,7 @@ from ..codec import (
     Operation,
     Record,
     WriteResult,
-    encode_document,
+    document_parts,
     encode_record,
     is_expired,
     merge,
@@ -72,13 +72,27 @@ class RecordTable:
             del self.tombstones[sid]
         return len(expired), len(old)
 
+    def add(self, session_id: str, record: Record) -> None:
+        """Hold a record as read from a file (no merge: the file is the truth)."""
+        self._drop(session_id)
+        self.records[session_id] = record
+        self._by_user.setdefault(record["username"], set()).add(session_id)
+
     def document(self) -> str:
-        """The whole table as a file document; unchanged records reuse their cached text."""
+        """The whole table as a file document."""
+        return "".join(self.document_parts())
+
+    def document_parts(self) -> Iterator[str]:
+        """The document in pieces (see `codec.document_parts`); records keep their cached text."""
+        return document_parts(self._fragments(), self.tombstones)
+
+    def _fragments(self) -> Iterator[tuple[str, str]]:
         text = self._text
         for sid, record in self.records.items():
-            if sid not in text:
-                text[sid] = encode_record(record)
-        return encode_document(text.items(), self.tombstones)
+            cached = text.get(sid)
+            if cached is None:
+                cached = text[sid] = encode_record(record)
+            yield sid, cached
 
     def scan(self) -> Iterator[tuple[str, Record]]:
         """Every record, in insertion order."""

@@ -1,0 +1,341 @@
+"""AsyncSessionService: the engine driven on one event loop, with one flusher task.
+
+The same engine generators as `SessionService` (core.py) and the same driver steps
+(driver.py); this module only answers the engine's requests with asyncio: awaiting an
+asyncio store, and waiting for a pool slot or for room in the pending buffer with
+events. Everything runs on the loop that first used the service, so no lock guards the
+engine: it is only touched between awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import functools
+import logging
+import os
+import time
+import weakref
+from collections.abc import Collection, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+from .adapters import AsyncStore, check_kind, open_async_store
+from .config import Settings, resolve_settings
+from .core import AcquireSlot, Engine, Op, WaitForRoom
+from .driver import After, FinalFlush, Schedule, after_call, dispatch, flush_failed, short
+from .errors import ServiceClosedError, SessionError, StoreError
+from .model import ClientInfo, Session, ShutdownReport, ValidationResult
+
+T = TypeVar("T")
+logger = logging.getLogger("session_service")
+ClientLike = ClientInfo | Mapping[str, Any] | None
+
+
+class AsyncSessionService:
+    """`SessionService` for asyncio: the same methods, as coroutines, and the same semantics.
+
+    ``AsyncSessionService("aiofile:///var/lib/app/sessions.json")`` (a path or ``file://``
+    also means the aiofiles store here), ``memory://`` or a Redis URL; every `Settings`
+    field is accepted as a keyword. Safe for any number of tasks of one event loop; use
+    one service per loop. ``async with`` shuts it down.
+    """
+
+    def __init__(
+        self,
+        backend: str | os.PathLike[str] | None = None,
+        /,
+        *,
+        settings: Settings | None = None,
+        store: AsyncStore | None = None,
+        **options: Any,
+    ) -> None:
+        self.settings = resolve_settings(backend, settings, options)
+        if store is None:
+            store = open_async_store(self.settings.backend, self.settings)
+        check_kind(store, asynchronous=True)
+        self._store: AsyncStore = store
+        self._engine = Engine(self.settings)
+        self._schedule = Schedule(self.settings)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()  # the flusher: a flush may be due
+        self._settled = asyncio.Event()  # replaced each time room may have come free
+        self._flush_lock = asyncio.Lock()  # one flush at a time, never two
+        self._tasks: set[asyncio.Task[int]] = set()  # flushes callers await (shielded)
+        self._closed = self._stopping = False
+        self._done = asyncio.Event()
+        self._exit_hook = functools.partial(_flush_at_exit, weakref.ref(self))
+        atexit.register(self._exit_hook)
+
+    # -- the public API ----------------------------------------------------------------
+
+    async def create_session(
+        self,
+        username: str,
+        attributes: Mapping[str, Any] | None = None,
+        client_info: ClientLike = None,
+        *,
+        session_id: str | None = None,
+    ) -> str:
+        """Start a session for ``username``; returns its id (``session_id`` if given)."""
+        op = self._engine.create(username, attributes, client_info, session_id)
+        sid = await self._call(op, writes=True)
+        logger.debug("created session %s for %r", short(sid), username)
+        return sid
+
+    async def validate_session(
+        self, session_id: str, client_info: ClientLike = None
+    ) -> ValidationResult:
+        """Check a session for a request and touch it; the result says why if it is invalid."""
+        return await self._call(self._engine.validate(session_id, client_info))
+
+    async def update_session(
+        self, session_id: str, attributes: Mapping[str, Any], *, remove: Collection[str] = ()
+    ) -> bool:
+        """Merge ``attributes`` into a live session, dropping ``remove``; False if not live."""
+        return await self._call(self._engine.update(session_id, attributes, remove), writes=True)
+
+    async def get_session(self, session_id: str) -> Session | None:
+        """A live session's snapshot, without touching it."""
+        return await self._call(self._engine.get(session_id))
+
+    async def rotate_session(self, session_id: str) -> str | None:
+        """Give a live session a new id (after login or a privilege change); None if not live."""
+        return await self._call(self._engine.rotate(session_id), writes=True)
+
+    async def sessions_of(self, username: str) -> list[str]:
+        """Ids of ``username``'s live sessions, oldest first."""
+        return await self._call(self._engine.sessions_of(username))
+
+    async def end_session(self, session_id: str) -> bool:
+        """End a session everywhere; True if a live session ended."""
+        if ended := await self._call(self._engine.end(session_id), writes=True):
+            logger.debug("ended session %s", short(session_id))
+        return ended
+
+    async def force_save(self) -> int:
+        """Write every pending change now; returns sessions written, raises if the store fails.
+
+        A caller cancelled while it waits stops waiting; the flush itself goes on.
+        """
+        self._check_open()
+        await self._start()
+        return await self._caller_flush()
+
+    async def async_force_save(self) -> int:
+        """The same as `force_save` (the name `SessionService` uses for its awaitable one)."""
+        return await self.force_save()
+
+    async def stats(self) -> dict[str, Any]:
+        """Counters: pending changes, flushes and their durations, failures, live sessions."""
+        return self._schedule.stats(self._engine, str(self._store.url), closed=self._closed)
+
+    async def shutdown(self, timeout: float | None = None) -> ShutdownReport:
+        """Flush within ``timeout`` seconds, stop the flusher and close the store; idempotent.
+
+        The limit is firm: a write still running at the deadline is cancelled (its batch
+        stays pending) and reported unsaved. Later calls wait for the first to finish.
+        """
+        if self._closed:
+            await self._done.wait()
+            return ShutdownReport(0)
+        self._closed = self._stopping = True
+        atexit.unregister(self._exit_hook)
+        final = FinalFlush(self.settings, timeout)
+        try:
+            await self._stop_flusher(final.remaining())
+            await self._final_flush(final)
+        finally:
+            try:
+                await self._store.close()
+            finally:
+                self._done.set()
+        return final.report()
+
+    async def __aenter__(self) -> AsyncSessionService:
+        self._check_open()
+        await self._start()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.shutdown()
+
+    # -- driving the engine ------------------------------------------------------------
+
+    async def _call(self, op: Op[T], *, writes: bool = False) -> T:
+        """Run one engine operation; ``writes``: its change must reach a write-through store."""
+        try:
+            self._check_open()
+            await self._start()
+            before = self._engine.pending.stats.changes
+            reply: Any = None
+            while True:
+                request = op.send(reply)
+                reply = await dispatch(
+                    request, self._store,
+                    acquire_slot=self._acquire_slot, wait_for_room=self._wait_for_room,
+                )
+        except StopIteration as stop:
+            result: T = stop.value
+        finally:
+            op.close()  # abandoned mid-way: a wait for a pool slot is withdrawn
+        await self._after(after_call(self._engine, writes=writes, changes_before=before))
+        return result
+
+    async def _after(self, after: After) -> None:
+        if after is After.WAKE:
+            self._wake.set()
+        elif after is not After.NOTHING:
+            try:
+                await self._caller_flush()
+            except StoreError:
+                if after is After.FLUSH_OR_RAISE:
+                    raise
+
+    async def _acquire_slot(self, request: AcquireSlot) -> None:
+        granted = asyncio.Event()
+        request.ticket.waker = granted.set
+        if not request.ticket.granted:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(request.timeout):
+                    await granted.wait()
+
+    async def _wait_for_room(self, request: WaitForRoom) -> bool:
+        self._wake.set()
+        has_room = self._engine.pending.has_room
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.backpressure_timeout_seconds):
+                while not has_room(request.session_id):
+                    await self._settled.wait()
+        return has_room(request.session_id)
+
+    def _room_may_be_free(self) -> None:
+        """Wake every task waiting for room in the pending buffer."""
+        self._settled.set()
+        self._settled = asyncio.Event()
+
+    def _invalidated(self, session_ids: Collection[str] | None, ended: bool) -> None:
+        """Store callback, on the loop: other servers ended or changed these sessions."""
+        self._engine.invalidate(session_ids, ended=ended)
+        self._room_may_be_free()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ServiceClosedError("the session service was shut down")
+
+    async def _start(self) -> None:
+        """On first use: bind to the running loop, start watching the store, start the flusher."""
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        if self._loop is not None:
+            raise SessionError(
+                "an AsyncSessionService runs on the event loop that first used it; "
+                "create one service per event loop"
+            )
+        self._loop = loop
+        watch = getattr(self._store, "watch", None)
+        if watch is not None:  # shared with other servers: end at once, hear their ends
+            self._engine.pending.prompt_ends = True
+            await watch(self._invalidated)
+        self._flusher = loop.create_task(self._background(), name="pooled-sessions-flusher")
+
+    # -- flushing ----------------------------------------------------------------------
+
+    async def _caller_flush(self) -> int:
+        """A flush a caller waits for, shielded: a cancelled caller does not cancel it."""
+        task = asyncio.ensure_future(self._flush())
+        self._tasks.add(task)
+        task.add_done_callback(self._flush_task_done)
+        return await asyncio.shield(task)
+
+    def _flush_task_done(self, task: asyncio.Task[int]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # logged by flush_failed; its caller may have stopped waiting
+
+    async def _flush(self) -> int:
+        """Write one batch of everything pending; a failed or cancelled one stays pending."""
+        async with self._flush_lock:
+            flush = self._engine.take_flush()
+            if flush is None:
+                return 0
+            started = time.monotonic()
+            try:
+                result = await self._store.write(flush.operations, time.time())
+            except BaseException as exc:
+                error = flush_failed(self._engine, flush, exc, str(self._store.url))
+                self._room_may_be_free()
+                if error is exc:
+                    raise
+                raise error from exc
+            self._engine.flush_succeeded(flush, result, time.monotonic() - started)
+            self._room_may_be_free()
+            return len(flush.operations)
+
+    async def _background(self) -> None:
+        while not self._stopping:
+            if not self._engine.flush_due():
+                self._wake.clear()
+                delay = self._schedule.wake_at(self._engine) - time.monotonic()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, delay)):
+                        await self._wake.wait()
+            if self._stopping:
+                return
+            try:
+                await self._background_round()
+            except Exception:  # the flusher must survive anything; the error is in stats
+                logger.exception("background session work failed")
+
+    async def _background_round(self) -> None:
+        engine = self._engine
+        chores = self._schedule.chores(engine)
+        if chores.flush:
+            with contextlib.suppress(Exception):  # kept pending, logged; retried after backoff
+                await self._flush()
+        if chores.cleanup:
+            evicted = engine.cleanup()
+            self._schedule.cleaned(evicted, await self._store.purge_expired(time.time()))
+        if chores.poll and await self._store.poll():
+            engine.invalidate(None)
+
+    async def _stop_flusher(self, seconds: float) -> None:
+        """Let the flusher finish its round within ``seconds``, else cancel it."""
+        task = self._flusher
+        if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
+            return
+        self._wake.set()
+        await asyncio.wait({task}, timeout=seconds)
+        if not task.done():
+            task.cancel()  # a write it was doing puts its batch back
+            await asyncio.wait({task})
+
+    async def _final_flush(self, final: FinalFlush) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(final.remaining()):
+                    final.written += await self._flush()
+            except TimeoutError:
+                final.failed(TimeoutError("the write outlasted the shutdown time limit"))
+            except Exception as exc:
+                final.failed(exc)
+            pause = final.pause(self._engine)
+            if pause is None:
+                return
+            await asyncio.sleep(pause)
+
+
+def _flush_at_exit(ref: weakref.ref[AsyncSessionService]) -> None:
+    """Interpreter exit without `shutdown`: write what is pending on a fresh event loop."""
+    service = ref()
+    if service is None:
+        return
+    try:
+        asyncio.run(service.shutdown())
+    except Exception:
+        logger.exception("writing pending sessions at exit failed (await shutdown() instead)")

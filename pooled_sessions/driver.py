@@ -1,0 +1,157 @@
+"""What both service drivers share: every step around the engine that is not waiting or I/O.
+
+`SessionService` (a lock and a flusher thread) and `AsyncSessionService` (one event loop
+and a flusher task) differ only in how they wait and how they reach the store. How an
+engine request is routed, what a finished call asks for, how a failed flush is recorded,
+which chores a background round does, and what shutdown reports are decided here, once.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from .config import Settings
+from .core import AcquireSlot, Engine, Flush, Load, LoadUser, Request, WaitForRoom
+from .errors import StoreError, StoreUnavailableError
+from .model import ShutdownReport
+
+logger = logging.getLogger("session_service")
+FINAL_RETRY_SECONDS = 0.1
+
+
+def short(session_id: str) -> str:
+    """A session id cut short for logs: enough to correlate, useless to an attacker."""
+    return session_id[:6] + "…"
+
+
+def dispatch(
+    request: Request,
+    store: Any,
+    *,
+    acquire_slot: Callable[[AcquireSlot], Any],
+    wait_for_room: Callable[[WaitForRoom], Any],
+) -> Any:
+    """Route one engine request: reads to the store, waits to the driver's own primitives.
+
+    Returns what the route returns: the answer, or for an asyncio driver an awaitable.
+    """
+    if isinstance(request, Load):
+        return store.load(request.session_id)
+    if isinstance(request, LoadUser):
+        return store.load_user(request.username)
+    if isinstance(request, AcquireSlot):
+        return acquire_slot(request)
+    return wait_for_room(request)
+
+
+class After(enum.Enum):
+    """What a driver does once an engine operation returned."""
+
+    NOTHING = enum.auto()
+    WAKE = enum.auto()  # a flush is due: wake the flusher
+    FLUSH = enum.auto()  # write-through: flush in the caller, a store error is left to retries
+    FLUSH_OR_RAISE = enum.auto()  # write-through and the call changed a session: raise
+
+
+def after_call(engine: Engine, *, writes: bool, changes_before: int) -> After:
+    """Decide `After` from the engine's state; ``writes``: the call may change a session."""
+    changed = writes and engine.pending.stats.changes != changes_before
+    due = engine.flush_due()
+    if not engine.settings.write_through:
+        return After.WAKE if due else After.NOTHING
+    if changed:
+        return After.FLUSH_OR_RAISE
+    return After.FLUSH if due else After.NOTHING
+
+
+def flush_failed(engine: Engine, flush: Flush, error: BaseException, url: str) -> BaseException:
+    """Keep a failed (or cancelled) batch pending; returns the exception the caller raises.
+
+    A store's own errors pass as they are; anything else is reported as the store being
+    unavailable (with the original as its cause), and cancellation stays cancellation.
+    """
+    delay = engine.flush_failed(flush, error)
+    logger.warning(
+        "flush of %d session(s) failed, retry in %.1f s: %s", len(flush.taken), delay, error
+    )
+    if isinstance(error, Exception) and not isinstance(error, StoreError):
+        return StoreUnavailableError(f"store {url} failed: {error}")
+    return error
+
+
+class Chores(NamedTuple):
+    """What one round of background work does."""
+
+    flush: bool
+    cleanup: bool
+    poll: bool
+
+
+class Schedule:
+    """When the background flusher wakes, what it does then, and the store-side counters."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._interval = settings.sync_interval_seconds
+        self._next_sync = time.monotonic() + self._interval
+        self.purged = 0
+
+    def wake_at(self, engine: Engine) -> float:
+        """Monotonic time of the next round (a flush, a cleanup or a poll of the store)."""
+        return min(engine.next_deadline(), self._next_sync)
+
+    def chores(self, engine: Engine) -> Chores:
+        """The chores due now; a poll is counted as done from here."""
+        poll = time.monotonic() >= self._next_sync
+        if poll:
+            self._next_sync = time.monotonic() + self._interval
+        return Chores(engine.flush_due(), engine.cleanup_due(), poll)
+
+    def cleaned(self, evicted: int, purged: int) -> None:
+        """Count and log one cleanup."""
+        self.purged += purged
+        logger.info("cleanup: %d expired session(s) evicted, %d purged", evicted, purged)
+
+    def stats(self, engine: Engine, url: str, *, closed: bool) -> dict[str, Any]:
+        """`stats()` of a service: the engine's counters and the store's."""
+        stats = engine.stats()
+        stats.update(store=url, store_purged=self.purged, closed=closed)
+        return stats
+
+
+class FinalFlush:
+    """Shutdown's last flushes: retried until nothing is pending or the time is up."""
+
+    def __init__(self, settings: Settings, timeout: float | None) -> None:
+        limit = settings.shutdown_timeout_seconds if timeout is None else timeout
+        self.deadline = time.monotonic() + limit
+        self.written = 0
+        self.error: str | None = None
+        self.unsaved: tuple[str, ...] = ()
+
+    def remaining(self) -> float:
+        """Seconds left before the deadline (never negative)."""
+        return max(0.0, self.deadline - time.monotonic())
+
+    def failed(self, error: BaseException) -> None:
+        """Note a failed flush attempt."""
+        self.error = f"{type(error).__name__}: {error}"
+
+    def pause(self, engine: Engine) -> float | None:
+        """Seconds to wait before the next attempt, or None when shutdown should report now."""
+        self.unsaved = tuple(short(sid) for sid in engine.pending.ids())
+        if not self.unsaved or time.monotonic() >= self.deadline:
+            return None
+        return min(FINAL_RETRY_SECONDS, self.remaining())
+
+    def report(self) -> ShutdownReport:
+        """What shutdown wrote, and what it could not (logged as an error)."""
+        if self.unsaved:
+            logger.error(
+                "shutdown could not write %d session(s) (%s): %s",
+                len(self.unsaved), self.error, ", ".join(self.unsaved[:20]),
+            )
+        return ShutdownReport(self.written, self.unsaved, self.error)
