@@ -14,18 +14,16 @@ import atexit
 import contextlib
 import functools
 import logging
-import os
 import time
 import weakref
 from collections.abc import Collection, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
-from .adapters import AsyncStore, check_kind, open_async_store
-from .config import Settings, resolve_settings
-from .core import AcquireSlot, Engine, Op, WaitForRoom
-from .driver import After, FinalFlush, Schedule, after_call, dispatch, flush_failed, short
-from .errors import ServiceClosedError, SessionError, StoreError
+from .adapters import AsyncStore
+from .core import AcquireSlot, Op, WaitForRoom
+from .driver import After, FinalFlush, ServiceBase, after_call, dispatch, flush_failed, short
+from .errors import SessionError, StoreError
 from .model import ClientInfo, Session, ShutdownReport, ValidationResult
 
 T = TypeVar("T")
@@ -33,38 +31,25 @@ logger = logging.getLogger("session_service")
 ClientLike = ClientInfo | Mapping[str, Any] | None
 
 
-class AsyncSessionService:
+class AsyncSessionService(ServiceBase[AsyncStore]):
     """`SessionService` for asyncio: the same methods, as coroutines, and the same semantics.
 
     ``AsyncSessionService("aiofile:///var/lib/app/sessions.json")`` (a path or ``file://``
     also means the aiofiles store here), ``memory://`` or a Redis URL; every `Settings`
-    field is accepted as a keyword. Safe for any number of tasks of one event loop; use
-    one service per loop. ``async with`` shuts it down.
+    field is accepted as a keyword (see `ServiceBase` for the arguments). Safe for any
+    number of tasks of one event loop; use one service per loop. ``async with`` shuts it
+    down.
     """
 
-    def __init__(
-        self,
-        backend: str | os.PathLike[str] | None = None,
-        /,
-        *,
-        settings: Settings | None = None,
-        store: AsyncStore | None = None,
-        **options: Any,
-    ) -> None:
-        self.settings = resolve_settings(backend, settings, options)
-        if store is None:
-            store = open_async_store(self.settings.backend, self.settings)
-        check_kind(store, asynchronous=True)
-        self._store: AsyncStore = store
-        self._engine = Engine(self.settings)
-        self._schedule = Schedule(self.settings)
+    asynchronous = True
+
+    def _prepare(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # the flusher: a flush may be due
         self._settled = asyncio.Event()  # replaced each time room may have come free
         self._flush_lock = asyncio.Lock()  # one flush at a time, never two
         self._tasks: set[asyncio.Task[int]] = set()  # flushes callers await (shielded)
-        self._closed = self._stopping = False
         self._done = asyncio.Event()
         self._exit_hook = functools.partial(_flush_at_exit, weakref.ref(self))
         atexit.register(self._exit_hook)
@@ -222,10 +207,6 @@ class AsyncSessionService:
         """Store callback, on the loop: other servers ended or changed these sessions."""
         self._engine.invalidate(session_ids, ended=ended)
         self._room_may_be_free()
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ServiceClosedError("the session service was shut down")
 
     async def _start(self) -> None:
         """On first use: bind to the running loop, start watching the store, start the flusher."""

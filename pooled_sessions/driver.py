@@ -10,17 +10,60 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar, cast
 
-from .config import Settings
+from .adapters import check_kind, open_async_store, open_store
+from .config import Settings, resolve_settings
 from .core import AcquireSlot, Engine, Flush, Load, LoadUser, Request, WaitForRoom
-from .errors import StoreError, StoreUnavailableError
+from .errors import ServiceClosedError, StoreError, StoreUnavailableError
 from .model import ShutdownReport
 
+StoreT = TypeVar("StoreT")
 logger = logging.getLogger("session_service")
 FINAL_RETRY_SECONDS = 0.1
+
+
+class ServiceBase(Generic[StoreT]):
+    """What both services hold and build alike: settings, the store, the engine, the schedule.
+
+    The first argument is a path or a store URL (the same as ``backend=``); ``settings``
+    a `Settings`; ``store`` a ready store object of the service's kind (blocking or
+    asyncio; the other kind is refused); any other keyword is a `Settings` field.
+    """
+
+    asynchronous: ClassVar[bool]
+
+    def __init__(
+        self,
+        backend: str | os.PathLike[str] | None = None,
+        /,
+        *,
+        settings: Settings | None = None,
+        store: StoreT | None = None,
+        **options: Any,
+    ) -> None:
+        self.settings = resolve_settings(backend, settings, options)
+        opened = store
+        if opened is None:
+            opener = open_async_store if self.asynchronous else open_store
+            opened = cast(StoreT, opener(self.settings.backend, self.settings))
+        check_kind(opened, asynchronous=self.asynchronous)
+        self._store: StoreT = opened
+        self._engine = Engine(self.settings)
+        self._schedule = Schedule(self.settings)
+        self._closed = self._stopping = False
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """Build the driver's own parts (lock and thread, or events); the last step of init."""
+        raise NotImplementedError
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ServiceClosedError("the session service was shut down")
 
 
 def short(session_id: str) -> str:

@@ -6,7 +6,6 @@ import asyncio
 import atexit
 import functools
 import logging
-import os
 import threading
 import time
 import weakref
@@ -14,11 +13,10 @@ from collections.abc import Collection, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
-from .adapters import Store, check_kind, open_store
-from .config import Settings, resolve_settings
-from .core import AcquireSlot, Engine, Flush, Op, WaitForRoom
-from .driver import After, FinalFlush, Schedule, after_call, dispatch, flush_failed, short
-from .errors import ServiceClosedError, StoreError
+from .adapters import Store
+from .core import AcquireSlot, Flush, Op, WaitForRoom
+from .driver import After, FinalFlush, ServiceBase, after_call, dispatch, flush_failed, short
+from .errors import StoreError
 from .model import ClientInfo, Session, ShutdownReport, ValidationResult
 from .pool import wait_for_grant
 
@@ -27,35 +25,21 @@ logger = logging.getLogger("session_service")
 ClientLike = ClientInfo | Mapping[str, Any] | None
 
 
-class SessionService:
+class SessionService(ServiceBase[Store]):
     """Sessions kept in memory, written behind in batches to the store a URL names.
 
     ``SessionService("sessions.json")`` or ``SessionService(backend="redis://...")``;
-    every `Settings` field is accepted as a keyword. Thread-safe.
+    every `Settings` field is accepted as a keyword (see `ServiceBase` for the
+    arguments). Thread-safe.
     """
 
-    def __init__(
-        self,
-        backend: str | os.PathLike[str] | None = None,
-        /,
-        *,
-        settings: Settings | None = None,
-        store: Store | None = None,
-        **options: Any,
-    ) -> None:
-        self.settings = resolve_settings(backend, settings, options)
-        if store is None:
-            store = open_store(self.settings.backend, self.settings)
-        check_kind(store, asynchronous=False)
-        self._store = store
-        self._engine = Engine(self.settings)
+    asynchronous = False
+
+    def _prepare(self) -> None:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._flush_lock = threading.Lock()
-        self._closed = False
-        self._stopping = False
-        self._schedule = Schedule(self.settings)
-        watch = getattr(store, "watch", None)
+        watch = getattr(self._store, "watch", None)
         if watch is not None:  # shared with other servers: end at once, hear their ends
             self._engine.pending.prompt_ends = True
             watch(self._invalidated)
@@ -194,10 +178,6 @@ class SessionService:
         with self._wake:
             self._engine.invalidate(session_ids, ended=ended)
             self._wake.notify_all()
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ServiceClosedError("the session service was shut down")
 
     def _after(self, after: After) -> None:
         """Wake the flusher, or in write-through mode flush here, backoff or not.
