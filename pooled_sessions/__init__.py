@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .aio import AsyncSessionService
 from .client_ip import ClientIPResolver, client_ip
 from .config import Settings
 from .errors import (
@@ -26,6 +27,7 @@ from .service import SessionService
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncSessionService",
     "AsyncSessionManager",
     "BackPressureError",
     "ClientIPResolver",

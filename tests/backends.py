@@ -75,6 +75,10 @@ BACKENDS: list[Any] = [
     pytest.param("file", id="file"),
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
     pytest.param("cluster", id="cluster", marks=pytest.mark.cluster),
+    # AsyncSessionService behind a synchronous facade (tests/aio_backends.py)
+    pytest.param("aiofile", id="aiofile"),
+    pytest.param("async-memory", id="async-memory"),
+    pytest.param("async-redis", id="async-redis", marks=pytest.mark.redis),
 ]
 TEARDOWN_SHUTDOWN_SECONDS = 2.0
 
