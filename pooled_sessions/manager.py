@@ -9,6 +9,7 @@ sessions is decided by the pure `decide_login`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import inspect
 import logging
@@ -190,6 +191,14 @@ class _Manager:
         return int.from_bytes(digest, "big") % _STRIPES
 
 
+def _exclusive(service: Any, user: str) -> Any:
+    """The service's hold on ``user`` across app servers (``service.exclusive``), if any:
+    a context manager (an async one for an asyncio service) that serialises logins of one
+    user on every server sharing the store, so the login policy holds across them."""
+    exclusive = getattr(service, "exclusive", None)
+    return contextlib.nullcontext() if exclusive is None else exclusive(user)
+
+
 class SessionManager(_Manager):
     """Logins, logouts and session checks per user, over a `SessionService`. Thread-safe.
 
@@ -221,7 +230,7 @@ class SessionManager(_Manager):
         attributes: Mapping[str, Any] | None = None,
     ) -> LoginResult:
         """`login` with the full outcome: the id to use, what ended, the location event."""
-        with self._locks[self._stripe(user)]:
+        with self._locks[self._stripe(user)], _exclusive(self.service, user):
             result = self._run(self._sign_in(user, session_id, ip, user_agent, attributes))
         self._report(result)
         return result
@@ -271,7 +280,7 @@ class AsyncSessionManager(_Manager):
         attributes: Mapping[str, Any] | None = None,
     ) -> LoginResult:
         """See `SessionManager.sign_in`; an async listener is awaited."""
-        async with self._locks[self._stripe(user)]:
+        async with self._locks[self._stripe(user)], _exclusive(self.service, user):
             result = await self._run(self._sign_in(user, session_id, ip, user_agent, attributes))
         outcome = self._report(result)
         if inspect.isawaitable(outcome):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import functools
 import logging
 import threading
 import time
 import weakref
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -104,6 +105,21 @@ class SessionService(ServiceBase[Store]):
     async def async_force_save(self) -> int:
         """`force_save` in a worker thread, so an event loop is not blocked."""
         return await asyncio.to_thread(self.force_save)
+
+    @contextlib.contextmanager
+    def exclusive(self, username: str, timeout: float = 5.0) -> Iterator[None]:
+        """Hold ``username`` alone among every app server sharing the store (a login).
+
+        On a store with ``user_lock`` (Redis) the changes made inside are written before
+        the lock goes, so the next holder sees them; elsewhere it does nothing.
+        """
+        lock = getattr(self._store, "user_lock", None)
+        if lock is None:
+            yield
+            return
+        with lock(username, timeout):
+            yield
+            self.force_save()
 
     def stats(self) -> dict[str, Any]:
         """Counters: pending changes, flushes and their durations, failures, live sessions."""

@@ -7,10 +7,12 @@ and `watch` tells a service which of its cached sessions another server ended or
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
 from ..codec import Operation, Record, WriteResult
@@ -29,6 +31,7 @@ from .url import StoreURL, redact
 
 T = TypeVar("T")
 INSTALL_HINT = 'pip install "pooled-sessions[redis]"'
+LOCK_POLL_SECONDS, LOCK_MIN_SECONDS = 0.005, 1.0
 
 
 def _redis() -> Any:
@@ -46,10 +49,10 @@ def _redis() -> Any:
     return redis
 
 
-def _client_url(client: Any, asyncio: bool) -> str:
+def _client_url(client: Any, aio: bool) -> str:
     """A URL describing a ready client, for messages and `url`."""
     redis = _redis()
-    cluster_type = redis.asyncio.cluster.RedisCluster if asyncio else redis.cluster.RedisCluster
+    cluster_type = redis.asyncio.cluster.RedisCluster if aio else redis.cluster.RedisCluster
     if isinstance(client, cluster_type):
         node = client.get_default_node()
         return f"{CLUSTER_SCHEME}://{node.host}:{node.port}"
@@ -60,14 +63,14 @@ def _client_url(client: Any, asyncio: bool) -> str:
     return f"redis://{host}:{port}/{kwargs.get('db', 0)}"
 
 
-def _build_client(options: RedisOptions, asyncio: bool) -> Any:
+def _build_client(options: RedisOptions, aio: bool) -> Any:
     redis = _redis()
-    retry_type = redis.asyncio.retry.Retry if asyncio else redis.retry.Retry
+    retry_type = redis.asyncio.retry.Retry if aio else redis.retry.Retry
     retry = retry_type(redis.backoff.ExponentialBackoff(cap=1.0, base=0.05), options.retries)
     if options.cluster:
-        kind = redis.asyncio.cluster.RedisCluster if asyncio else redis.cluster.RedisCluster
+        kind = redis.asyncio.cluster.RedisCluster if aio else redis.cluster.RedisCluster
     else:
-        kind = redis.asyncio.Redis if asyncio else redis.Redis
+        kind = redis.asyncio.Redis if aio else redis.Redis
     try:
         return kind.from_url(options.client_url, retry=retry, **options.client_kwargs)
     except (TypeError, ValueError) as exc:
@@ -81,12 +84,12 @@ class _RedisBase:
     """What both stores share: options, keys, an origin token, error translation."""
 
     def __init__(self, url: StoreURL | str | None, settings: Settings | None,
-                 client: Any, asyncio: bool) -> None:
+                 client: Any, aio: bool) -> None:
         settings = settings or Settings()
         if url is None:
             if client is None:
                 raise SessionError("a Redis store needs a URL or a client")
-            url = _client_url(client, asyncio)
+            url = _client_url(client, aio)
         parsed = url if isinstance(url, StoreURL) else StoreURL.parse(url)
         self.options = RedisOptions.parse(parsed, settings)
         self.url = parsed.text
@@ -94,7 +97,7 @@ class _RedisBase:
         self.where = f"redis {redact(parsed.text)}"
         self._origin = secrets.token_hex(8)
         self._owns_client = client is None
-        self._client = client if client is not None else _build_client(self.options, asyncio)
+        self._client = client if client is not None else _build_client(self.options, aio)
         self._redis = _redis()
 
     def _failure(self, exc: Exception) -> SessionError:
@@ -122,6 +125,24 @@ class _RedisBase:
     def _subscription(self, callback: Callback) -> Subscription:
         return Subscription(self._origin, callback, self.where)
 
+    def _lock_steps(self, username: str, timeout: float) -> tuple[
+        Callable[[], plan.Step[bool]], plan.Step[None], float
+    ]:
+        """The steps of `user_lock`: try (repeatable), release, and the deadline."""
+        token, keys = secrets.token_hex(16), self.keys
+        ttl_ms = int(max(timeout, LOCK_MIN_SECONDS) * 2000)
+        return (
+            lambda: plan.lock_user(keys, username, token, ttl_ms),
+            plan.unlock_user(keys, username, token),
+            time.monotonic() + timeout,
+        )
+
+    def _lock_timeout(self, username: str, timeout: float) -> StoreError:
+        return StoreError(
+            f"{self.where}: user {username[:40]!r} stayed locked by another server for "
+            f"{timeout} s"
+        )
+
     def _subscribe_wait(self) -> float:
         return float(self.options.client_kwargs.get("socket_connect_timeout", 2.0)) + 1.0
 
@@ -131,7 +152,7 @@ class RedisStore(_RedisBase):
 
     def __init__(self, url: StoreURL | str | None = None, settings: Settings | None = None,
                  *, client: Any = None) -> None:
-        super().__init__(url, settings, client, asyncio=False)
+        super().__init__(url, settings, client, aio=False)
         self._listener: EventListener | None = None
 
     def _run(self, step: plan.Step[T]) -> T:
@@ -179,6 +200,22 @@ class RedisStore(_RedisBase):
     def count(self) -> int:
         return self._run(plan.count(self.keys, time.time()))
 
+    @contextmanager
+    def user_lock(self, username: str, timeout: float = 5.0) -> Iterator[None]:
+        """Hold ``username`` exclusively among every server sharing this store (a login).
+
+        Waits up to ``timeout`` seconds, then raises `StoreError`. The lock expires by
+        itself after twice that if its holder dies."""
+        attempt, release, deadline = self._lock_steps(username, timeout)
+        while not self._run(attempt()):
+            if time.monotonic() >= deadline:
+                raise self._lock_timeout(username, timeout)
+            time.sleep(LOCK_POLL_SECONDS)
+        try:
+            yield
+        finally:
+            self._run(release)
+
     def watch(self, callback: Callback) -> None:
         """Call ``callback(ids, ended)`` from a listener thread when other servers end or
         change sessions (``ids`` None: anything may have changed). Waits briefly for the
@@ -202,7 +239,7 @@ class AsyncRedisStore(_RedisBase):
 
     def __init__(self, url: StoreURL | str | None = None, settings: Settings | None = None,
                  *, client: Any = None) -> None:
-        super().__init__(url, settings, client, asyncio=True)
+        super().__init__(url, settings, client, aio=True)
         self._listener: AsyncEventListener | None = None
         self._node: Any = None
 
@@ -267,6 +304,19 @@ class AsyncRedisStore(_RedisBase):
 
     async def count(self) -> int:
         return await self._run(plan.count(self.keys, time.time()))
+
+    @asynccontextmanager
+    async def user_lock(self, username: str, timeout: float = 5.0) -> AsyncIterator[None]:
+        """`RedisStore.user_lock` for asyncio."""
+        attempt, release, deadline = self._lock_steps(username, timeout)
+        while not await self._run(attempt()):
+            if time.monotonic() >= deadline:
+                raise self._lock_timeout(username, timeout)
+            await asyncio.sleep(LOCK_POLL_SECONDS)
+        try:
+            yield
+        finally:
+            await self._run(release)
 
     async def watch(self, callback: Callback) -> None:
         """Like `RedisStore.watch`, from a task of the running loop: ``callback`` runs in

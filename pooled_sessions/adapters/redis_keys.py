@@ -10,6 +10,7 @@ with their number, so no key is hot on a cluster.
     {prefix}:t:{<id>}        tombstone (the end time) with a TTL: a late write never revives
     {prefix}:u:{<user>}      sorted set: the user's session ids, scored by creation time
     {prefix}:x:{<n>}         sorted set, shard n: "<id>:<user>" scored by expiry (a lower bound)
+    {prefix}:l:{<user>}      string with a TTL: a server's token while it logs the user in
     {prefix}:events          pub/sub channel: ids ended or changed, so caches drop them
 """
 
@@ -59,6 +60,9 @@ class KeySchema:
 
     def user(self, username: str) -> str:
         return f"{self.prefix}:u:{{{_escape_tag(username)}}}"
+
+    def user_lock(self, username: str) -> str:
+        return f"{self.prefix}:l:{{{_escape_tag(username)}}}"
 
     def shard_of(self, session_id: str) -> str:
         return self.shard(zlib.crc32(session_id.encode()) % self.shards)

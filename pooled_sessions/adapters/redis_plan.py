@@ -23,14 +23,14 @@ from .redis_keys import (
     texts,
     upsert_fields,
 )
-from .redis_scripts import APPLY, Script
+from .redis_scripts import APPLY, UNLOCK, Script
 
 T = TypeVar("T")
 Command = tuple[Any, ...]
 Step = Generator[list[Command], list[Any], T]
 PAGE = 500
 WRITTEN, REFUSED, MISSING = 1, 0, 2
-_SCRIPTS = {script.sha: script for script in (APPLY,)}
+_SCRIPTS = {script.sha: script for script in (APPLY, UNLOCK)}
 logger = logging.getLogger("session_service")
 
 
@@ -217,6 +217,20 @@ def scan_page(keys: KeySchema, shard: str, cursor: int, where: str) -> Step[
     ids = sorted({split_member(item[0])[0] for item in items})
     found = yield from load_many(keys, ids, where)
     return int(cursor), [(sid, rec) for sid, rec in found.items() if rec is not None]
+
+
+# -- user locks -----------------------------------------------------------------------
+
+
+def lock_user(keys: KeySchema, username: str, token: str, ttl_ms: int) -> Step[bool]:
+    """Take the user's lock if free (it expires by itself if its holder dies)."""
+    (taken,) = yield from run([("SET", keys.user_lock(username), token, "NX", "PX", ttl_ms)])
+    return bool(taken)
+
+
+def unlock_user(keys: KeySchema, username: str, token: str) -> Step[None]:
+    """Give the user's lock back, if it is still ours."""
+    yield from run([evalsha(UNLOCK, [keys.user_lock(username)], [token])])
 
 
 # -- invalidation messages ------------------------------------------------------------

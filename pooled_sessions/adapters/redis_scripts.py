@@ -103,3 +103,13 @@ end
 return status
 """
 )
+
+
+# Release a user lock only if this server still holds it (its token), never another's
+# lock taken after ours expired. KEYS: the lock. ARGV: the token.
+UNLOCK = Script(
+    """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+)

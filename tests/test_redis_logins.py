@@ -1,0 +1,91 @@
+"""The SessionManager's login policy across app servers sharing Redis: two servers logging
+one user in at the same moment still leave what the policy allows."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from pooled_sessions import SessionManager, SessionService, Settings
+from pooled_sessions.adapters.redis_hash import RedisStore
+from pooled_sessions.core import new_session_id
+from pooled_sessions.errors import StoreError
+
+
+@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.redis),
+                        pytest.param("cluster", marks=pytest.mark.cluster)])
+def url(request: pytest.FixtureRequest) -> str:
+    fixture = "redis_url" if request.param == "redis" else "cluster_url"
+    value: str = request.getfixturevalue(fixture)
+    return value
+
+
+@pytest.fixture
+def two_servers(url: str) -> Iterator[tuple[SessionService, SessionService]]:
+    a, b = SessionService(url), SessionService(url)
+    yield a, b
+    a.shutdown(timeout=2)
+    b.shutdown(timeout=2)
+
+
+def race(*logins: Callable[[], object]) -> None:
+    """Run the logins at the same moment, on threads."""
+    gate = threading.Barrier(len(logins))
+
+    def run(login: Callable[[], object]) -> None:
+        gate.wait()
+        login()
+
+    threads = [threading.Thread(target=run, args=(login,)) for login in logins]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def test_simultaneous_logins_on_two_servers_leave_one_session(
+    two_servers: tuple[SessionService, SessionService],
+) -> None:
+    a, b = two_servers
+    on_a, on_b = SessionManager(a), SessionManager(b)  # default: end the older sessions
+    for round_ in range(10):
+        user = f"alice{round_}"
+        race(lambda: on_a.login(user, new_session_id(), "198.51.100.1"),  # noqa: B023
+             lambda: on_b.login(user, new_session_id(), "203.0.113.9"))  # noqa: B023
+        live = a.sessions_of(user)
+        assert len(live) == 1, f"round {round_}: {len(live)} sessions live"
+        assert b.sessions_of(user) == live
+
+
+def test_a_per_user_limit_holds_across_servers(
+    two_servers: tuple[SessionService, SessionService],
+) -> None:
+    a, b = two_servers
+    on_a = SessionManager(a, "allow", max_sessions_per_user=2, on_limit="refuse")
+    on_b = SessionManager(b, "allow", max_sessions_per_user=2, on_limit="refuse")
+    results: list[bool] = []
+    race(*(lambda m=m: results.append(m.login("bob", new_session_id(), "10.0.0.1"))
+           for m in (on_a, on_b, on_a, on_b)))
+    assert sorted(results) == [False, False, True, True]
+    assert len(a.sessions_of("bob")) == 2
+
+
+def test_the_user_lock_is_exclusive_and_times_out(url: str) -> None:
+    first, second = RedisStore(url, Settings()), RedisStore(url, Settings())
+    try:
+        with first.user_lock("carol"):
+            started = time.monotonic()
+            with pytest.raises(StoreError, match="locked by another server"):
+                with second.user_lock("carol", timeout=0.2):
+                    pass  # pragma: no cover
+            assert 0.2 <= time.monotonic() - started < 1.0
+            with second.user_lock("dave", timeout=0.2):  # other users are free
+                pass
+        with second.user_lock("carol", timeout=0.2):  # released
+            pass
+    finally:
+        first.close()
+        second.close()
