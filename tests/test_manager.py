@@ -293,12 +293,17 @@ def test_concurrent_logins_of_one_user_respect_the_limit(service: SessionService
 
 
 class AsyncFacade:
-    """The sync service behind coroutine methods, as an AsyncSessionService presents them."""
+    """The calls the managers make, as coroutines over a sync service (no cross-server hold)."""
+
+    CALLS = frozenset({"get_session", "sessions_of", "end_session", "rotate_session",
+                       "create_session", "validate_session"})
 
     def __init__(self, service: SessionService) -> None:
         self._service = service
 
     def __getattr__(self, name: str) -> Any:
+        if name not in self.CALLS:
+            raise AttributeError(name)
         method = getattr(self._service, name)
 
         async def call(*args: Any, **kwargs: Any) -> Any:
@@ -327,3 +332,19 @@ async def test_async_manager_pool_exhausted() -> None:
         manager = AsyncSessionManager(AsyncFacade(svc))
         assert await manager.login("alice", "sid-alice", HOME)
         assert await manager.login("bob", "sid-bob", HOME) is False
+
+
+async def test_async_manager_on_the_async_service() -> None:
+    from pooled_sessions import AsyncSessionService
+
+    async with AsyncSessionService(
+        "memory://", pool=SessionPoolConfig(max_total=2, max_wait=0)
+    ) as svc:
+        manager = AsyncSessionManager(svc, max_sessions_per_user=1)
+        assert await manager.login("alice", "sid-1", HOME)
+        assert await manager.login("alice", "sid-2", HOME)  # the limit ends sid-1
+        assert not await manager.is_valid_session("alice", "sid-1")
+        assert await manager.login("bob", "sid-bob", CAFE)
+        assert await manager.login("carol", "sid-carol", CAFE) is False  # pool full
+        assert await manager.logout("alice") == 1
+        assert await manager.login("carol", "sid-carol", CAFE)
