@@ -47,17 +47,24 @@ def race(*logins: Callable[[], object]) -> None:
 
 
 def test_simultaneous_logins_on_two_servers_leave_one_session(
-    two_servers: tuple[SessionService, SessionService],
+    two_servers: tuple[SessionService, SessionService], url: str
 ) -> None:
     a, b = two_servers
     on_a, on_b = SessionManager(a), SessionManager(b)  # default: end the older sessions
-    for round_ in range(10):
-        user = f"alice{round_}"
-        race(lambda: on_a.login(user, new_session_id(), "198.51.100.1"),  # noqa: B023
-             lambda: on_b.login(user, new_session_id(), "203.0.113.9"))  # noqa: B023
-        live = a.sessions_of(user)
-        assert len(live) == 1, f"round {round_}: {len(live)} sessions live"
-        assert b.sessions_of(user) == live
+    observer = RedisStore(url, Settings())
+    try:
+        for round_ in range(10):
+            user = f"alice{round_}"
+            race(lambda: on_a.login(user, new_session_id(), "198.51.100.1"),  # noqa: B023
+                 lambda: on_b.login(user, new_session_id(), "203.0.113.9"))  # noqa: B023
+            live = list(observer.load_user(user))  # what Redis holds, right away
+            assert len(live) == 1, f"round {round_}: {len(live)} sessions live"
+            deadline = time.monotonic() + 0.1  # the servers' caches agree within 100 ms
+            while a.sessions_of(user) != live or b.sessions_of(user) != live:
+                assert time.monotonic() < deadline, f"round {round_}: caches disagree"
+                time.sleep(0.002)
+    finally:
+        observer.close()
 
 
 def test_a_per_user_limit_holds_across_servers(
@@ -89,3 +96,35 @@ def test_the_user_lock_is_exclusive_and_times_out(url: str) -> None:
     finally:
         first.close()
         second.close()
+
+
+def test_pool_slots_are_shared_by_every_server(url: str) -> None:
+    from pooled_sessions import SessionPoolConfig
+    from pooled_sessions.codec import Delete
+    from tests.test_redis_store import upsert
+
+    settings = Settings(pool=SessionPoolConfig(max_total=3, max_idle=1, min_idle=0))
+    stores = [RedisStore(url, settings), RedisStore(url, settings)]
+    try:
+        ids = [f"{n:043d}" for n in range(10)]
+        granted: list[str] = []
+
+        def claim(store: RedisStore, sid: str) -> None:
+            if store.claim_slot(sid, time.time() + 60, 3):
+                granted.append(sid)
+
+        race(*(lambda n=n, sid=sid: claim(stores[n % 2], sid) for n, sid in enumerate(ids)))
+        assert len(granted) == 3 and stores[1].slots_in_use() == 3
+        assert stores[0].claim_slot(granted[0], time.time() + 90, 3)  # held already: kept
+        assert not stores[1].claim_slot("N" * 43, time.time() + 60, 3)
+        first = granted[0]
+        stores[0].write([upsert(first, created=True)], time.time())
+        stores[1].write([Delete(first, "alice", time.time())], time.time())  # frees its slot
+        assert stores[1].slots_in_use() == 2
+        assert stores[1].claim_slot("N" * 43, time.time() + 0.2, 3)
+        assert not stores[0].claim_slot("M" * 43, time.time() + 60, 3)
+        time.sleep(0.3)  # the short session expired: its slot is free again
+        assert stores[0].claim_slot("M" * 43, time.time() + 60, 3)
+    finally:
+        for store in stores:
+            store.close()

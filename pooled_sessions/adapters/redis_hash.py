@@ -200,6 +200,15 @@ class RedisStore(_RedisBase):
     def count(self) -> int:
         return self._run(plan.count(self.keys, time.time()))
 
+    def claim_slot(self, session_id: str, expires_at: float, limit: int) -> bool:
+        """Take one of ``limit`` live-session slots shared by every server (the pool's
+        ``max_total`` across servers); False when all are held. Needs a pool configured."""
+        return self._run(plan.claim_slot(self.keys, session_id, expires_at, time.time(), limit))
+
+    def slots_in_use(self) -> int:
+        """Slots held by live sessions on every server."""
+        return self._run(plan.slots_in_use(self.keys, time.time()))
+
     @contextmanager
     def user_lock(self, username: str, timeout: float = 5.0) -> Iterator[None]:
         """Hold ``username`` exclusively among every server sharing this store (a login).
@@ -304,6 +313,15 @@ class AsyncRedisStore(_RedisBase):
 
     async def count(self) -> int:
         return await self._run(plan.count(self.keys, time.time()))
+
+    async def claim_slot(self, session_id: str, expires_at: float, limit: int) -> bool:
+        """`RedisStore.claim_slot` for asyncio."""
+        now = time.time()
+        return await self._run(plan.claim_slot(self.keys, session_id, expires_at, now, limit))
+
+    async def slots_in_use(self) -> int:
+        """Slots held by live sessions on every server."""
+        return await self._run(plan.slots_in_use(self.keys, time.time()))
 
     @asynccontextmanager
     async def user_lock(self, username: str, timeout: float = 5.0) -> AsyncIterator[None]:

@@ -11,6 +11,7 @@ with their number, so no key is hot on a cluster.
     {prefix}:u:{<user>}      sorted set: the user's session ids, scored by creation time
     {prefix}:x:{<n>}         sorted set, shard n: "<id>:<user>" scored by expiry (a lower bound)
     {prefix}:l:{<user>}      string with a TTL: a server's token while it logs the user in
+    {prefix}:slots           sorted set (with a pool): ids holding a slot, scored by expiry
     {prefix}:events          pub/sub channel: ids ended or changed, so caches drop them
 """
 
@@ -43,6 +44,7 @@ class KeySchema:
 
     prefix: str
     shards: int = 1
+    pooled: bool = False  # keep the pool's slot set, for a max_total across servers
 
     def __post_init__(self) -> None:
         if not self.prefix or any(c in self.prefix for c in "{} \r\n"):
@@ -72,6 +74,10 @@ class KeySchema:
 
     def all_shards(self) -> list[str]:
         return [self.shard(n) for n in range(self.shards)]
+
+    @property
+    def slots(self) -> str:
+        return f"{self.prefix}:slots"
 
     @property
     def channel(self) -> str:

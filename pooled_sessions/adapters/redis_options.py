@@ -103,6 +103,7 @@ class RedisOptions:
         keys = KeySchema(
             get("prefix") or settings.key_prefix,
             get("index_shards") or (16 if cluster else 1),
+            settings.pool is not None,
         )
         client_kwargs = {
             name: get(name)

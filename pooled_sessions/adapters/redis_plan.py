@@ -23,14 +23,14 @@ from .redis_keys import (
     texts,
     upsert_fields,
 )
-from .redis_scripts import APPLY, UNLOCK, Script
+from .redis_scripts import APPLY, CLAIM_SLOT, UNLOCK, Script
 
 T = TypeVar("T")
 Command = tuple[Any, ...]
 Step = Generator[list[Command], list[Any], T]
 PAGE = 500
 WRITTEN, REFUSED, MISSING = 1, 0, 2
-_SCRIPTS = {script.sha: script for script in (APPLY, UNLOCK)}
+_SCRIPTS = {script.sha: script for script in (APPLY, CLAIM_SLOT, UNLOCK)}
 logger = logging.getLogger("session_service")
 
 
@@ -109,7 +109,15 @@ class Batch:
                 user_add.setdefault(keys.user(op.username), []).extend(
                     (op.created_at, op.session_id)
                 )
+        slots: list[Command] = []
+        if keys.pooled:  # slot scores follow expiry; an end gives the slot back
+            scored = [x for op in ops if not isinstance(op, Delete)
+                      for x in (op.expires_at, op.session_id)]
+            ended = [op.session_id for op in ops if isinstance(op, Delete)]
+            slots += [("ZADD", keys.slots, "XX", "GT", *scored)] if scored else []
+            slots += [("ZREM", keys.slots, *ended)] if ended else []
         return [
+            *slots,
             *(("ZADD", key, "GT", *items) for key, items in shard_add.items()),
             *(("ZADD", key, "NX", *items) for key, items in user_add.items()),
             *(("ZREM", key, *items) for key, items in shard_rem.items()),
@@ -217,6 +225,25 @@ def scan_page(keys: KeySchema, shard: str, cursor: int, where: str) -> Step[
     ids = sorted({split_member(item[0])[0] for item in items})
     found = yield from load_many(keys, ids, where)
     return int(cursor), [(sid, rec) for sid, rec in found.items() if rec is not None]
+
+
+# -- pool slots -----------------------------------------------------------------------
+
+
+def claim_slot(
+    keys: KeySchema, session_id: str, expires_at: float, now: float, limit: int
+) -> Step[bool]:
+    """Take one of ``limit`` live-session slots shared by every server, atomically."""
+    (granted,) = yield from run(
+        [evalsha(CLAIM_SLOT, [keys.slots], [session_id, repr(expires_at), repr(now), limit])]
+    )
+    return bool(granted)
+
+
+def slots_in_use(keys: KeySchema, now: float) -> Step[int]:
+    """Slots held by live sessions, on every server."""
+    (held,) = yield from run([("ZCOUNT", keys.slots, f"({now!r}", "+inf")])
+    return int(held)
 
 
 # -- user locks -----------------------------------------------------------------------

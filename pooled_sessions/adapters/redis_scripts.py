@@ -113,3 +113,20 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 )
+
+
+# Claim a live-session slot under a limit shared by every server. KEYS: the slot set.
+# ARGV: id, expires_at, now, limit. Slots of expired sessions are dropped first (their
+# scores follow the sessions' expiry); an id already holding a slot keeps it. 1 or 0.
+CLAIM_SLOT = Script(
+    """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[1])
+  return 1
+end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
+"""
+)
