@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pooled_sessions import PoolExhaustedError, SessionPool, SessionPoolConfig
+from pooled_sessions import PoolExhaustedError, SessionPool, SessionPoolConfig, SessionService
 from pooled_sessions.errors import ServiceClosedError
 from pooled_sessions.pool import PooledSession
 from pooled_sessions.poolpolicy import AcquireSlot, PoolPolicy, PoolStats, acquire
@@ -596,3 +596,26 @@ def test_a_session_ended_on_another_server_frees_its_slot(
     wait_until(lambda: not service.validate_session(sid))
     assert pool_stats(service)["evicted"] == 1
     service.create_session("bob")
+
+
+def test_an_abandoned_wait_withdraws_its_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller interrupted while waiting leaves the queue; its slot is not lost either."""
+    import pooled_sessions.service as service_module
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupted(lock: threading.Lock, request: AcquireSlot) -> None:
+        raise Interrupted
+
+    with SessionService("memory://", pool=SessionPoolConfig(max_total=1, max_wait=5.0)) as svc:
+        first = svc.create_session("alice")
+        monkeypatch.setattr(service_module, "wait_for_grant", interrupted)
+        with pytest.raises(Interrupted):
+            svc.create_session("bob")
+        monkeypatch.undo()
+        stats = pool_stats(svc)
+        assert (stats["waiting"], stats["active"], stats["timeouts"]) == (0, 1, 1)
+        assert svc.end_session(first)
+        svc.create_session("carol")  # the freed slot went to nobody who had left
+        assert pool_stats(svc)["active"] == 1
