@@ -16,7 +16,8 @@ import functools
 import logging
 import time
 import weakref
-from collections.abc import Collection, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -29,6 +30,7 @@ from .model import ClientInfo, Session, ShutdownReport, ValidationResult
 T = TypeVar("T")
 logger = logging.getLogger("session_service")
 ClientLike = ClientInfo | Mapping[str, Any] | None
+FLUSHER_NAME = "pooled-sessions-flusher"
 
 
 class AsyncSessionService(ServiceBase[AsyncStore]):
@@ -112,6 +114,22 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
     async def async_force_save(self) -> int:
         """The same as `force_save` (the name `SessionService` uses for its awaitable one)."""
         return await self.force_save()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, username: str, timeout: float = 5.0) -> AsyncIterator[None]:
+        """Hold ``username`` alone among every app server sharing the store (a login).
+
+        ``async with svc.exclusive(user):`` on a store with ``user_lock`` (Redis) writes the
+        changes made inside before the lock goes, so the next holder sees them; elsewhere
+        it does nothing.
+        """
+        hold = getattr(self._store, "user_lock", None)
+        if hold is None:
+            yield
+            return
+        async with hold(username, timeout):
+            yield
+            await self.force_save()
 
     async def stats(self) -> dict[str, Any]:
         """Counters: pending changes, flushes and their durations, failures, live sessions."""
@@ -209,21 +227,25 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
         self._room_may_be_free()
 
     async def _start(self) -> None:
-        """On first use: bind to the running loop, start watching the store, start the flusher."""
+        """Bind to the running loop and watch the store (first use); (re)start the flusher.
+
+        A flusher task cancelled from outside (its write, if any, put back) is replaced here.
+        """
         loop = asyncio.get_running_loop()
-        if self._loop is loop:
+        flusher = self._flusher
+        if self._loop is loop and flusher is not None and not flusher.done():
             return
-        if self._loop is not None:
+        if self._loop is not None and self._loop is not loop:
             raise SessionError(
                 "an AsyncSessionService runs on the event loop that first used it; "
                 "create one service per event loop"
             )
-        self._loop = loop
+        first, self._loop = self._loop is None, loop
+        self._flusher = loop.create_task(self._background(), name=FLUSHER_NAME)
         watch = getattr(self._store, "watch", None)
-        if watch is not None:  # shared with other servers: end at once, hear their ends
+        if first and watch is not None:  # shared with other servers: end at once, hear theirs
             self._engine.pending.prompt_ends = True
             await watch(self._invalidated)
-        self._flusher = loop.create_task(self._background(), name="pooled-sessions-flusher")
 
     # -- flushing ----------------------------------------------------------------------
 
@@ -311,12 +333,40 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
             await asyncio.sleep(pause)
 
 
+class _InlineExecutor(ThreadPoolExecutor):
+    """Runs each call at once in the caller's thread: at interpreter exit no worker thread
+    takes new work, and blocking the private loop of the last flush harms nobody."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+
+def _exit_loop() -> asyncio.AbstractEventLoop:
+    loop = asyncio.new_event_loop()
+    loop.set_default_executor(_InlineExecutor())
+    return loop
+
+
 def _flush_at_exit(ref: weakref.ref[AsyncSessionService]) -> None:
-    """Interpreter exit without `shutdown`: write what is pending on a fresh event loop."""
+    """Interpreter exit without `shutdown`: write what is pending.
+
+    On the service's loop if it still runs (in another thread), else on a private loop.
+    """
     service = ref()
-    if service is None:
+    if service is None or service._closed:
         return
+    loop = service._loop
     try:
-        asyncio.run(service.shutdown())
+        if loop is not None and loop.is_running():
+            done = asyncio.run_coroutine_threadsafe(service.shutdown(), loop)
+            done.result(service.settings.shutdown_timeout_seconds + 1.0)
+        else:
+            with asyncio.Runner(loop_factory=_exit_loop) as runner:
+                runner.run(service.shutdown())
     except Exception:
         logger.exception("writing pending sessions at exit failed (await shutdown() instead)")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from ..codec import Operation, Record, WriteResult
@@ -59,12 +59,8 @@ class AsyncStore(Protocol):
     async def close(self) -> None: ...
 
 
-class AsyncIteratorOfRecords(Protocol):
-    """An async iterator of ``(session_id, record)`` pairs."""
-
-    def __aiter__(self) -> AsyncIteratorOfRecords: ...
-
-    async def __anext__(self) -> tuple[str, Record]: ...
+AsyncIteratorOfRecords = AsyncIterator[tuple[str, Record]]
+"""What `AsyncStore.scan` returns (an ``async def`` with ``yield`` is one)."""
 
 
 Invalidate = Callable[[Collection[str] | None, bool], None]
