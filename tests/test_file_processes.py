@@ -92,8 +92,8 @@ def test_a_writer_killed_at_random_moments_never_loses_a_confirmed_session(
         assert child.returncode == -signal.SIGKILL, errors
         for line in (first + output).splitlines(keepends=True):
             if line.endswith("\n"):  # a line cut by the kill was never confirmed
-                sid, n = line.split()
-                confirmed[sid] = int(n)
+                sid, number = line.split()
+                confirmed[sid] = int(number)
         strays_seen += bool(temp_files(tmp_path))
         with SessionService(path) as svc:  # parses, or this raises CorruptStoreError
             assert temp_files(tmp_path) == [], "strays of the killed writer are removed"
