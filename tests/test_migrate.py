@@ -21,13 +21,19 @@ from tests.storekit import SETTINGS, assert_same, make_record, sample, session_i
 KINDS = [
     pytest.param("memory", id="memory"),
     pytest.param("file", id="file"),
+    pytest.param("aiofile", id="aiofile"),
+    pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    pytest.param("cluster", id="cluster", marks=pytest.mark.cluster),
 ]
 UrlFactory = Callable[[str], str]
 
 
 @pytest.fixture
-def url_for(tmp_path: Path) -> Callable[[str], UrlFactory]:
-    """``url_for(kind)(name)``: a fresh store URL of that kind for this test."""
+def url_for(tmp_path: Path, request: pytest.FixtureRequest) -> Callable[[str], UrlFactory]:
+    """``url_for(kind)(name)``: a fresh store URL of that kind for this test.
+
+    Redis stores share the session's server (or cluster), each under a prefix of its own.
+    """
 
     def factory(kind: str) -> UrlFactory:
         if kind == "memory":
@@ -36,7 +42,8 @@ def url_for(tmp_path: Path) -> Callable[[str], UrlFactory]:
             return lambda name: storekit.file_url(tmp_path, name)
         if kind == "aiofile":
             return lambda name: storekit.aiofile_url(tmp_path, name)
-        raise AssertionError(kind)
+        server = request.getfixturevalue({"redis": "redis_server", "cluster": "redis_cluster"}[kind])
+        return lambda name: storekit.prefixed(server.url, name)
 
     return factory
 
@@ -103,6 +110,9 @@ class Flaky:
             raise StoreUnavailableError("connection lost")
         return self._store.write(operations, now)
 
+    def close(self) -> None:
+        self._store.close()
+
     def __getattr__(self, name: str) -> object:
         return getattr(self._store, name)
 
@@ -115,8 +125,12 @@ def test_interrupted_migration_resumes_and_converges(
     live = sample(40)
     storekit.seed(source_url, live)
     flaky = Flaky(target_url, fail_on=3)
-    with pytest.raises(StoreUnavailableError):
-        migrate(open_source(source_url, SETTINGS), flaky, batch_size=10)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(StoreUnavailableError):
+            migrate(open_source(source_url, SETTINGS), flaky, batch_size=10)  # type: ignore[arg-type]
+        assert flaky.writes == 3
+    finally:
+        flaky.close()
     assert 0 < storekit.count(target_url) < len(live)
     report = run(source_url, target_url, batch_size=10, check=True)
     assert report.verification is not None and report.verification.ok
