@@ -233,3 +233,45 @@ def test_console_script(source: str, tmp_path: Path) -> None:
     failed = subprocess.run([str(script), "inspect", source],
                             capture_output=True, text=True, timeout=60, check=False)
     assert failed.returncode == 4 and "not a valid sessions file" in failed.stderr
+
+
+@pytest.mark.redis
+def test_unreachable_redis_exits_3(source: str, capsys: Captured) -> None:
+    from tests.redis_servers import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0?socket_connect_timeout=0.5&retries=0"
+    code, out, err = call(capsys, "migrate", source, url, "--quiet")
+    assert code == 3 and out == ""
+    assert err.startswith("pooled-sessions: error: destination: redis ")
+    assert "unavailable" in err and "Connection refused" in err
+    code, _, err = call(capsys, "inspect", url)
+    assert code == 3 and "unavailable" in err
+
+
+@pytest.mark.redis
+def test_redis_round_trip_inspect_and_cleanup(
+    source: str, redis_url: str, tmp_path: Path, capsys: Captured
+) -> None:
+    code, out, _ = call(capsys, "migrate", source, redis_url, "--verify", "--quiet")
+    assert code == 0 and "copied:      12 sessions" in out and "verify:      OK" in out
+    now = time.time()
+    short = {session_id(70 + n): make_record(70 + n, now, expires_at=now + 0.3) for n in range(3)}
+    storekit.seed(redis_url, short)
+    code, out, _ = call(capsys, "inspect", redis_url, "--json")
+    assert code == 0 and json.loads(out)["live"] == 15
+    time.sleep(0.5)  # Redis expires the hashes; their index entries stay until a cleanup
+    code, out, _ = call(capsys, "cleanup", redis_url)
+    assert (code, out) == (0, f"{redis_url}: removed 3 expired sessions; 12 remain\n")
+    code, out, _ = call(capsys, "cleanup", redis_url)
+    assert code == 0 and "removed 0 expired sessions; 12 remain" in out
+    back = storekit.file_url(tmp_path, "back")
+    code, out, _ = call(capsys, "migrate", redis_url, back, "--verify", "--quiet")
+    assert code == 0 and "copied:      12 sessions" in out and "verify:      OK" in out
+
+
+def test_missing_redis_package_exits_2_with_the_install_hint(
+    source: str, capsys: Captured, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)
+    code, _, err = call(capsys, "migrate", source, "redis://127.0.0.1:9/0")
+    assert code == 2 and 'pip install "pooled-sessions[redis]"' in err

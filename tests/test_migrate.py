@@ -42,7 +42,8 @@ def url_for(tmp_path: Path, request: pytest.FixtureRequest) -> Callable[[str], U
             return lambda name: storekit.file_url(tmp_path, name)
         if kind == "aiofile":
             return lambda name: storekit.aiofile_url(tmp_path, name)
-        server = request.getfixturevalue({"redis": "redis_server", "cluster": "redis_cluster"}[kind])
+        fixture = {"redis": "redis_server", "cluster": "redis_cluster"}[kind]
+        server = request.getfixturevalue(fixture)
         return lambda name: storekit.prefixed(server.url, name)
 
     return factory
