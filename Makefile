@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CORE := $(VENV)/.installed-core
 DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-compare clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test: lint
 
 bench: $(DEV)
 	$(BIN)/python benchmarks/bench_core.py
+
+# Every store compared; rewrites benchmarks/results/compare.{json,md,png} (a few minutes).
+bench-compare: $(DEV)
+	$(BIN)/python benchmarks/compare_backends.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
