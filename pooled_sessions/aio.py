@@ -321,10 +321,11 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
     async def _final_flush(self, final: FinalFlush) -> None:
         while True:
             try:
-                async with asyncio.timeout(final.remaining()):
-                    final.written += await self._flush()
+                if final.remaining() > 0:
+                    async with asyncio.timeout(final.remaining()):
+                        final.written += await self._flush()
             except TimeoutError:
-                final.failed(TimeoutError("the write outlasted the shutdown time limit"))
+                final.timed_out()
             except Exception as exc:
                 final.failed(exc)
             pause = final.pause(self._engine)

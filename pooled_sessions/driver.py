@@ -183,6 +183,11 @@ class FinalFlush:
         """Note a failed flush attempt."""
         self.error = f"{type(error).__name__}: {error}"
 
+    def timed_out(self) -> None:
+        """Note an attempt cut short by the deadline (after any earlier failure)."""
+        note = "the write outlasted the shutdown time limit"
+        self.error = note if self.error is None else f"{self.error}; then {note}"
+
     def pause(self, engine: Engine) -> float | None:
         """Seconds to wait before the next attempt, or None when shutdown should report now."""
         self.unsaved = tuple(short(sid) for sid in engine.pending.ids())
@@ -192,6 +197,8 @@ class FinalFlush:
 
     def report(self) -> ShutdownReport:
         """What shutdown wrote, and what it could not (logged as an error)."""
+        if self.unsaved and self.error is None:
+            self.error = "the shutdown time limit passed before everything was written"
         if self.unsaved:
             logger.error(
                 "shutdown could not write %d session(s) (%s): %s",
