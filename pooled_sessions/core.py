@@ -322,7 +322,8 @@ class Engine:
             self._remove(sid)
         self.slots.sweep(self._entries, now)
         horizon = mono - ENDED_MEMORY_SECONDS
-        self._ended = {sid: t for sid, t in self._ended.items() if t > horizon}
+        dirty = self.pending.is_dirty  # an end the store has not confirmed is never forgotten
+        self._ended = {sid: t for sid, t in self._ended.items() if t > horizon or dirty(sid)}
         self._next_cleanup = mono + self.settings.cleanup_interval_minutes * 60.0
         self.last_cleanup_at = now
         self.evicted += len(expired)

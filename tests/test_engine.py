@@ -331,6 +331,27 @@ def test_an_ended_id_cannot_be_reused_nor_resurrected_by_a_late_load() -> None:
     assert rig.run(rig.engine.validate(sid)).reason is Reason.NOT_FOUND
 
 
+def test_an_unconfirmed_end_is_remembered_past_the_ended_memory() -> None:
+    """A store failing for longer than ENDED_MEMORY_SECONDS must not let the session back."""
+    rig = Rig(expire_minutes=60)
+    sid = rig.run(rig.engine.create("alice", {}, None))
+    creation = rig.take()
+    assert rig.run(rig.engine.end(sid))
+    rig.clock.advance(ENDED_MEMORY_SECONDS + 1)
+    rig.engine.cleanup()
+    rig.fail(creation)  # the creation failed; the end is still owed
+    assert rig.run(rig.engine.validate(sid)).reason is Reason.NOT_FOUND
+    rig.table.apply(creation.operations)  # the store somehow holds the creation
+    rig.engine.invalidate(None)
+    assert rig.run(rig.engine.validate(sid)).reason is Reason.NOT_FOUND
+    assert rig.engine.stats()["live_sessions"] == 0
+    rig.flush()
+    assert rig.table.load(sid) is None and sid in rig.table.tombstones
+    rig.clock.advance(ENDED_MEMORY_SECONDS + 1)
+    rig.engine.cleanup()
+    assert rig.run(rig.engine.validate(sid)).reason is Reason.NOT_FOUND, "the tombstone answers"
+
+
 def test_update_racing_an_end_in_the_same_engine() -> None:
     """An update's store read resumes after an end of the same session: the end wins."""
     rig = Rig()
