@@ -173,7 +173,9 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
         """Run one engine operation; ``writes``: its change must reach a write-through store."""
         try:
             self._check_open()
-            await self._start()
+            flusher = self._flusher
+            if flusher is None or flusher.done() or self._loop is not asyncio.get_running_loop():
+                await self._start()
             before = self._engine.pending.stats.changes
             reply: Any = None
             while True:
@@ -186,7 +188,9 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
             result: T = stop.value
         finally:
             op.close()  # abandoned mid-way: a wait for a pool slot is withdrawn
-        await self._after(after_call(self._engine, writes=writes, changes_before=before))
+        after = after_call(self._engine, writes=writes, changes_before=before)
+        if after is not After.NOTHING:
+            await self._after(after)
         return result
 
     async def _after(self, after: After) -> None:

@@ -212,7 +212,7 @@ def encode_document(
 
 
 def document_parts(
-    fragments: Iterable[tuple[str, str]], tombstones: Mapping[str, float], step: int = 500
+    fragments: Iterable[tuple[str, str]], tombstones: Mapping[str, float], step: int = 128
 ) -> Iterator[str]:
     """The file document in pieces of at most ``step`` sessions (or tombstones) each.
 
