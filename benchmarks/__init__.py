@@ -1,0 +1,1 @@
+"""Benchmark scripts (a package, so they can share the standard workload)."""
