@@ -70,7 +70,19 @@ class SessionService(ServiceBase[Store]):
 
     def validate_session(self, session_id: str, client_info: ClientLike = None) -> ValidationResult:
         """Check a session for a request and touch it; the result says why if it is invalid."""
-        return self._call(self._engine.validate(session_id, client_info))
+        if self._closed:
+            self._check_open()
+        engine, after = self._engine, After.NOTHING
+        with self._lock:  # the common case first: a cached live session, no store request
+            before = engine.pending.stats.changes
+            result = engine.validate_cached(session_id, client_info)
+            if result is not None and engine.pending.stats.changes != before:
+                after = after_call(engine, writes=False, changes_before=before)
+        if result is None:
+            return self._call(engine.validate(session_id, client_info))
+        if after is not After.NOTHING:
+            self._after(after)
+        return result
 
     def update_session(
         self, session_id: str, attributes: Mapping[str, Any], *, remove: Collection[str] = ()

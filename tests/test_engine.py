@@ -476,3 +476,56 @@ def test_sessions_of_reads_the_store() -> None:
     assert other.run(other.engine.sessions_of("alice")) == [sid]
     session = other.run(other.engine.get(sid))
     assert session is not None and session.username == "alice"
+
+
+# -- the drivers' fast path -----------------------------------------------------------------------
+
+
+def test_validate_cached_answers_only_for_cached_live_sessions() -> None:
+    rig = Rig(expire_minutes=1, client_binding="strict")
+    sid = rig.run(rig.engine.create("alice", {}, {"ip": "203.0.113.7"}))
+    cached = rig.engine.validate_cached(sid, {"ip": "203.0.113.7"})
+    assert cached is not None and cached.valid and cached.session is not None
+    moved = rig.engine.validate_cached(sid, {"ip": "198.51.100.1"})
+    assert moved is not None and moved.reason is Reason.CLIENT_MISMATCH
+    assert rig.engine.validate_cached("F" * 43) is None, "unknown: the store must be asked"
+    assert rig.engine.validate_cached(12345) is None, "a wrong type goes to the full check"
+    rig.flush()
+    rig.engine.invalidate(None)
+    assert rig.engine.validate_cached(sid) is None, "not cached any more"
+    assert rig.run(rig.engine.validate(sid))
+    assert rig.engine.validate_cached(sid) is not None
+    rig.clock.advance(61)
+    assert rig.engine.validate_cached(sid) is None, "expired: the full check gives the reason"
+    assert rig.run(rig.engine.validate(sid)).reason is Reason.EXPIRED
+
+
+def test_validate_cached_touches_like_validate() -> None:
+    rig = Rig(expire_minutes=30)
+    sid = rig.run(rig.engine.create("alice", {}, None))
+    rig.flush()
+    rig.clock.advance(61)
+    result = rig.engine.validate_cached(sid)
+    assert result is not None and result.session is not None
+    assert result.session.expires_at == rig.clock.now + 1800
+    assert rig.engine.pending.ids() == [sid], "past the step the touch is queued"
+
+
+def test_remembered_clients_still_check_their_input() -> None:
+    rig = Rig()
+    sid = rig.run(rig.engine.create("alice", {}, None))
+    client = {"ip": "2001:DB8::1", "user_agent": "curl"}
+    for _ in range(3):
+        result = rig.engine.validate_cached(sid, client)
+        assert result is not None and result.valid
+    session = rig.run(rig.engine.create("bob", {}, client))
+    assert rig.run(rig.engine.get(session)).ip == "2001:db8::1"  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="unknown keys"):
+        rig.engine.validate_cached(sid, {"ip": "2001:db8::1", "port": 80})
+    with pytest.raises(TypeError, match="ip must be a str"):
+        rig.engine.validate_cached(sid, {"ip": ["2001:db8::1"]})
+    with pytest.raises(ValueError, match="not an IP address"):
+        rig.engine.validate_cached(sid, {"ip": "example.org"})
+    for n in range(3000):  # the memory of clients stays bounded
+        rig.engine.validate_cached(sid, {"ip": f"10.0.{n // 256}.{n % 256}"})
+    assert len(rig.engine._clients) <= 1024
