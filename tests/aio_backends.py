@@ -10,15 +10,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Callable, Collection, Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
 
-from pooled_sessions import AsyncSessionService, Session, ShutdownReport, ValidationResult
-from tests.backends import ClientLike, ServiceAPI, ServiceFactory
+from pooled_sessions import AsyncSessionService
+from tests.backends import ServiceAPI, ServiceFactory
 
 T = TypeVar("T")
 CALL_SECONDS = 60.0
@@ -48,66 +47,31 @@ async def _build(url: str, settings: dict[str, Any]) -> AsyncSessionService:
 
 
 class SyncFacade:
-    """The blocking `ServiceAPI` over an `AsyncSessionService` run on a `LoopThread`."""
+    """The blocking `ServiceAPI` over an `AsyncSessionService` run on a `LoopThread`: every
+    method runs the service's coroutine of that name and waits for it."""
 
     def __init__(self, runner: LoopThread, url: str, settings: dict[str, Any]) -> None:
-        self._run = runner.run
+        self._runner = runner
         self.service = runner.run(_build(url, settings))
 
-    def create_session(
-        self,
-        username: str,
-        attributes: Mapping[str, Any] | None = None,
-        client_info: ClientLike = None,
-        *,
-        session_id: str | None = None,
-    ) -> str:
-        coro = self.service.create_session(username, attributes, client_info,
-                                           session_id=session_id)
-        return self._run(coro)
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self.service, name)
 
-    def validate_session(self, session_id: str, client_info: ClientLike = None
-                         ) -> ValidationResult:
-        return self._run(self.service.validate_session(session_id, client_info))
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._runner.run(method(*args, **kwargs))
 
-    def update_session(
-        self, session_id: str, attributes: Mapping[str, Any], *, remove: Collection[str] = ()
-    ) -> bool:
-        return self._run(self.service.update_session(session_id, attributes, remove=remove))
-
-    def get_session(self, session_id: str) -> Session | None:
-        return self._run(self.service.get_session(session_id))
-
-    def rotate_session(self, session_id: str) -> str | None:
-        return self._run(self.service.rotate_session(session_id))
-
-    def sessions_of(self, username: str) -> list[str]:
-        return self._run(self.service.sessions_of(username))
-
-    def end_session(self, session_id: str) -> bool:
-        return self._run(self.service.end_session(session_id))
-
-    def force_save(self) -> int:
-        return self._run(self.service.force_save())
-
-    def stats(self) -> dict[str, Any]:
-        return self._run(self.service.stats())
-
-    def shutdown(self, timeout: float | None = None) -> ShutdownReport:
-        return self._run(self.service.shutdown(timeout))
+        return call
 
     def __enter__(self) -> SyncFacade:
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.shutdown()
+    def __exit__(self, *exc_info: object) -> None:
+        self._runner.run(self.service.shutdown())
 
 
 def _factory(runner: LoopThread, url: Callable[[], str]) -> ServiceFactory:
     def build(**settings: Any) -> ServiceAPI:
-        return SyncFacade(runner, url(), settings)
+        return cast(ServiceAPI, SyncFacade(runner, url(), settings))
 
     return build
 
