@@ -23,7 +23,16 @@ from typing import Any, TypeVar
 
 from .adapters import AsyncStore
 from .core import AcquireSlot, Op, WaitForRoom
-from .driver import After, FinalFlush, ServiceBase, after_call, dispatch, flush_failed, short
+from .driver import (
+    After,
+    FinalFlush,
+    ServiceBase,
+    after_call,
+    dispatch,
+    flush_failed,
+    short,
+    validate_cached,
+)
 from .errors import SessionError, StoreError
 from .model import ClientInfo, Session, ShutdownReport, ValidationResult
 
@@ -76,6 +85,14 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
         self, session_id: str, client_info: ClientLike = None
     ) -> ValidationResult:
         """Check a session for a request and touch it; the result says why if it is invalid."""
+        flusher = self._flusher
+        if flusher is not None and not flusher.done() and not self._closed \
+                and self._loop is asyncio.get_running_loop():  # a cached live session
+            result, after = validate_cached(self._engine, session_id, client_info)
+            if result is not None:
+                if after is not After.NOTHING:
+                    await self._after(after)
+                return result
         return await self._call(self._engine.validate(session_id, client_info))
 
     async def update_session(

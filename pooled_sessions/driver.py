@@ -19,7 +19,7 @@ from .adapters import check_kind, open_async_store, open_store
 from .config import Settings, resolve_settings
 from .core import AcquireSlot, Engine, Flush, Load, LoadUser, Request, WaitForRoom
 from .errors import ServiceClosedError, StoreError, StoreUnavailableError
-from .model import ShutdownReport
+from .model import ShutdownReport, ValidationResult
 
 StoreT = TypeVar("StoreT")
 logger = logging.getLogger("session_service")
@@ -109,6 +109,21 @@ def after_call(engine: Engine, *, writes: bool, changes_before: int) -> After:
     if changed:
         return After.FLUSH_OR_RAISE
     return After.FLUSH if due else After.NOTHING
+
+
+def validate_cached(
+    engine: Engine, session_id: str, client_info: Any
+) -> tuple[ValidationResult | None, After]:
+    """The fast path of `validate_session`: a cached live session, no store request.
+
+    Returns the result and what the driver does next; a None result sends the driver
+    to the full operation (`Engine.validate`).
+    """
+    before = engine.pending.stats.changes
+    result = engine.validate_cached(session_id, client_info)
+    if result is None or engine.pending.stats.changes == before:
+        return result, After.NOTHING
+    return result, after_call(engine, writes=False, changes_before=before)
 
 
 def flush_failed(engine: Engine, flush: Flush, error: BaseException, url: str) -> BaseException:

@@ -16,7 +16,16 @@ from typing import Any, TypeVar
 
 from .adapters import Store
 from .core import AcquireSlot, Flush, Op, WaitForRoom
-from .driver import After, FinalFlush, ServiceBase, after_call, dispatch, flush_failed, short
+from .driver import (
+    After,
+    FinalFlush,
+    ServiceBase,
+    after_call,
+    dispatch,
+    flush_failed,
+    short,
+    validate_cached,
+)
 from .errors import StoreError
 from .model import ClientInfo, Session, ShutdownReport, ValidationResult
 from .pool import wait_for_grant
@@ -72,12 +81,9 @@ class SessionService(ServiceBase[Store]):
         """Check a session for a request and touch it; the result says why if it is invalid."""
         if self._closed:
             self._check_open()
-        engine, after = self._engine, After.NOTHING
+        engine = self._engine
         with self._lock:  # the common case first: a cached live session, no store request
-            before = engine.pending.stats.changes
-            result = engine.validate_cached(session_id, client_info)
-            if result is not None and engine.pending.stats.changes != before:
-                after = after_call(engine, writes=False, changes_before=before)
+            result, after = validate_cached(engine, session_id, client_info)
         if result is None:
             return self._call(engine.validate(session_id, client_info))
         if after is not After.NOTHING:

@@ -8,9 +8,10 @@ shared by every service the test builds, as the services of one asyncio app woul
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -46,6 +47,10 @@ async def _build(url: str, settings: dict[str, Any]) -> AsyncSessionService:
     return AsyncSessionService(url, **settings)
 
 
+async def _awaited(step: Awaitable[T]) -> T:
+    return await step
+
+
 class SyncFacade:
     """The blocking `ServiceAPI` over an `AsyncSessionService` run on a `LoopThread`: every
     method runs the service's coroutine of that name and waits for it."""
@@ -61,6 +66,19 @@ class SyncFacade:
             return self._runner.run(method(*args, **kwargs))
 
         return call
+
+    @contextlib.contextmanager
+    def exclusive(self, username: str, timeout: float = 5.0) -> Iterator[None]:
+        """The service's ``async with exclusive(...)``, entered and left on the loop."""
+        held = self.service.exclusive(username, timeout)
+        self._runner.run(_awaited(held.__aenter__()))
+        try:
+            yield
+        except BaseException as exc:
+            if not self._runner.run(_awaited(held.__aexit__(type(exc), exc, exc.__traceback__))):
+                raise
+        else:
+            self._runner.run(_awaited(held.__aexit__(None, None, None)))
 
     def __enter__(self) -> SyncFacade:
         return self
