@@ -21,18 +21,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, TypeVar
 
+from . import driver
 from .adapters import AsyncStore
 from .core import AcquireSlot, Op, WaitForRoom
-from .driver import (
-    After,
-    FinalFlush,
-    ServiceBase,
-    after_call,
-    dispatch,
-    flush_failed,
-    short,
-    validate_cached,
-)
+from .driver import After, FinalFlush, ServiceBase
 from .errors import SessionError, StoreError
 from .model import ClientInfo, Session, ShutdownReport, ValidationResult
 
@@ -78,7 +70,7 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
         """Start a session for ``username``; returns its id (``session_id`` if given)."""
         op = self._engine.create(username, attributes, client_info, session_id)
         sid = await self._call(op, writes=True)
-        logger.debug("created session %s for %r", short(sid), username)
+        logger.debug("created session %s for %r", driver.short(sid), username)
         return sid
 
     async def validate_session(
@@ -88,7 +80,7 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
         flusher = self._flusher
         if flusher is not None and not flusher.done() and not self._closed \
                 and self._loop is asyncio.get_running_loop():  # a cached live session
-            result, after = validate_cached(self._engine, session_id, client_info)
+            result, after = driver.validate_cached(self._engine, session_id, client_info)
             if result is not None:
                 if after is not After.NOTHING:
                     await self._after(after)
@@ -116,7 +108,7 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
     async def end_session(self, session_id: str) -> bool:
         """End a session everywhere; True if a live session ended."""
         if ended := await self._call(self._engine.end(session_id), writes=True):
-            logger.debug("ended session %s", short(session_id))
+            logger.debug("ended session %s", driver.short(session_id))
         return ended
 
     async def force_save(self) -> int:
@@ -197,7 +189,7 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
             reply: Any = None
             while True:
                 request = op.send(reply)
-                reply = await dispatch(
+                reply = await driver.dispatch(
                     request, self._store,
                     acquire_slot=self._acquire_slot, wait_for_room=self._wait_for_room,
                 )
@@ -205,7 +197,7 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
             result: T = stop.value
         finally:
             op.close()  # abandoned mid-way: a wait for a pool slot is withdrawn
-        after = after_call(self._engine, writes=writes, changes_before=before)
+        after = driver.after_call(self._engine, writes=writes, changes_before=before)
         if after is not After.NOTHING:
             await self._after(after)
         return result
@@ -292,7 +284,7 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
             try:
                 result = await self._store.write(flush.operations, time.time())
             except BaseException as exc:
-                error = flush_failed(self._engine, flush, exc, str(self._store.url))
+                error = driver.flush_failed(self._engine, flush, exc, str(self._store.url))
                 self._room_may_be_free()
                 if error is exc:
                     raise
