@@ -208,28 +208,35 @@ def encode_document(
     fragments: Iterable[tuple[str, str]], tombstones: Mapping[str, float]
 ) -> str:
     """The file document, from already-encoded session records."""
-    return "".join(document_parts(fragments, tombstones))
+    members = (member(sid, text) for sid, text in fragments)
+    return "".join(document_parts(members, tombstones))
+
+
+def member(session_id: str, text: str) -> str:
+    """One ``"id":value`` member of the document's sessions (or tombstones) object."""
+    return f"{_encode(session_id)}:{text}"
 
 
 def document_parts(
-    fragments: Iterable[tuple[str, str]], tombstones: Mapping[str, float], step: int = 128
+    members: Iterable[str], tombstones: Mapping[str, float], step: int = 128
 ) -> Iterator[str]:
     """The file document in pieces of at most ``step`` sessions (or tombstones) each.
 
-    Joined, the pieces are `encode_document`; a writer that must not hold the CPU for
-    long (an event loop) does other work between them.
+    ``members`` are the sessions as `member` texts (a table caches them, so a flush of a
+    large file mostly joins strings). Joined, the pieces are `encode_document`; a writer
+    that must not hold the CPU for long (an event loop) does other work between them.
     """
     yield f'{{"format":"{FORMAT_NAME}","version":{FORMAT_VERSION},"sessions":{{'
-    yield from _members(((_encode(sid), text) for sid, text in fragments), step)
+    yield from _joined(members, step)
     yield '},"tombstones":{'
-    yield from _members(((_encode(sid), _encode(t)) for sid, t in tombstones.items()), step)
+    yield from _joined((member(sid, _encode(t)) for sid, t in tombstones.items()), step)
     yield "}}\n"
 
 
-def _members(pairs: Iterable[tuple[str, str]], step: int) -> Iterator[str]:
-    pairs, comma = iter(pairs), ""
-    while chunk := list(islice(pairs, step)):
-        yield comma + ",".join(f"{key}:{value}" for key, value in chunk)
+def _joined(members: Iterable[str], step: int) -> Iterator[str]:
+    members, comma = iter(members), ""
+    while chunk := list(islice(members, step)):
+        yield comma + ",".join(chunk)
         comma = ","
 
 

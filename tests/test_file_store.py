@@ -254,3 +254,26 @@ def test_fuzzed_files_are_refused_or_read_never_changed(
                 svc.sessions_of(stored["username"]) if stored["username"] else None
     assert path.read_bytes() == bytes(data)
     assert temp_files(directory) == []
+
+
+@pytest.mark.parametrize("changed", [3, 2000])
+def test_cached_document_text_always_matches_the_records(changed: int) -> None:
+    """Both ways of building the document (few or many changed records) write the truth."""
+    from pooled_sessions.adapters.table import RecordTable
+    from pooled_sessions.codec import Delete, Upsert, decode_document, encode_attributes
+
+    def upsert(n: int, value: int) -> Upsert:
+        attributes = encode_attributes({"v": value})
+        return Upsert(f"s{n}", "alice", attributes, frozenset({"v"}), frozenset(), None, None,
+                      EPOCH, EPOCH, 4e9, None, True)
+
+    table = RecordTable()
+    table.apply([upsert(n, 0) for n in range(2500)])
+    table.document()
+    table.apply([upsert(n, 1) for n in range(0, changed)])
+    table.apply([Delete("s2400", "alice", EPOCH)])
+    sessions, tombstones = decode_document(table.document().encode(), "table")
+    assert sessions == table.records and tombstones == {"s2400": EPOCH}
+    assert [sessions[f"s{n}"]["attributes"]["v"] for n in (0, 2, 2499)] == [1, 1, 0]
+    reread = RecordTable(*decode_document(table.document().encode(), "table"))
+    assert decode_document(reread.document().encode(), "again")[0] == sessions

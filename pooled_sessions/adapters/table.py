@@ -15,8 +15,12 @@ from ..codec import (
     document_parts,
     encode_record,
     is_expired,
+    member,
     merge,
 )
+
+ENCODE_AT_ONCE = 1024
+"""Changed records encoded before a document is built; more are encoded piece by piece."""
 
 
 class RecordTable:
@@ -30,7 +34,8 @@ class RecordTable:
         self.records: dict[str, Record] = records or {}
         self.tombstones: dict[str, float] = tombstones or {}
         self._by_user: dict[str, set[str]] = {}
-        self._text: dict[str, str] = {}
+        self._text: dict[str, str] = {}  # the document member of each record, once encoded
+        self._unencoded: set[str] = set(self.records)
         self.version = 0
         for sid, record in self.records.items():
             self._by_user.setdefault(record["username"], set()).add(sid)
@@ -56,7 +61,7 @@ class RecordTable:
                 refused.add(sid)
             else:
                 self.records[sid] = merge(self.records.get(sid), op)
-                self._text.pop(sid, None)
+                self._unencoded.add(sid)
                 self._by_user.setdefault(op.username, set()).add(sid)
         return WriteResult(refused=frozenset(refused))
 
@@ -76,6 +81,7 @@ class RecordTable:
         """Hold a record as read from a file (no merge: the file is the truth)."""
         self._drop(session_id)
         self.records[session_id] = record
+        self._unencoded.add(session_id)
         self._by_user.setdefault(record["username"], set()).add(session_id)
 
     def document(self) -> str:
@@ -84,15 +90,21 @@ class RecordTable:
 
     def document_parts(self) -> Iterator[str]:
         """The document in pieces (see `codec.document_parts`); records keep their cached text."""
-        return document_parts(self._fragments(), self.tombstones)
+        return document_parts(self._members(), self.tombstones)
 
-    def _fragments(self) -> Iterator[tuple[str, str]]:
-        text = self._text
-        for sid, record in self.records.items():
-            cached = text.get(sid)
-            if cached is None:
-                cached = text[sid] = encode_record(record)
-            yield sid, cached
+    def _members(self) -> Iterator[str]:
+        text, records, unencoded = self._text, self.records, self._unencoded
+        if len(unencoded) <= ENCODE_AT_ONCE:  # the usual flush: a few changed records
+            for sid in unencoded:
+                text[sid] = member(sid, encode_record(records[sid]))
+            unencoded.clear()
+            yield from text.values()
+            return
+        for sid, record in records.items():  # a freshly read file: encode as the pieces go
+            if sid in unencoded:
+                text[sid] = member(sid, encode_record(record))
+            yield text[sid]
+        unencoded.clear()
 
     def scan(self) -> Iterator[tuple[str, Record]]:
         """Every record, in insertion order."""
@@ -104,6 +116,7 @@ class RecordTable:
     def _drop(self, sid: str) -> None:
         record = self.records.pop(sid, None)
         self._text.pop(sid, None)
+        self._unencoded.discard(sid)
         if record is not None:
             ids = self._by_user.get(record["username"])
             if ids is not None:
