@@ -35,7 +35,7 @@ class RecordTable:
         self.tombstones: dict[str, float] = tombstones or {}
         self._by_user: dict[str, set[str]] = {}
         self._text: dict[str, str] = {}  # the document member of each record, once encoded
-        self._unencoded: set[str] = set(self.records)
+        self._unencoded: dict[str, None] = dict.fromkeys(self.records)  # ordered, as a set
         self.version = 0
         for sid, record in self.records.items():
             self._by_user.setdefault(record["username"], set()).add(sid)
@@ -61,7 +61,7 @@ class RecordTable:
                 refused.add(sid)
             else:
                 self.records[sid] = merge(self.records.get(sid), op)
-                self._unencoded.add(sid)
+                self._unencoded[sid] = None
                 self._by_user.setdefault(op.username, set()).add(sid)
         return WriteResult(refused=frozenset(refused))
 
@@ -81,7 +81,7 @@ class RecordTable:
         """Hold a record as read from a file (no merge: the file is the truth)."""
         self._drop(session_id)
         self.records[session_id] = record
-        self._unencoded.add(session_id)
+        self._unencoded[session_id] = None
         self._by_user.setdefault(record["username"], set()).add(session_id)
 
     def document(self) -> str:
@@ -116,7 +116,7 @@ class RecordTable:
     def _drop(self, sid: str) -> None:
         record = self.records.pop(sid, None)
         self._text.pop(sid, None)
-        self._unencoded.discard(sid)
+        self._unencoded.pop(sid, None)
         if record is not None:
             ids = self._by_user.get(record["username"])
             if ids is not None:
