@@ -144,7 +144,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
     flush_ax.set(xscale="log", yscale="log", xlabel="sessions in the store",
                  title="one flush of 10 changed sessions, ms")
     flush_ax.legend(fontsize=8)
-    figure.suptitle(f"pooled_sessions stores — {machine_line(results['machine'])}", fontsize=7)
+    line = machine_line(results["machine"])
+    cut = line.find("; ", len(line) // 2)
+    figure.suptitle(f"pooled_sessions stores — {line[:cut]};\n{line[cut + 2:]}", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
