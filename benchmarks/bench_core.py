@@ -23,7 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,6 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.compare_backends import (  # noqa: E402
     CLIENT,
     MODES,
-    UPDATE,
-    VALIDATE,
     Plan,
     make_plan,
     run_sync,
@@ -63,31 +61,26 @@ def workload(scratch: Path, users: int, requests: int) -> dict[str, dict[str, An
     for mode, settings in MODES.items():
         results[mode] = run_sync(str(scratch / f"{mode}.json"), settings, plan, users)
         print(f"  {mode:13} {results[mode]['requests_per_second']:>9,.0f} req/s", flush=True)
-    paced = plan[:PACED_REQUESTS]
-    results["write-behind"]["paced"] = paced_writes(str(scratch / "paced.json"), paced, users,
-                                                    PACED_RATE)
+    paced = run_sync(str(scratch / "paced.json"), {}, PacedPlan(plan[:PACED_REQUESTS], PACED_RATE),
+                     users)
+    results["write-behind"]["paced"] = paced["store_writes_per_request"]
     return results
 
 
-def paced_writes(path: str, plan: Plan, users: int, rate: float) -> float:
-    """Store writes per request with the defaults when requests arrive ``rate`` per second."""
-    with SessionService(path) as service:
-        ids = [service.create_session(f"user{n}", {"cart": []}, CLIENT) for n in range(users)]
-        service.force_save()
-        before, gap, due = service.stats()["store_writes"], 1.0 / rate, time.perf_counter()
-        for kind, slot, value in plan:
-            due += gap
+class PacedPlan(list[tuple[int, int, int]]):
+    """A plan handed out at ``rate`` requests per second (the wait is outside each timing)."""
+
+    def __init__(self, plan: Plan, rate: float) -> None:
+        super().__init__(plan)
+        self.gap = 1.0 / rate
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        due = time.perf_counter()
+        for request in super().__iter__():
+            due += self.gap
             while time.perf_counter() < due:
-                time.sleep(gap / 4)
-            if kind == VALIDATE:
-                service.validate_session(ids[slot], CLIENT)
-            elif kind == UPDATE:
-                service.update_session(ids[slot], {"cart": [value]})
-            else:
-                service.end_session(ids[slot])
-                ids[slot] = service.create_session(f"user{slot}", {"cart": []}, CLIENT)
-        service.force_save()
-        return float(service.stats()["store_writes"] - before) / len(plan)
+                time.sleep(self.gap / 4)
+            yield request
 
 
 def validate_rate(url: str, users: int, calls: int, client: bool) -> dict[str, float]:
