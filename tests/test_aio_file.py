@@ -138,6 +138,17 @@ async def test_temp_files_of_a_crashed_writer_are_removed_on_first_use(path: Pat
     assert not stray.exists()
 
 
+async def test_a_change_by_another_process_is_noticed(path: Path) -> None:
+    store, other = aio_store(path), aio_store(path)
+    await store.write(upserts(0, 2), time.time())  # this store's first use: a write
+    await other.write([Delete(session_id(0), "user-0", time.time())], time.time())
+    assert await store.poll(), "its first poll sees what the other wrote since"
+    assert not await store.poll()
+    assert await store.load(session_id(0)) is None
+    await other.write(upserts(5, 1), time.time())
+    assert await store.poll()
+
+
 @pytest.mark.parametrize("content", [b'{"format": "pooled_sessions", "vers', b"\xff\xfe garbage",
                                      b'{"format":"pooled_sessions","version":99}'])
 async def test_a_corrupt_file_is_refused_and_left_as_it_is(path: Path, content: bytes) -> None:

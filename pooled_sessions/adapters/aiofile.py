@@ -64,10 +64,12 @@ class AioFileStore:
         return self._mirror.table.load_user(username)
 
     async def write(self, operations: Sequence[Operation], now: float) -> WriteResult:
+        await self._ready()
         async with self._exclusive():
             return await self._run(self._mirror.writing(operations))
 
     async def purge_expired(self, now: float) -> int:
+        await self._ready()
         async with self._exclusive():
             return await self._run(self._mirror.purging(now, self._ttl))
 
@@ -92,8 +94,7 @@ class AioFileStore:
         The stamp check is one stat() on the loop: a cached-inode syscall costs about a
         microsecond, a hop to a worker thread fifty times that, on every load.
         """
-        if not self._opened:
-            await self._open()
+        await self._ready()
         if fsio.current_stamp(self.path) == self._mirror.stamp:
             return False
         async with self._lock:
@@ -101,12 +102,13 @@ class AioFileStore:
                 return False
             return await self._run(self._mirror.refreshing())
 
-    async def _open(self) -> None:
-        """First use: remove temp files a crashed writer left, and read the file."""
+    async def _ready(self) -> None:
+        """Before the first use: remove temp files a crashed writer left (lock file held)."""
+        if self._opened:
+            return
         async with self._exclusive():
             if not self._opened:
                 await asyncio.to_thread(fsio.remove_strays, self.path)
-                await self._run(self._mirror.refreshing())
                 self._opened = True
 
     @contextlib.asynccontextmanager
