@@ -277,3 +277,29 @@ def test_cached_document_text_always_matches_the_records(changed: int) -> None:
     assert [sessions[f"s{n}"]["attributes"]["v"] for n in (0, 2, 2499)] == [1, 1, 0]
     reread = RecordTable(*decode_document(table.document().encode(), "table"))
     assert decode_document(reread.document().encode(), "again")[0] == sessions
+
+
+def test_a_reused_inode_with_the_same_size_and_mtime_is_still_noticed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """File systems hand freed inodes out again, and mtime can be coarse: two versions of
+    the file may stat alike. A process must still see another's write, or it would write
+    its stale copy back over the other's sessions."""
+    from pooled_sessions.adapters import fsio
+
+    def alike(result: os.stat_result) -> fsio.Stamp:
+        return fsio.Stamp(1, 1, 1)
+
+    monkeypatch.setattr(fsio, "stamp_of", alike)
+    path = tmp_path / "sessions.json"
+    quiet: dict[str, Any] = {"sync_interval_seconds": 3600, "save_delay_seconds": 3600}
+    with SessionService(path, **quiet) as left, SessionService(path, **quiet) as right:
+        first = left.create_session("left")
+        left.force_save()
+        theirs = right.create_session("right")
+        right.force_save()
+        mine = left.create_session("left")
+        left.force_save()
+        assert left.get_session(theirs) is not None, "left read right's write"
+    with SessionService(path) as fresh:
+        assert all(fresh.get_session(sid) is not None for sid in (first, theirs, mine))

@@ -18,34 +18,63 @@ from typing import NamedTuple
 from ..errors import StoreUnavailableError
 
 FILE_MODE = 0o600
+TOKEN_BYTES = 16
 
 
 class Stamp(NamedTuple):
-    """Identity of one version of a file: a replace always changes the inode."""
+    """Identity of one version of a file.
+
+    A replace gives the file a new inode, but a file system may hand a freed inode out
+    again, with the same size and (coarse) mtime. ``token``, a random value each writer
+    puts in the lock file before its rename, tells such versions apart.
+    """
 
     inode: int
     mtime_ns: int
     size: int
+    token: str = ""
 
 
 def stamp_of(result: os.stat_result) -> Stamp:
-    """The stamp of a stat result."""
+    """The stamp of a stat result (without the token)."""
     return Stamp(result.st_ino, result.st_mtime_ns, result.st_size)
+
+
+def read_token(path: str) -> str:
+    """The token the last writer of ``path`` left in the lock file ("" if none)."""
+    try:
+        with open(path + ".lock", "rb") as file:
+            return file.read(TOKEN_BYTES).hex()
+    except OSError:
+        return ""
+
+
+def write_token(path: str) -> str:
+    """Put a fresh token in the lock file (the caller holds the lock); returns it."""
+    token = os.urandom(TOKEN_BYTES)
+    fd = os.open(path + ".lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        os.pwrite(fd, token, 0)
+    finally:
+        os.close(fd)
+    return token.hex()
 
 
 def current_stamp(path: str) -> Stamp | None:
     """The stamp of the file now, or None if there is no file."""
+    token = read_token(path)  # before the stat: a writer changes the token before its rename
     try:
-        return stamp_of(os.stat(path))
+        return stamp_of(os.stat(path))._replace(token=token)
     except FileNotFoundError:
         return None
 
 
 def read_file(path: str) -> tuple[bytes, Stamp] | None:
     """The file's bytes and the stamp of exactly that version, or None if absent."""
+    token = read_token(path)
     try:
         with open(path, "rb") as file:
-            return file.read(), stamp_of(os.fstat(file.fileno()))
+            return file.read(), stamp_of(os.fstat(file.fileno()))._replace(token=token)
     except FileNotFoundError:
         return None
     except IsADirectoryError:
@@ -112,6 +141,7 @@ def replace_atomically(path: str, data: bytes | Sequence[bytes]) -> Stamp:
             written = stamp_of(os.fstat(fd))
         finally:
             os.close(fd)
+        written = written._replace(token=write_token(path))
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):
