@@ -115,6 +115,18 @@ def summary(latencies_ns: list[int], seconds: float, writes: int, written: int) 
     }
 
 
+def serve(service: SessionService, ids: list[str], request: tuple[int, int, int]) -> None:
+    """One request of a plan on a SessionService (an end logs the user in again)."""
+    kind, slot, value = request
+    if kind == VALIDATE:
+        service.validate_session(ids[slot], CLIENT)
+    elif kind == UPDATE:
+        service.update_session(ids[slot], {"cart": [value]})
+    else:
+        service.end_session(ids[slot])
+        ids[slot] = service.create_session(f"user{slot}", {"cart": []}, CLIENT)
+
+
 def run_sync(url: str, settings: dict[str, Any], plan: Plan, users: int) -> dict[str, Any]:
     """The workload on a SessionService; the timed part is the request loop and final flush."""
     with SessionService(url, **settings) as service:
@@ -122,15 +134,9 @@ def run_sync(url: str, settings: dict[str, Any], plan: Plan, users: int) -> dict
         service.force_save()
         before, latencies = service.stats(), []
         clock, started = time.perf_counter_ns, time.perf_counter()
-        for kind, slot, value in plan:
+        for request in plan:
             begun = clock()
-            if kind == VALIDATE:
-                service.validate_session(ids[slot], CLIENT)
-            elif kind == UPDATE:
-                service.update_session(ids[slot], {"cart": [value]})
-            else:
-                service.end_session(ids[slot])
-                ids[slot] = service.create_session(f"user{slot}", {"cart": []}, CLIENT)
+            serve(service, ids, request)
             latencies.append(clock() - begun)
         service.force_save()
         seconds, after = time.perf_counter() - started, service.stats()
