@@ -69,12 +69,17 @@ def current_stamp(path: str) -> Stamp | None:
         return None
 
 
-def read_file(path: str) -> tuple[bytes, Stamp] | None:
-    """The file's bytes and the stamp of exactly that version, or None if absent."""
+def read_file(path: str, known: Stamp | None = None) -> tuple[bytes | None, Stamp] | None:
+    """The file's bytes and the stamp of exactly that version, or None if absent.
+
+    When that version is the ``known`` one its bytes are not read (None in their place):
+    a writer checks its copy against the file without reading a large file again.
+    """
     token = read_token(path)
     try:
         with open(path, "rb") as file:
-            return file.read(), stamp_of(os.fstat(file.fileno()))._replace(token=token)
+            stamp = stamp_of(os.fstat(file.fileno()))._replace(token=token)
+            return (None if stamp == known else file.read()), stamp
     except FileNotFoundError:
         return None
     except IsADirectoryError:

@@ -27,14 +27,16 @@ from .url import StoreURL
 
 T = TypeVar("T")
 logger = logging.getLogger("session_service")
-PACE = 256
+PACE = 128
 """Records (or operations) handled between two pause points of the file steps."""
 UNKNOWN = fsio.Stamp(-1, -1, -1)
 """The stamp of a mirror that may differ from every file: reread it before the next use."""
 
 
 class ReadFile(NamedTuple):
-    """File step: the whole file and its stamp (``fsio.read_file``)."""
+    """File step: the file and its stamp (``fsio.read_file``); no bytes if still ``known``."""
+
+    known: fsio.Stamp | None = None
 
 
 class ReplaceFile(NamedTuple):
@@ -51,7 +53,7 @@ def perform(path: str, step: ReadFile | ReplaceFile) -> Any:
     """Do one file step, blocking; an OS error becomes StoreUnavailableError naming the file."""
     try:
         if isinstance(step, ReadFile):
-            return fsio.read_file(path)
+            return fsio.read_file(path, step.known)
         return fsio.replace_atomically(path, step.pieces)
     except OSError as exc:
         verb = "read" if isinstance(step, ReadFile) else "write"
@@ -87,7 +89,7 @@ class FileMirror:
 
     def refreshing(self) -> Steps[bool]:
         """Read the file and mirror it; True if it differs from what was mirrored."""
-        content = yield ReadFile()
+        content = yield ReadFile(self.stamp)
         if self.paced:
             return (yield from self.adopting(content))
         return self.adopt(content)
@@ -119,17 +121,20 @@ class FileMirror:
         return purged
 
     def _saving(self) -> Steps[None]:
+        while self.table.encode_changed(PACE):
+            yield None
         pieces = []
         for part in self.table.document_parts():
             pieces.append(part.encode())
             yield None
         self.stamp = yield ReplaceFile(pieces)
 
-    def adopting(self, content: tuple[bytes, fsio.Stamp] | None) -> Steps[bool]:
+    def adopting(self, content: tuple[bytes | None, fsio.Stamp] | None) -> Steps[bool]:
         """`adopt`, parsing a changed file `PACE` records at a time between pause points."""
-        if content is None or content[1] == self.stamp:
+        if content is None or content[0] is None or content[1] == self.stamp:
             return self.adopt(content)
         data, stamp = content
+        assert data is not None  # checked above (a tuple element is not narrowed)
         stream = DocumentStream(self.path)
         table = RecordTable()
         text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", newline="")
@@ -141,8 +146,9 @@ class FileMirror:
         self.table, self.stamp = table, stamp
         return True
 
-    def adopt(self, content: tuple[bytes, fsio.Stamp] | None) -> bool:
-        """Mirror ``content`` (None: no file); True if it differs from what was mirrored."""
+    def adopt(self, content: tuple[bytes | None, fsio.Stamp] | None) -> bool:
+        """Mirror ``content`` (None: no file; no bytes: the version mirrored); True if it
+        differs from what was mirrored."""
         if content is None:
             changed = self.stamp is not None
             if changed and self.stamp != UNKNOWN:
@@ -150,7 +156,7 @@ class FileMirror:
             self.table, self.stamp = RecordTable(), None
             return changed
         data, stamp = content
-        if stamp == self.stamp:
+        if data is None or stamp == self.stamp:
             return False
         sessions, tombstones = decode_document(data, self.path)
         self.table, self.stamp = RecordTable(sessions, tombstones), stamp

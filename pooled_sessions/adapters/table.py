@@ -6,6 +6,7 @@ The memory store uses it as is; the JSON file stores load it from, and save it t
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from itertools import islice
 
 from ..codec import (
     Delete,
@@ -87,6 +88,15 @@ class RecordTable:
     def document(self) -> str:
         """The whole table as a file document."""
         return "".join(self.document_parts())
+
+    def encode_changed(self, limit: int) -> bool:
+        """Encode up to ``limit`` changed records ahead of `document_parts` (a writer that
+        must not hold the CPU long does it in steps); True while some are left."""
+        text, records, unencoded = self._text, self.records, self._unencoded
+        for sid in list(islice(unencoded, limit)):
+            text[sid] = member(sid, encode_record(records[sid]))
+            del unencoded[sid]
+        return bool(unencoded)
 
     def document_parts(self) -> Iterator[str]:
         """The document in pieces (see `codec.document_parts`); records keep their cached text."""
