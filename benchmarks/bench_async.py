@@ -32,13 +32,11 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.compare_backends import (  # noqa: E402
     CLIENT,
-    END,
-    UPDATE,
-    VALIDATE,
     Plan,
     make_plan,
     run_async,
     run_sync,
+    serve_async,
     summary,
 )
 from pooled_sessions import AsyncSessionService, SessionService  # noqa: E402
@@ -153,15 +151,9 @@ async def run_concurrent(url: str, plan: Plan, users: int, tasks: int) -> dict[s
         queue = iter(plan)
 
         async def worker() -> None:
-            for kind, slot, value in queue:
+            for request in queue:
                 begun = time.perf_counter_ns()
-                if kind == VALIDATE:
-                    await svc.validate_session(ids[slot], CLIENT)
-                elif kind == UPDATE:
-                    await svc.update_session(ids[slot], {"cart": [value]})
-                elif kind == END:
-                    await svc.end_session(ids[slot])
-                    ids[slot] = await svc.create_session(f"user{slot}", {"cart": []}, CLIENT)
+                await serve_async(svc, ids, request)
                 latencies.append(time.perf_counter_ns() - begun)
                 await asyncio.sleep(0)  # a handler's other awaits: let the others run
 

@@ -127,6 +127,18 @@ def serve(service: SessionService, ids: list[str], request: tuple[int, int, int]
         ids[slot] = service.create_session(f"user{slot}", {"cart": []}, CLIENT)
 
 
+async def serve_async(service: Any, ids: list[str], request: tuple[int, int, int]) -> None:
+    """`serve` on an AsyncSessionService."""
+    kind, slot, value = request
+    if kind == VALIDATE:
+        await service.validate_session(ids[slot], CLIENT)
+    elif kind == UPDATE:
+        await service.update_session(ids[slot], {"cart": [value]})
+    else:
+        await service.end_session(ids[slot])
+        ids[slot] = await service.create_session(f"user{slot}", {"cart": []}, CLIENT)
+
+
 def run_sync(url: str, settings: dict[str, Any], plan: Plan, users: int) -> dict[str, Any]:
     """The workload on a SessionService; the timed part is the request loop and final flush."""
     with SessionService(url, **settings) as service:
@@ -155,15 +167,9 @@ async def run_async(url: str, settings: dict[str, Any], plan: Plan, users: int) 
         await service.async_force_save()
         before, latencies = await _stats(service), []
         clock, started = time.perf_counter_ns, time.perf_counter()
-        for kind, slot, value in plan:
+        for request in plan:
             begun = clock()
-            if kind == VALIDATE:
-                await service.validate_session(ids[slot], CLIENT)
-            elif kind == UPDATE:
-                await service.update_session(ids[slot], {"cart": [value]})
-            else:
-                await service.end_session(ids[slot])
-                ids[slot] = await service.create_session(f"user{slot}", {"cart": []}, CLIENT)
+            await serve_async(service, ids, request)
             latencies.append(clock() - begun)
             await asyncio.sleep(0)  # back to the loop between requests, as a server does
         await service.async_force_save()
