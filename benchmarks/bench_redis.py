@@ -27,7 +27,14 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
-from benchmarks.compare_backends import CLIENT, END, UPDATE, VALIDATE, Plan, make_plan  # noqa: E402
+from benchmarks.compare_backends import (  # noqa: E402
+    CLIENT,
+    END,
+    UPDATE,
+    Plan,
+    make_plan,
+    serve,
+)
 from pooled_sessions import SessionService  # noqa: E402
 from tests.redis_servers import RedisServer, commands_called  # noqa: E402
 
@@ -87,14 +94,8 @@ def pooled(server: RedisServer, users: int, plan: Plan) -> dict[str, Any]:
         service.force_save()
 
         def requests() -> None:
-            for kind, slot, value in plan:
-                if kind == VALIDATE:
-                    service.validate_session(ids[slot], CLIENT)
-                elif kind == UPDATE:
-                    service.update_session(ids[slot], {"cart": [value]})
-                else:
-                    service.end_session(ids[slot])
-                    ids[slot] = service.create_session(f"user{slot}", {"cart": []}, CLIENT)
+            for request in plan:
+                serve(service, ids, request)
             service.force_save()
 
         result = measured(server, requests)
