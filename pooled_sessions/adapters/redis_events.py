@@ -60,9 +60,13 @@ class Subscription:
 
 
 class EventListener:
-    """A daemon thread reading the channel; the callback runs on that thread."""
+    """A daemon thread reading the channel; the callback runs on that thread.
 
-    def __init__(self, client: Any, channel: str, subscription: Subscription) -> None:
+    ``client`` is called for the client to subscribe with, each time it (re)subscribes.
+    """
+
+    def __init__(self, client: Callable[[], Any], channel: str,
+                 subscription: Subscription) -> None:
         self._client = client
         self._channel = channel
         self._sub = subscription
@@ -86,7 +90,7 @@ class EventListener:
         while not self._stop.is_set():
             pubsub = None
             try:
-                pubsub = self._client.pubsub()
+                pubsub = self._client().pubsub()
                 pubsub.subscribe(self._channel)
                 while not self._stop.is_set():
                     if self._sub.handle(pubsub.get_message(timeout=POLL_SECONDS)):

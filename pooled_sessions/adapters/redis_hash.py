@@ -80,6 +80,13 @@ def _build_client(options: RedisOptions, aio: bool) -> Any:
         raise StoreUnavailableError(f"redis {options} is unavailable: {exc}") from exc
 
 
+def next_node(nodes: Sequence[Any], current: str) -> Any:
+    """The node after the one named ``current``, in name order (the first if it is gone)."""
+    ordered = sorted(nodes, key=lambda node: str(node.name))
+    names = [str(node.name) for node in ordered]
+    return ordered[(names.index(current) + 1) % len(ordered) if current in names else 0]
+
+
 class _RedisBase:
     """What both stores share: options, keys, an origin token, error translation."""
 
@@ -99,6 +106,7 @@ class _RedisBase:
         self._owns_client = client is None
         self._client = client if client is not None else _build_client(self.options, aio)
         self._redis = _redis()
+        self._node_name = ""  # the cluster node the events listener subscribes through
 
     def _failure(self, exc: Exception) -> SessionError:
         """The error a caller sees: unavailable (retry later) or a plain store error."""
@@ -143,6 +151,14 @@ class _RedisBase:
             f"{timeout} s"
         )
 
+    def _events_node(self, default: Any, nodes: Sequence[Any]) -> Any:
+        """The cluster node to subscribe through: the default node, then, each time the
+        listener asks again (its subscription failed), the next one, so a node that died
+        is not tried forever. Classic pub/sub reaches every node, so any will do."""
+        node = default if not self._node_name else next_node(nodes, self._node_name)
+        self._node_name = str(node.name)
+        return node
+
     def _subscribe_wait(self) -> float:
         return float(self.options.client_kwargs.get("socket_connect_timeout", 2.0)) + 1.0
 
@@ -162,7 +178,7 @@ class RedisStore(_RedisBase):
                 commands = step.send(replies)
                 pipe = self._client.pipeline(transaction=False)
                 for command in commands:
-                    pipe.execute_command(*command)
+                    pipe.execute_command(*command, **self._route(command))
                 replies = pipe.execute(raise_on_error=False)
         except StopIteration as stop:
             result: T = stop.value
@@ -172,11 +188,22 @@ class RedisStore(_RedisBase):
         finally:
             step.close()
 
+    def _route(self, command: plan.Command) -> dict[str, Any]:
+        """On a cluster, the node of a script call, from its first key: redis-py's cluster
+        pipeline would otherwise ask the server (COMMAND GETKEYS) once per script call."""
+        if not self.options.cluster or command[0] not in ("EVALSHA", "EVAL"):
+            return {}
+        return {"target_nodes": self._client.get_node_from_key(command[3])}
+
     def load(self, session_id: str) -> Record | None:
         return self._run(plan.load(self.keys, session_id, self.where))
 
     def load_user(self, username: str) -> Mapping[str, Record]:
         return self._run(plan.load_user(self.keys, username, self.where))
+
+    def ended(self, session_id: str) -> bool:
+        """True if ``session_id`` was ended, by any server (its tombstone is kept)."""
+        return self._run(plan.ended(self.keys, session_id))
 
     def write(self, operations: Sequence[Operation], now: float) -> WriteResult:
         return self._run(self._write_plan(operations, now))
@@ -200,10 +227,15 @@ class RedisStore(_RedisBase):
     def count(self) -> int:
         return self._run(plan.count(self.keys, time.time()))
 
-    def claim_slot(self, session_id: str, expires_at: float, limit: int) -> bool:
+    def claim_slot(self, session_id: str, expires_at: float, limit: int,
+                   replaces: Sequence[str] = ()) -> bool:
         """Take one of ``limit`` live-session slots shared by every server (the pool's
-        ``max_total`` across servers); False when all are held. Needs a pool configured."""
-        return self._run(plan.claim_slot(self.keys, session_id, expires_at, time.time(), limit))
+        ``max_total`` across servers); False when all are held. Needs a pool configured.
+
+        ``replaces``: sessions this server ended; the slot one of them still holds (its
+        end not written yet) is handed over to ``session_id``."""
+        step = plan.claim_slot(self.keys, session_id, expires_at, time.time(), limit, replaces)
+        return self._run(step)
 
     def slots_in_use(self) -> int:
         """Slots held by live sessions on every server."""
@@ -225,6 +257,13 @@ class RedisStore(_RedisBase):
         finally:
             self._run(release)
 
+    def _events_client(self) -> Any:
+        """The client to subscribe with: on a cluster, one node's (see `_events_node`)."""
+        if not self.options.cluster:
+            return self._client
+        node = self._events_node(self._client.get_default_node(), self._client.get_nodes())
+        return node.redis_connection
+
     def watch(self, callback: Callback) -> None:
         """Call ``callback(ids, ended)`` from a listener thread when other servers end or
         change sessions (``ids`` None: anything may have changed). Waits briefly for the
@@ -232,7 +271,7 @@ class RedisStore(_RedisBase):
         if self._listener is not None:
             raise SessionError(f"{self.where} is already watched")
         subscription = self._subscription(callback)
-        self._listener = EventListener(self._client, self.keys.channel, subscription)
+        self._listener = EventListener(self._events_client, self.keys.channel, subscription)
         self._listener.start(self._subscribe_wait())
 
     def close(self) -> None:
@@ -241,6 +280,13 @@ class RedisStore(_RedisBase):
             self._listener = None
         if self._owns_client:
             self._client.close()
+
+
+async def _aclose_quietly(client: Any) -> None:
+    try:
+        await client.aclose(close_connection_pool=True)
+    except Exception:  # a dead node's connection may fail to close; nothing to keep
+        pass
 
 
 class AsyncRedisStore(_RedisBase):
@@ -253,18 +299,19 @@ class AsyncRedisStore(_RedisBase):
         self._node: Any = None
 
     async def _events_client(self) -> Any:
-        """The client to subscribe with: on a cluster, a plain client of one node (classic
-        pub/sub reaches every node, and the asyncio cluster client has no usable one)."""
+        """The client to subscribe with: on a cluster, a plain client of one node (see
+        `_events_node`; the asyncio cluster client has no usable pub/sub)."""
         if not self.options.cluster:
             return self._client
         if self._node is None:
-            redis = self._redis
             await self._client.initialize()
-            node = self._client.get_default_node()
-            pool = redis.asyncio.ConnectionPool(
-                connection_class=node.connection_class, **node.connection_kwargs
-            )
-            self._node = redis.asyncio.Redis(connection_pool=pool)
+        else:
+            await _aclose_quietly(self._node)
+        node = self._events_node(self._client.get_default_node(), self._client.get_nodes())
+        pool = self._redis.asyncio.ConnectionPool(
+            connection_class=node.connection_class, **node.connection_kwargs
+        )
+        self._node = self._redis.asyncio.Redis(connection_pool=pool)
         return self._node
 
     async def _run(self, step: plan.Step[T]) -> T:
@@ -290,6 +337,9 @@ class AsyncRedisStore(_RedisBase):
     async def load_user(self, username: str) -> Mapping[str, Record]:
         return await self._run(plan.load_user(self.keys, username, self.where))
 
+    async def ended(self, session_id: str) -> bool:
+        return await self._run(plan.ended(self.keys, session_id))
+
     async def write(self, operations: Sequence[Operation], now: float) -> WriteResult:
         return await self._run(self._write_plan(operations, now))
 
@@ -314,10 +364,11 @@ class AsyncRedisStore(_RedisBase):
     async def count(self) -> int:
         return await self._run(plan.count(self.keys, time.time()))
 
-    async def claim_slot(self, session_id: str, expires_at: float, limit: int) -> bool:
+    async def claim_slot(self, session_id: str, expires_at: float, limit: int,
+                         replaces: Sequence[str] = ()) -> bool:
         """`RedisStore.claim_slot` for asyncio."""
-        now = time.time()
-        return await self._run(plan.claim_slot(self.keys, session_id, expires_at, now, limit))
+        step = plan.claim_slot(self.keys, session_id, expires_at, time.time(), limit, replaces)
+        return await self._run(step)
 
     async def slots_in_use(self) -> int:
         """Slots held by live sessions on every server."""

@@ -12,7 +12,8 @@ import logging
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from ..codec import Delete, Operation, Record, WriteResult
+from ..codec import Delete, Operation, Record, Upsert, WriteResult
+from . import redis_bulk as bulk
 from .redis_keys import (
     KeySchema,
     decode_hash,
@@ -23,14 +24,14 @@ from .redis_keys import (
     texts,
     upsert_fields,
 )
-from .redis_scripts import APPLY, CLAIM_SLOT, UNLOCK, Script
+from .redis_scripts import APPLY, BULK_CREATE, CLAIM_SLOT, UNLOCK, Script
 
 T = TypeVar("T")
 Command = tuple[Any, ...]
 Step = Generator[list[Command], list[Any], T]
 PAGE = 500
 WRITTEN, REFUSED, MISSING = 1, 0, 2
-_SCRIPTS = {script.sha: script for script in (APPLY, CLAIM_SLOT, UNLOCK)}
+_SCRIPTS = {script.sha: script for script in (APPLY, BULK_CREATE, CLAIM_SLOT, UNLOCK)}
 logger = logging.getLogger("session_service")
 
 
@@ -110,12 +111,15 @@ class Batch:
                     (op.created_at, op.session_id)
                 )
         slots: list[Command] = []
-        if keys.pooled:  # slot scores follow expiry; an end gives the slot back
-            scored = [x for op in ops if not isinstance(op, Delete)
-                      for x in (op.expires_at, op.session_id)]
-            ended = [op.session_id for op in ops if isinstance(op, Delete)]
-            slots += [("ZADD", keys.slots, "XX", "GT", *scored)] if scored else []
-            slots += [("ZREM", keys.slots, *ended)] if ended else []
+        if keys.pooled:  # slot scores follow expiry; a new id holds one
+            for created in (False, True):
+                scored = [x for op in ops if isinstance(op, Upsert) and op.created is created
+                          for x in (op.expires_at, op.session_id)]
+                flags = ("GT",) if created else ("XX", "GT")  # a touch never takes a slot
+                slots += [("ZADD", keys.slots, *flags, *scored)] if scored else []
+        ended = [op.session_id for op in ops if isinstance(op, Delete)]
+        if ended:  # an end frees the slot, whether this server counts slots or not
+            slots.append(("ZREM", keys.slots, *ended))
         return [
             *slots,
             *(("ZADD", key, "GT", *items) for key, items in shard_add.items()),
@@ -129,9 +133,21 @@ def write(
     keys: KeySchema, ops: Sequence[Operation], now: float, origin: str,
     tombstone_ttl_ms: int, chunk_size: int, cluster: bool,
 ) -> Step[WriteResult]:
-    """Apply a batch: one pipeline per chunk, plus a second only for rare repairs."""
+    """Apply a batch: one pipeline per chunk, plus a second only for rare repairs.
+
+    Many new sessions in one batch (a migration, a burst of logins) go first, through
+    the bulk path (`redis_bulk`): script calls of up to ``chunk_size`` sessions, several
+    per pipeline.
+    """
     batch = Batch(keys, now, origin, tombstone_ttl_ms)
     refused: set[str] = set()
+    parts = bulk.split(ops)
+    if parts is not None:
+        creates, ops = parts
+        step = chunk_size * bulk.CALLS_PER_PIPELINE
+        for start in range(0, len(creates), step):
+            group = creates[start : start + step]
+            refused.update((yield from _bulk(batch, group, chunk_size, cluster)))
     for start in range(0, len(ops), chunk_size):
         chunk = ops[start : start + chunk_size]
         statuses = yield from _apply(batch, chunk, full=False, cluster=cluster)
@@ -145,6 +161,26 @@ def write(
             yield from run(batch.indexes([Delete(o.session_id, o.username, now) for o in lost]))
             refused.update(op.session_id for op in lost)
     return WriteResult(refused=frozenset(refused))
+
+
+def _bulk(
+    batch: Batch, creates: Sequence[Upsert], size: int, cluster: bool
+) -> Step[list[str]]:
+    """Write new sessions in full through `BULK_CREATE`, in one pipeline of calls of up to
+    ``size`` sessions; returns the ids refused (ended).
+
+    On a cluster the index updates go in the same pipeline and are undone for refused ids.
+    """
+    now_ms = batch.head[0]
+    calls = bulk.calls(batch.keys, creates, now_ms, size, cluster)
+    alive = [op for op in creates if ms(op.expires_at) > now_ms]  # what the script writes
+    indexes = batch.indexes(alive) if cluster else []
+    replies = yield from run([command for command, _ in calls] + indexes)
+    lost = [op for (_, group), statuses in zip(calls, replies, strict=False)
+            for op, status in zip(group, statuses, strict=True) if not int(status)]
+    if lost and cluster:
+        yield from run(batch.indexes([Delete(op.session_id, op.username, 0.0) for op in lost]))
+    return [op.session_id for op in lost]
 
 
 def _apply(batch: Batch, ops: Sequence[Operation], full: bool, cluster: bool) -> Step[list[int]]:
@@ -162,6 +198,12 @@ def load(keys: KeySchema, session_id: str, where: str) -> Step[Record | None]:
     """One session's record, from its hash."""
     (raw,) = yield from run([("HGETALL", keys.session(session_id))])
     return decode_hash(session_id, raw, where)
+
+
+def ended(keys: KeySchema, session_id: str) -> Step[bool]:
+    """True if the session was ended (its tombstone is still kept)."""
+    (found,) = yield from run([("EXISTS", keys.tombstone(session_id))])
+    return bool(found)
 
 
 def load_many(keys: KeySchema, ids: Sequence[str], where: str) -> Step[dict[str, Record | None]]:
@@ -231,12 +273,13 @@ def scan_page(keys: KeySchema, shard: str, cursor: int, where: str) -> Step[
 
 
 def claim_slot(
-    keys: KeySchema, session_id: str, expires_at: float, now: float, limit: int
+    keys: KeySchema, session_id: str, expires_at: float, now: float, limit: int,
+    replaces: Sequence[str] = (),
 ) -> Step[bool]:
-    """Take one of ``limit`` live-session slots shared by every server, atomically."""
-    (granted,) = yield from run(
-        [evalsha(CLAIM_SLOT, [keys.slots], [session_id, repr(expires_at), repr(now), limit])]
-    )
+    """Take one of ``limit`` live-session slots shared by every server, atomically, or the
+    slot one of ``replaces`` (sessions this server ended) still holds."""
+    args = [session_id, repr(expires_at), repr(now), limit, *replaces]
+    (granted,) = yield from run([evalsha(CLAIM_SLOT, [keys.slots], args)])
     return bool(granted)
 
 

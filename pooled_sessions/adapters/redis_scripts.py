@@ -116,8 +116,11 @@ return 0
 
 
 # Claim a live-session slot under a limit shared by every server. KEYS: the slot set.
-# ARGV: id, expires_at, now, limit. Slots of expired sessions are dropped first (their
-# scores follow the sessions' expiry); an id already holding a slot keeps it. 1 or 0.
+# ARGV: id, expires_at, now, limit, then ids this server ended whose end may not be
+# written yet. Slots of expired sessions are dropped first (their scores follow the
+# sessions' expiry); an id already holding a slot keeps it; the slot of one of the
+# ended ids, if still held, is handed over (an end frees its slot on its own server at
+# once, before the end is flushed). 1 or 0.
 CLAIM_SLOT = Script(
     """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
@@ -125,8 +128,107 @@ if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[1])
   return 1
 end
+for i = 5, #ARGV do
+  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
+    redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+    return 1
+  end
+end
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 return 1
+"""
+)
+
+
+
+# Write new sessions in full, many per call (a migration, a burst of logins): the bulk
+# path of a large batch. KEYS: the index keys (ARGV[3] expiry shards, then the slot set
+# if ARGV[4] is '1'), then the sessions' hashes, then their tombstones, then (when
+# ARGV[2] is '1') their user indexes, in the same order. ARGV: now_ms, indexed ('1':
+# the indexes are written here; '0': the caller sends them, as on a cluster where they
+# live in other slots), nshards, pooled, layout version, and the sessions as one JSON
+# array holding, per session:
+#   id, shard (1-based), expires_ms, user, created, absolute, accessed, expires, npairs,
+#   npairs field/value pairs (attributes, client address, user agent)
+# Returns one status per session: 1 written, 0 refused (ended). The rules of APPLY in
+# full mode: a tombstone refuses; an existing hash keeps a later access and a longer
+# expiry. Why a second script: the sessions travel as one JSON text (a client packs one
+# argument rather than twenty per session, and cjson decodes it in C); one EXISTS over
+# every hash and tombstone tells whether any session is known at all, so a chunk of new
+# ids (a first migration) skips the per-session checks; constant field names stay here;
+# and on one server the indexes are written here too: a chunk is one command, not one
+# per user.
+BULK_CREATE = Script(
+    """
+local now, indexed, nshards = tonumber(ARGV[1]), ARGV[2] == '1', tonumber(ARGV[3])
+local pooled, layout = ARGV[4] == '1', ARGV[5]
+local data = cjson.decode(ARGV[6])
+local call, unpack = redis.call, unpack
+local base = nshards + (pooled and 1 or 0)
+local n = (#KEYS - base) / (indexed and 3 or 2)
+local status, scored, slotted = {}, {}, {}
+local function many(cmd, key, opt, list)
+  if #list <= 1024 and not opt then return call(cmd, key, unpack(list)) end
+  for s = 1, #list, 512 do
+    local last = math.min(s + 511, #list)
+    if opt then call(cmd, key, opt, unpack(list, s, last))
+    else call(cmd, key, unpack(list, s, last)) end
+  end
+end
+local known = 0
+for s = base + 1, base + 2 * n, 512 do
+  known = known + call('EXISTS', unpack(KEYS, s, math.min(s + 511, base + 2 * n)))
+end
+local d = 1
+for k = 1, n do
+  local h, t = KEYS[base + k], KEYS[base + n + k]
+  local sid, shard, exp_ms, user = data[d], data[d + 1], data[d + 2], data[d + 3]
+  local created, accessed, expires = data[d + 4], data[d + 6], data[d + 7]
+  local fields = {'@v', layout, '@user', user, '@created', created, '@absolute', data[d + 5]}
+  local j, m = d + 9, 8
+  d = j + 2 * data[d + 8]
+  for f = j, d - 1 do m = m + 1; fields[m] = data[f] end
+  local current = nil
+  if known > 0 and call('EXISTS', h, t) > 0 then
+    current = call('HMGET', h, '@accessed', '@expires')
+  end
+  local state = 1  -- 1 written, 0 refused, 2 expired on arrival (nothing to index)
+  if not current or not current[1] then
+    if current and call('EXISTS', t) == 1 then
+      state = 0
+    elseif exp_ms > now then
+      fields[m + 1], fields[m + 2], fields[m + 3], fields[m + 4] =
+        '@accessed', accessed, '@expires', expires
+      many('HSET', h, nil, fields)
+      call('PEXPIREAT', h, exp_ms)
+    else
+      state = 2
+    end
+  else
+    if tonumber(accessed) > tonumber(current[1]) then
+      fields[m + 1], fields[m + 2], m = '@accessed', accessed, m + 2
+    end
+    local longer = tonumber(expires) > tonumber(current[2] or '0')
+    if longer then fields[m + 1], fields[m + 2] = '@expires', expires end
+    many('HSET', h, nil, fields)
+    if longer then call('PEXPIREAT', h, exp_ms, 'GT') end
+  end
+  status[k] = state == 0 and 0 or 1
+  if state == 1 and indexed then
+    call('ZADD', KEYS[base + 2 * n + k], 'NX', created, sid)
+    local list = scored[shard]
+    if not list then list = {}; scored[shard] = list end
+    list[#list + 1] = expires
+    list[#list + 1] = sid .. ':' .. user
+    if pooled then
+      slotted[#slotted + 1] = expires
+      slotted[#slotted + 1] = sid
+    end
+  end
+end
+for shard, list in pairs(scored) do many('ZADD', KEYS[shard], 'GT', list) end
+if #slotted > 0 then many('ZADD', KEYS[nshards + 1], 'GT', slotted) end
+return status
 """
 )
