@@ -192,6 +192,7 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
                 reply = await driver.dispatch(
                     request, self._store,
                     acquire_slot=self._acquire_slot, wait_for_room=self._wait_for_room,
+                    pause=asyncio.sleep,
                 )
         except StopIteration as stop:
             result: T = stop.value

@@ -1,8 +1,9 @@
 """The engine: every session decision, with no I/O, no threads and no asyncio.
 
 Each public operation is a generator. It yields a request when it needs the store
-(`Load`, `LoadUser`) or the driver's patience (`WaitForRoom`, `AcquireSlot`), receives
-the answer, and returns its result. `SessionService` and `AsyncSessionService` only run these
+(`Load`, `LoadUser`, and, when the store offers them, `Ended` and `ClaimSlot`) or the
+driver's patience (`WaitForRoom`, `AcquireSlot`, `Pause`), receives the answer, and
+returns its result. `SessionService` and `AsyncSessionService` only run these
 generators and do the I/O they ask for, so the policy exists once.
 """
 
@@ -31,6 +32,8 @@ from .errors import BackPressureError, SessionError
 from .model import ClientInfo, Reason, Session, ValidationResult
 from .pending import Dirty, PendingBuffer
 from .poolpolicy import AcquireSlot as AcquireSlot
+from .poolpolicy import ClaimSlot as ClaimSlot
+from .poolpolicy import Pause as Pause
 from .poolpolicy import SlotLedger
 
 T = TypeVar("T")
@@ -50,15 +53,32 @@ class LoadUser(NamedTuple):
     username: str
 
 
+class Ended(NamedTuple):
+    """Ask the store whether ``session_id`` was ended (it keeps a tombstone); True or False."""
+
+    session_id: str
+
+
+class StoreOffers(NamedTuple):
+    """Optional store calls the engine may ask for; the driver looks at its store once."""
+
+    ended: bool = False  # store.ended(id): ids ended by any process are never reused
+    claim_slot: bool = False  # store.claim_slot(...): max_total counted across servers
+
+
+NO_OFFERS = StoreOffers()
+
+
 class WaitForRoom(NamedTuple):
     """Ask the driver to wait until the pending buffer has room; answer True if it has."""
 
     session_id: str
 
 
-# AcquireSlot (poolpolicy.py; its docstring is the driver's contract): with a pool
-# configured and every live-session slot taken, `create` waits for one, up to max_wait.
-Request = Load | LoadUser | WaitForRoom | AcquireSlot
+# AcquireSlot, ClaimSlot and Pause (poolpolicy.py; their docstrings are the driver's
+# contract): with a pool configured and every live-session slot taken, `create` waits for
+# one, up to max_wait; on a store shared by several servers it also claims the store's.
+Request = Load | LoadUser | Ended | WaitForRoom | AcquireSlot | ClaimSlot | Pause
 Op = Generator[Request, Any, T]
 
 
@@ -91,8 +111,10 @@ class Engine:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         pending: PendingBuffer | None = None,
+        offers: StoreOffers = NO_OFFERS,
     ) -> None:
         self.settings = settings
+        self.offers = offers
         self._clock = clock
         self._mono = monotonic
         self._entries: dict[str, Entry] = {}
@@ -102,7 +124,7 @@ class Engine:
         self._next_cleanup = monotonic() + settings.cleanup_interval_minutes * 60.0
         self.last_cleanup_at: float | None = None
         self.evicted = 0
-        self.slots = SlotLedger(settings.pool, monotonic)
+        self.slots = SlotLedger(settings.pool, monotonic, shared=offers.claim_slot)
         self._idle, self._step = settings.idle_seconds, settings.touch_step
         self._clients: dict[tuple[tuple[str, Any], ...], ClientInfo] = {}
 
@@ -119,17 +141,15 @@ class Engine:
         check_username(username)
         encoded = encode_attributes({} if attributes is None else attributes)
         info = ClientInfo.coerce(client) or ClientInfo()
-        if session_id is None:
-            sid = new_session_id()
-        else:
-            sid = check_id(session_id)
-            if sid in self._ended or (yield Load(sid)) is not None or sid in self._entries:
-                raise SessionError(f"session id {sid[:8]}… is already in use")
+        sid = new_session_id() if session_id is None else (yield from self._unused(session_id))
         check_size(sid, encoded, self.settings.max_session_bytes)
         yield from self._room(sid)
-        yield from self.slots.claim(self._entries, self._clock())
         now = self._clock()
         absolute = self.settings.absolute_lifetime_minutes
+        first_expiry = now + self._idle if absolute is None else \
+            min(now + self._idle, now + absolute * 60.0)
+        yield from self.slots.claim(self._entries, now, sid, first_expiry)
+        now = self._clock()
         entry = Entry(
             sid, username, encoded, info.ip, info.user_agent, now, now, 0.0,
             None if absolute is None else now + absolute * 60.0, 0.0,
@@ -267,16 +287,23 @@ class Engine:
         return True
 
     def sessions_of(self, username: str) -> Op[list[str]]:
-        """Ids of one user's live sessions, oldest first."""
+        """Ids of one user's live sessions, oldest first.
+
+        The store's list is the truth for what this engine had written: a cached session
+        it no longer lists ended or expired elsewhere (its event may still be on the way).
+        """
         check_username(username)
+        dirty = self.pending.is_dirty
+        written = {s for s in self._by_user.get(username, ()) if not dirty(s)}
         records: Mapping[str, Record] = yield LoadUser(username)
         now = self._clock()
         for sid, record in records.items():
             entry = self._entries.get(sid)
             if entry is None or entry.stale:
                 self._admit(sid, record, now)
-        for sid in [s for s in self._by_user.get(username, ()) if self._entries[s].stale]:
-            self._admit(sid, None, now)  # not in the store: keep it only if not yet written
+        for sid in [s for s in self._by_user.get(username, ()) if s not in records]:
+            if self._entries[sid].stale or (sid in written and not dirty(sid)):
+                self._admit(sid, None, now)  # gone, unless not yet written
         live = [
             self._entries[sid]
             for sid in self._by_user.get(username, ())
@@ -319,8 +346,9 @@ class Engine:
         """The store holds ``flush``; note what it refused or reloaded."""
         self.pending.settle(flush.taken, seconds)
         for op in flush.operations:
-            entry = self._entries.get(op.session_id)
-            if entry is not None and not isinstance(op, Delete):
+            if isinstance(op, Delete):
+                self.slots.end_stored(op.session_id)
+            elif (entry := self._entries.get(op.session_id)) is not None:
                 entry.stored_expires_at = max(entry.stored_expires_at, op.expires_at)
         if result.refused:
             self.invalidate(result.refused, ended=True)
@@ -392,6 +420,19 @@ class Engine:
         }
 
     # -- internals ---------------------------------------------------------------------
+
+    def _unused(self, session_id: str) -> Op[str]:
+        """``session_id`` (minted by a web framework) if no session has it or ever had it."""
+        sid = check_id(session_id)
+        ended = sid in self._ended
+        if not ended and (sid in self._entries or (yield Load(sid)) is not None):
+            raise SessionError(f"session id {sid[:8]}… is already in use")
+        if ended or (self.offers.ended and (yield Ended(sid))):
+            raise SessionError(
+                f"session id {sid[:8]}… is already in use: its session was ended, and an id "
+                "is never used twice (mint a new one)"
+            )
+        return sid
 
     def _room(self, session_id: str) -> Op[None]:
         if not self.pending.has_room(session_id) and not (yield WaitForRoom(session_id)):

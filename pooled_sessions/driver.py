@@ -17,7 +17,18 @@ from typing import Any, ClassVar, Generic, NamedTuple, TypeVar, cast
 
 from .adapters import check_kind, open_async_store, open_store
 from .config import Settings, resolve_settings
-from .core import AcquireSlot, Engine, Flush, Load, LoadUser, Request, WaitForRoom
+from .core import (
+    AcquireSlot,
+    ClaimSlot,
+    Ended,
+    Engine,
+    Flush,
+    Load,
+    LoadUser,
+    Request,
+    StoreOffers,
+    WaitForRoom,
+)
 from .errors import ServiceClosedError, StoreError, StoreUnavailableError
 from .model import ShutdownReport, ValidationResult
 
@@ -52,7 +63,7 @@ class ServiceBase(Generic[StoreT]):
             opened = cast(StoreT, opener(self.settings.backend, self.settings))
         check_kind(opened, asynchronous=self.asynchronous)
         self._store: StoreT = opened
-        self._engine = Engine(self.settings)
+        self._engine = Engine(self.settings, offers=offers(opened))
         self._schedule = Schedule(self.settings)
         self._closed = self._stopping = False
         self._prepare()
@@ -71,14 +82,24 @@ def short(session_id: str) -> str:
     return session_id[:6] + "…"
 
 
+def offers(store: object) -> StoreOffers:
+    """The optional calls ``store`` offers the engine (see `StoreOffers`)."""
+    return StoreOffers(
+        ended=callable(getattr(store, "ended", None)),
+        claim_slot=callable(getattr(store, "claim_slot", None)),
+    )
+
+
 def dispatch(
     request: Request,
     store: Any,
     *,
     acquire_slot: Callable[[AcquireSlot], Any],
     wait_for_room: Callable[[WaitForRoom], Any],
+    pause: Callable[[float], Any],
 ) -> Any:
-    """Route one engine request: reads to the store, waits to the driver's own primitives.
+    """Route one engine request: store calls to the store, waits to the driver's own
+    primitives (``pause`` is ``time.sleep`` or ``asyncio.sleep``).
 
     Returns what the route returns: the answer, or for an asyncio driver an awaitable.
     """
@@ -88,7 +109,13 @@ def dispatch(
         return store.load_user(request.username)
     if isinstance(request, AcquireSlot):
         return acquire_slot(request)
-    return wait_for_room(request)
+    if isinstance(request, WaitForRoom):
+        return wait_for_room(request)
+    if isinstance(request, ClaimSlot):
+        return store.claim_slot(*request)
+    if isinstance(request, Ended):
+        return store.ended(request.session_id)
+    return pause(request.seconds)
 
 
 class After(enum.Enum):

@@ -131,6 +131,13 @@ class PoolPolicy(Generic[T]):
         if self._waiters and not self.full:
             self._grant(self._waiters.popleft(), mono)
 
+    def refund(self, mono: float) -> None:
+        """Give back a granted slot unused (a limit beyond this pool refused the borrow):
+        counted neither as borrowed nor as returned; the oldest waiter gets it."""
+        self.release(mono)
+        self.returned -= 1
+        self.borrowed -= 1
+
     def _grant(self, ticket: SlotTicket, mono: float) -> None:
         self.active += 1
         self.borrowed += 1
@@ -188,11 +195,13 @@ class PoolPolicy(Generic[T]):
         )
 
 
-def exhausted(max_total: int, waited: float) -> PoolExhaustedError:
-    """The error for a borrow that found no free slot within its wait."""
+def exhausted(max_total: int, waited: float, *, shared: bool = False) -> PoolExhaustedError:
+    """The error for a borrow that found no free slot within its wait (``shared``: the limit
+    counts the live sessions of every app server sharing the store)."""
+    where = " across every app server sharing the store" if shared else ""
     return PoolExhaustedError(
-        f"session pool exhausted: all {max_total} live-session slots (max_total) are in use "
-        f"and none became free within {waited:g} s (max_wait)"
+        f"session pool exhausted: all {max_total} live-session slots (max_total) are in use"
+        f"{where} and none became free within {waited:g} s (max_wait)"
     )
 
 
@@ -222,6 +231,35 @@ class AcquireSlot(NamedTuple):
 
     ticket: SlotTicket
     timeout: float
+
+
+class ClaimSlot(NamedTuple):
+    """Engine request (a store shared by several app servers, offering ``claim_slot``):
+    take one of ``limit`` slots counted across every server for ``session_id``, which
+    expires at ``expires_at``. The driver answers with ``store.claim_slot(...)``: True if
+    granted. Sent after this server's own slot was granted.
+
+    ``replaces``: sessions this server ended whose end the store may not have yet; the
+    store hands the slot of one of them over rather than counting it, so a slot an end
+    frees here is usable here at once (and the local waiters keep their order).
+    """
+
+    session_id: str
+    expires_at: float
+    limit: int
+    replaces: tuple[str, ...] = ()
+
+
+class Pause(NamedTuple):
+    """Engine request: wait ``seconds`` (the driver sleeps its own way), then resume."""
+
+    seconds: float
+
+
+SHARED_RETRY_SECONDS = (0.005, 0.1)
+"""First and longest pause between two claims of a shared slot (no event says one freed)."""
+FREED_KEPT = 256
+"""Ids of sessions ended here, remembered until the store confirms their end."""
 
 
 def acquire(
@@ -257,24 +295,61 @@ class SlotLedger:
     A session created by this engine holds a slot until it ends, expires or is evicted
     (ended elsewhere, or gone from the store). Without a pool configuration nothing is
     counted or capped. `claim` and `release` are the one place where a slot is taken and
-    given back.
+    given back. With ``shared`` (the store counts slots for every app server: a
+    ``claim_slot``), `claim` also takes one of the store's; the store frees it when the
+    session ends or expires.
     """
 
-    def __init__(self, config: SessionPoolConfig | None, monotonic: Callable[[], float]) -> None:
+    def __init__(self, config: SessionPoolConfig | None, monotonic: Callable[[], float],
+                 *, shared: bool = False) -> None:
         self.policy: PoolPolicy[None] | None = None if config is None else PoolPolicy(config)
+        self.shared = shared
         self._mono = monotonic
         self._holders: dict[str, Expiring] = {}
+        self._freed: dict[str, None] = {}  # ended here, end not yet confirmed (shared only)
+        self._stored_as: dict[str, str] = {}  # rotated id -> the id the store counts it under
 
     def claim(
-        self, sessions: Mapping[str, Expiring], now: float
-    ) -> Generator[AcquireSlot, Any, None]:
-        """Take a slot for a new session, waiting (through the driver) when all are taken."""
+        self, sessions: Mapping[str, Expiring], now: float, session_id: str = "",
+        expires_at: float = 0.0,
+    ) -> Generator[AcquireSlot | ClaimSlot | Pause, Any, None]:
+        """Take a slot for new session ``session_id`` (expiring at ``expires_at``), waiting
+        (through the driver) when all are taken; `PoolExhaustedError` after ``max_wait``.
+
+        A shared slot refused gives this server's slot back (a local waiter may use it),
+        pauses, and tries again, both slots, until ``max_wait`` has passed.
+        """
         policy = self.policy
         if policy is None:
             return
-        if policy.full:
-            self.sweep(sessions, now)
-        yield from acquire(policy, self._mono, policy.config.max_wait)
+        limit, wait = policy.config.max_total, policy.config.max_wait
+        deadline = self._mono() + wait
+        pause, longest = SHARED_RETRY_SECONDS
+        timeout = wait
+        while True:
+            if policy.full:
+                self.sweep(sessions, now)
+            try:
+                yield from acquire(policy, self._mono, timeout)
+            except PoolExhaustedError:  # a retry waited for what was left: report max_wait
+                raise exhausted(limit, wait) from None
+            if not self.shared:
+                return
+            try:
+                granted = yield ClaimSlot(session_id, expires_at, limit, tuple(self._freed))
+            except BaseException:
+                policy.refund(self._mono())
+                raise
+            if granted:
+                return
+            policy.refund(self._mono())
+            left = deadline - self._mono()
+            if left <= 0:
+                policy.timeouts += 1
+                raise exhausted(limit, wait, shared=True)
+            yield Pause(min(pause, left))
+            pause = min(pause * 2, longest)
+            timeout = max(0.0, deadline - self._mono())
 
     def hold(self, session: Expiring) -> None:
         """``session`` now holds the slot its `claim` took."""
@@ -286,15 +361,31 @@ class SlotLedger:
             self.policy.discarded += 1
 
     def move(self, old_id: str, session: Expiring) -> None:
-        """A session changed its id (rotation): its slot goes with it."""
+        """A session changed its id (rotation): its slot goes with it.
+
+        The store counts it under the old id until the rotation is written.
+        """
         if self._holders.pop(old_id, None) is not None:
             self._holders[session.session_id] = session
+            if self.shared:
+                self._stored_as[session.session_id] = self._stored_as.pop(old_id, old_id)
 
     def release(self, session_id: str, *, evicted: bool = False) -> None:
         """The session ended (or, ``evicted``, expired or vanished): its slot comes back."""
         if self.policy is not None and self._holders.pop(session_id, None) is not None:
+            stored = self._stored_as.pop(session_id, session_id)
+            if self.shared and not evicted:
+                self._freed.update(dict.fromkeys((stored, session_id)))
+                while len(self._freed) > FREED_KEPT:
+                    del self._freed[next(iter(self._freed))]
             self.policy.release(self._mono(), evicted=evicted)
             self.policy.discarded += 1  # session objects are never reused (see the benchmark)
+
+    def end_stored(self, session_id: str) -> None:
+        """The store holds the end of ``session_id`` (its shared slot is free there)."""
+        self._freed.pop(session_id, None)
+        if self._stored_as:  # a rotation away from it is written too
+            self._stored_as = {k: v for k, v in self._stored_as.items() if v != session_id}
 
     def sweep(self, sessions: Mapping[str, Expiring], now: float) -> int:
         """Give back the slots of expired sessions; ``sessions`` holds the freshest copies."""

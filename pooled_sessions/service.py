@@ -187,6 +187,7 @@ class SessionService(ServiceBase[Store]):
                 reply = dispatch(
                     request, self._store,
                     acquire_slot=self._acquire_slot, wait_for_room=self._wait_for_room,
+                    pause=time.sleep,
                 )
         except BaseException:
             with self._lock:  # abandoned mid-way: a wait for a pool slot withdraws under the lock

@@ -202,6 +202,15 @@ def cluster_url(redis_cluster: RedisCluster) -> str:
     return f"{redis_cluster.url}?prefix={unique_prefix()}"
 
 
+@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.redis),
+                        pytest.param("cluster", marks=pytest.mark.cluster)])
+def any_redis_url(request: pytest.FixtureRequest) -> str:
+    """This test's URL on the shared redis-server, then on the shared cluster."""
+    value: str = request.getfixturevalue("redis_url" if request.param == "redis"
+                                         else "cluster_url")
+    return value
+
+
 @pytest.fixture
 def durable_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A server of this test alone, with an fsync'd append-only file, to crash and restart."""

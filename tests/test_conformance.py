@@ -442,3 +442,21 @@ def test_context_manager_flushes_on_exit(
         sid = svc.create_session("alice")
     assert svc.stats()["closed"] is True
     assert make_peer().get_session(sid) is not None
+
+
+def test_an_ended_custom_id_is_refused_everywhere(
+    make_service: ServiceFactory, make_peer: ServiceFactory
+) -> None:
+    """Ids are never reused: a custom id whose session was ended is refused at the call,
+    also by a service that never saw that session (another process or app server)."""
+    peer = make_peer()  # open before the session exists: nothing about it is cached there
+    svc = make_service()
+    assert svc.create_session("alice", {"n": 1}, session_id="minted-0001") == "minted-0001"
+    assert svc.end_session("minted-0001")
+    svc.force_save()
+    for service in (peer, make_peer(), svc):
+        with pytest.raises(SessionError, match="minted-0.*was ended.*never used twice"):
+            service.create_session("mallory", session_id="minted-0001")
+        assert not service.validate_session("minted-0001")
+    assert peer.sessions_of("mallory") == [] and peer.sessions_of("alice") == []
+    assert peer.create_session("mallory", session_id="minted-0002") == "minted-0002"

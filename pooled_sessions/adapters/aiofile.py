@@ -63,6 +63,10 @@ class AioFileStore:
         await self._fresh()
         return self._mirror.table.load_user(username)
 
+    async def ended(self, session_id: str) -> bool:
+        await self._fresh()
+        return session_id in self._mirror.table.tombstones
+
     async def write(self, operations: Sequence[Operation], now: float) -> WriteResult:
         await self._ready()
         async with self._exclusive():

@@ -69,6 +69,48 @@ sessions; ``session_ids`` None means anything may have changed (events were lost
 
 
 @runtime_checkable
+class TombstoneStore(Store, Protocol):
+    """A store that can tell an ended id from one never used (optional ``ended``).
+
+    ``ended(id)`` is True while the store keeps the id's tombstone (``tombstone_ttl_seconds``),
+    whichever process ended it; the engine then refuses ``create_session(session_id=id)``,
+    so ids are never reused. Every built-in store has it.
+    """
+
+    def ended(self, session_id: str) -> bool: ...
+
+
+@runtime_checkable
+class AsyncTombstoneStore(AsyncStore, Protocol):
+    """The asyncio twin of `TombstoneStore`."""
+
+    async def ended(self, session_id: str) -> bool: ...
+
+
+@runtime_checkable
+class SlotStore(Store, Protocol):
+    """A store that counts live-session slots for every app server sharing it (Redis).
+
+    ``claim_slot(id, expires_at, limit, replaces)`` takes one of ``limit`` slots
+    atomically, True if granted (or hands over the slot one of ``replaces``, sessions this
+    server ended, still holds); the store frees a slot when its session ends or expires.
+    With a pool configured, the engine claims one after its own for each new session
+    (``max_total`` across servers).
+    """
+
+    def claim_slot(self, session_id: str, expires_at: float, limit: int,
+                   replaces: Sequence[str] = ()) -> bool: ...
+
+
+@runtime_checkable
+class AsyncSlotStore(AsyncStore, Protocol):
+    """The asyncio twin of `SlotStore`."""
+
+    async def claim_slot(self, session_id: str, expires_at: float, limit: int,
+                         replaces: Sequence[str] = ()) -> bool: ...
+
+
+@runtime_checkable
 class WatchableStore(Store, Protocol):
     """A store shared with other servers that pushes their changes (optional ``watch``).
 
@@ -101,10 +143,14 @@ class AsyncWatchableStore(AsyncStore, Protocol):
 
 __all__ = [
     "AsyncIteratorOfRecords",
+    "AsyncSlotStore",
     "AsyncStore",
+    "AsyncTombstoneStore",
     "AsyncWatchableStore",
     "Invalidate",
     "Iterator",
+    "SlotStore",
     "Store",
+    "TombstoneStore",
     "WatchableStore",
 ]

@@ -187,6 +187,12 @@ class JsonFileStore:
             self._refresh_if_stale()
             return self._mirror.table.load_user(username)
 
+    def ended(self, session_id: str) -> bool:
+        """True if ``session_id`` was ended, by any process (its tombstone is in the file)."""
+        with self._mutex:
+            self._refresh_if_stale()
+            return session_id in self._mirror.table.tombstones
+
     def write(self, operations: Sequence[Operation], now: float) -> WriteResult:
         with self._guard():
             return run(self._mirror.writing(operations), self.path)

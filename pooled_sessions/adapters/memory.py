@@ -43,6 +43,11 @@ class MemoryStore:
         with self._lock:
             return self._table.load_user(username)
 
+    def ended(self, session_id: str) -> bool:
+        """True if ``session_id`` was ended (its tombstone is kept)."""
+        with self._lock:
+            return session_id in self._table.tombstones
+
     def write(self, operations: Sequence[Operation], now: float) -> WriteResult:
         with self._lock:
             foreign = self._table.version != self._seen
@@ -88,6 +93,9 @@ class AsyncMemoryStore:
 
     async def load_user(self, username: str) -> Mapping[str, Record]:
         return self._store.load_user(username)
+
+    async def ended(self, session_id: str) -> bool:
+        return self._store.ended(session_id)
 
     async def write(self, operations: Sequence[Operation], now: float) -> WriteResult:
         await asyncio.sleep(0)

@@ -1,0 +1,81 @@
+"""What a server's cache does when Redis changes under it: sessions the store stopped
+listing, and event subscriptions whose cluster node died."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from pooled_sessions import SessionService
+from pooled_sessions.adapters.redis_hash import AsyncRedisStore, RedisStore, next_node
+from tests.redis_servers import RedisCluster, binary, unique_prefix
+
+
+@pytest.fixture
+def url(any_redis_url: str) -> str:
+    return any_redis_url
+
+
+def test_sessions_of_drops_cached_sessions_the_store_no_longer_lists(url: str) -> None:
+    with SessionService(url) as a, SessionService(url) as b:
+        first, second = a.create_session("alice"), a.create_session("alice")
+        a.force_save()
+        assert b.sessions_of("alice") == [first, second]  # b holds both now
+        store = b._store
+        assert isinstance(store, RedisStore)
+        store._client.delete(store.keys.session(first))  # Redis expired it: no event is sent
+        third = b.create_session("alice")  # not written yet: the store cannot list it
+        assert b.sessions_of("alice") == [second, third]
+        assert b.get_session(first) is None and b.stats()["live_sessions"] == 2
+        b.force_save()
+        assert a.sessions_of("alice") == [second, third]
+
+
+def test_the_next_node_follows_name_order() -> None:
+    class Node:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    nodes = [Node("127.0.0.1:7002"), Node("127.0.0.1:7000"), Node("127.0.0.1:7001")]
+    assert next_node(nodes, "127.0.0.1:7000").name == "127.0.0.1:7001"
+    assert next_node(nodes, "127.0.0.1:7002").name == "127.0.0.1:7000"
+    assert next_node(nodes, "gone:1").name == "127.0.0.1:7000"
+
+
+@pytest.mark.cluster
+async def test_events_move_to_another_node_when_theirs_dies(tmp_path: Path) -> None:
+    """A cluster of this test alone: the master each listener (asyncio and blocking)
+    subscribed through is killed; both go on hearing events through another node."""
+    binary("redis-cli")
+    cluster = RedisCluster(tmp_path / "cluster").start()
+    url = f"{cluster.url}?prefix={unique_prefix()}&socket_connect_timeout=0.5&retries=0"
+    aio_store, sync_store = AsyncRedisStore(url), RedisStore(url)
+    try:
+        heard: dict[str, list[tuple[Any, bool]]] = {"aio": [], "sync": []}
+        await aio_store.watch(lambda ids, ended: heard["aio"].append((ids, ended)))
+        sync_store.watch(lambda ids, ended: heard["sync"].append((ids, ended)))
+        first = {"aio": aio_store._node_name, "sync": sync_store._node_name}
+        for node in cluster.nodes:
+            if f"127.0.0.1:{node.port}" in first.values():
+                node.stop()
+        survivor = next(node for node in cluster.nodes if node.process is not None)
+        client = redis.Redis(port=survivor.port)
+        event = json.dumps({"o": "another-server", "e": ["E" * 43]})
+        deadline = time.monotonic() + 15
+        while any((["E" * 43], True) not in got for got in heard.values()):
+            assert time.monotonic() < deadline, f"no event heard after {first} died: {heard}"
+            client.publish(aio_store.keys.channel, event)  # classic pub/sub reaches every node
+            await asyncio.sleep(0.1)
+        client.close()
+        assert aio_store._node_name != first["aio"] and sync_store._node_name != first["sync"]
+        assert all((None, False) in got for got in heard.values())  # the gap was reported
+    finally:
+        await aio_store.close()
+        sync_store.close()
+        cluster.stop()
