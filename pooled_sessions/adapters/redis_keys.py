@@ -35,6 +35,8 @@ ATTRIBUTE = "."  # prefix of attribute fields, so a name never meets a metadata 
 
 def _escape_tag(text: str) -> str:
     """Make ``text`` safe inside ``{...}``: braces would cut the hash tag short."""
+    if "%" not in text and "{" not in text and "}" not in text:
+        return text  # the usual name: three scans instead of three copies
     return text.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
 
 

@@ -7,18 +7,19 @@ per call on a cluster, so scripts never cross slots.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
 class Script:
-    """A Lua script and its SHA1, for EVALSHA with an EVAL fallback."""
+    """A Lua script and its SHA1 (computed once: every write names it), for EVALSHA with
+    an EVAL fallback."""
 
     source: str
+    sha: str = field(init=False)
 
-    @property
-    def sha(self) -> str:
-        return hashlib.sha1(self.source.encode()).hexdigest()
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
 
 # Apply a batch of writes. KEYS: hash and tombstone of each operation, in order.
