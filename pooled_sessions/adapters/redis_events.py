@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from .redis_plan import parse_event
@@ -145,7 +145,14 @@ class AsyncEventListener:
                 await asyncio.sleep(self._sub.failed(exc))
             finally:
                 if pubsub is not None:
-                    await asyncio.shield(_aquietly(pubsub.aclose))
+                    await asyncio.shield(aquietly(pubsub.aclose))
+
+
+def next_node(nodes: Sequence[Any], current: str) -> Any:
+    """The node after the one named ``current``, in name order (the first if it is gone)."""
+    ordered = sorted(nodes, key=lambda node: str(node.name))
+    names = [str(node.name) for node in ordered]
+    return ordered[(names.index(current) + 1) % len(ordered) if current in names else 0]
 
 
 def _quietly(close: Callable[[], Any]) -> None:
@@ -155,7 +162,8 @@ def _quietly(close: Callable[[], Any]) -> None:
         pass
 
 
-async def _aquietly(close: Callable[[], Any]) -> None:
+async def aquietly(close: Callable[[], Any]) -> None:
+    """Await ``close()``, ignoring its failure (a broken connection may fail to close)."""
     try:
         await close()
     except Exception:  # closing a broken connection may fail too; nothing to keep

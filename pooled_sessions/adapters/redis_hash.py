@@ -8,6 +8,7 @@ and `watch` tells a service which of its cached sessions another server ended or
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import secrets
 import time
@@ -25,7 +26,14 @@ from ..errors import (
     StoreUnavailableError,
 )
 from . import redis_plan as plan
-from .redis_events import AsyncEventListener, Callback, EventListener, Subscription
+from .redis_events import (
+    AsyncEventListener,
+    Callback,
+    EventListener,
+    Subscription,
+    aquietly,
+    next_node,
+)
 from .redis_options import CLUSTER_SCHEME, RedisOptions
 from .url import StoreURL, redact
 
@@ -78,13 +86,6 @@ def _build_client(options: RedisOptions, aio: bool) -> Any:
     except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
         # a cluster client reads the slot map at once
         raise StoreUnavailableError(f"redis {options} is unavailable: {exc}") from exc
-
-
-def next_node(nodes: Sequence[Any], current: str) -> Any:
-    """The node after the one named ``current``, in name order (the first if it is gone)."""
-    ordered = sorted(nodes, key=lambda node: str(node.name))
-    names = [str(node.name) for node in ordered]
-    return ordered[(names.index(current) + 1) % len(ordered) if current in names else 0]
 
 
 class _RedisBase:
@@ -282,13 +283,6 @@ class RedisStore(_RedisBase):
             self._client.close()
 
 
-async def _aclose_quietly(client: Any) -> None:
-    try:
-        await client.aclose(close_connection_pool=True)
-    except Exception:  # a dead node's connection may fail to close; nothing to keep
-        pass
-
-
 class AsyncRedisStore(_RedisBase):
     """The asyncio twin on ``redis.asyncio``; ``client=`` takes a ready asyncio client."""
 
@@ -306,7 +300,7 @@ class AsyncRedisStore(_RedisBase):
         if self._node is None:
             await self._client.initialize()
         else:
-            await _aclose_quietly(self._node)
+            await aquietly(functools.partial(self._node.aclose, close_connection_pool=True))
         node = self._events_node(self._client.get_default_node(), self._client.get_nodes())
         pool = self._redis.asyncio.ConnectionPool(
             connection_class=node.connection_class, **node.connection_kwargs
