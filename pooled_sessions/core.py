@@ -9,12 +9,11 @@ generators and do the I/O they ask for, so the policy exists once.
 
 from __future__ import annotations
 
-import secrets
 import time
-from collections.abc import Callable, Collection, Generator, Mapping
-from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, TypeVar
 
+from .binding import ClientBinding
 from .codec import (
     Delete,
     Operation,
@@ -27,72 +26,27 @@ from .codec import (
     is_valid_id,
 )
 from .config import Settings
-from .entry import Entry
+from .entry import Entry, EntryIndex
 from .errors import BackPressureError, SessionError
 from .model import ClientInfo, Reason, Session, ValidationResult
+from .ops import NO_OFFERS as NO_OFFERS
+from .ops import AcquireSlot as AcquireSlot
+from .ops import ClaimSlot as ClaimSlot
+from .ops import Ended as Ended
+from .ops import Flush as Flush
+from .ops import Load as Load
+from .ops import LoadUser as LoadUser
+from .ops import Op as Op
+from .ops import Pause as Pause
+from .ops import Request as Request
+from .ops import StoreOffers as StoreOffers
+from .ops import WaitForRoom as WaitForRoom
+from .ops import new_session_id as new_session_id
 from .pending import Dirty, PendingBuffer
-from .poolpolicy import AcquireSlot as AcquireSlot
-from .poolpolicy import ClaimSlot as ClaimSlot
-from .poolpolicy import Pause as Pause
 from .poolpolicy import SlotLedger
 
 T = TypeVar("T")
 ENDED_MEMORY_SECONDS = 300.0
-CLIENT_CACHE_SIZE = 1024
-
-
-class Load(NamedTuple):
-    """Ask the store for one session's record (or None)."""
-
-    session_id: str
-
-
-class LoadUser(NamedTuple):
-    """Ask the store for every record of one user, as ``{session_id: record}``."""
-
-    username: str
-
-
-class Ended(NamedTuple):
-    """Ask the store whether ``session_id`` was ended (it keeps a tombstone); True or False."""
-
-    session_id: str
-
-
-class StoreOffers(NamedTuple):
-    """Optional store calls the engine may ask for; the driver looks at its store once."""
-
-    ended: bool = False  # store.ended(id): ids ended by any process are never reused
-    claim_slot: bool = False  # store.claim_slot(...): max_total counted across servers
-
-
-NO_OFFERS = StoreOffers()
-
-
-class WaitForRoom(NamedTuple):
-    """Ask the driver to wait until the pending buffer has room; answer True if it has."""
-
-    session_id: str
-
-
-# AcquireSlot, ClaimSlot and Pause (poolpolicy.py; their docstrings are the driver's
-# contract): with a pool configured and every live-session slot taken, `create` waits for
-# one, up to max_wait; on a store shared by several servers it also claims the store's.
-Request = Load | LoadUser | Ended | WaitForRoom | AcquireSlot | ClaimSlot | Pause
-Op = Generator[Request, Any, T]
-
-
-@dataclass(slots=True)
-class Flush:
-    """One batch handed to a store, and the changes it settles."""
-
-    operations: list[Operation]
-    taken: dict[str, Dirty]
-
-
-def new_session_id() -> str:
-    """A fresh session id: 256 random bits, URL-safe."""
-    return secrets.token_urlsafe(32)
 
 
 def _id_or_none(session_id: object) -> str | None:
@@ -117,8 +71,7 @@ class Engine:
         self.offers = offers
         self._clock = clock
         self._mono = monotonic
-        self._entries: dict[str, Entry] = {}
-        self._by_user: dict[str, set[str]] = {}
+        self._entries = EntryIndex()
         self._ended: dict[str, float] = {}
         self.pending = pending or PendingBuffer(settings)
         self._next_cleanup = monotonic() + settings.cleanup_interval_minutes * 60.0
@@ -126,7 +79,7 @@ class Engine:
         self.evicted = 0
         self.slots = SlotLedger(settings.pool, monotonic, shared=offers.claim_slot)
         self._idle, self._step = settings.idle_seconds, settings.touch_step
-        self._clients: dict[tuple[tuple[str, Any], ...], ClientInfo] = {}
+        self._binding = ClientBinding(settings)
 
     # -- public operations -------------------------------------------------------------
 
@@ -155,7 +108,7 @@ class Engine:
             None if absolute is None else now + absolute * 60.0, 0.0,
         )
         self._extend(entry, now)
-        self._install(entry)
+        self._entries.install(entry)
         self.slots.hold(entry)
         self.pending.mark(sid, self._mono(), Dirty(changed=set(encoded), created=True))
         return sid
@@ -167,7 +120,7 @@ class Engine:
         sid = _id_or_none(session_id)
         if sid is None:
             return ValidationResult(False, Reason.INVALID_ID)
-        info = self._client(client)
+        info = self._binding.coerce(client)
         now = self._clock()
         entry = self._entries.get(sid)
         if entry is None or entry.stale or entry.expired(now):
@@ -191,32 +144,14 @@ class Engine:
         now = self._clock()
         if entry.expired(now):
             return None
-        return self._validated(entry, None if client is None else self._client(client), now)
+        return self._validated(entry, None if client is None else self._binding.coerce(client), now)
 
     def _validated(self, entry: Entry, info: ClientInfo | None, now: float) -> ValidationResult:
-        changed = info is not None and self._client_differs(entry, info)
+        changed = info is not None and self._binding.differs(entry, info)
         if changed and self.settings.client_binding == "strict":
             return ValidationResult(False, Reason.CLIENT_MISMATCH)
         self._touch(entry, now)
         return ValidationResult(True, Reason.OK, entry.snapshot(), changed)
-
-    def _client(self, client: ClientInfo | Mapping[str, Any] | None) -> ClientInfo | None:
-        """`ClientInfo.coerce`, remembering recent dicts: parsing an address is costly."""
-        if client is None or type(client) is not dict:
-            return ClientInfo.coerce(client)
-        try:
-            key = tuple(client.items())
-            cached = self._clients.get(key)
-        except TypeError:  # an unhashable value: coerce names the problem
-            return ClientInfo.coerce(client)
-        if cached is not None:
-            return cached
-        info = ClientInfo.coerce(client)
-        if info is not None:
-            if len(self._clients) >= CLIENT_CACHE_SIZE:
-                self._clients.clear()
-            self._clients[key] = info
-        return info
 
     def get(self, session_id: str) -> Op[Session | None]:
         """A live session's snapshot, without touching it."""
@@ -268,7 +203,7 @@ class Engine:
         )
         self.slots.move(sid, clone)
         self._end(entry)
-        self._install(clone)
+        self._entries.install(clone)
         self.pending.mark(new_id, self._mono(), Dirty(changed=set(clone.attributes), created=True))
         return new_id
 
@@ -294,19 +229,19 @@ class Engine:
         """
         check_username(username)
         dirty = self.pending.is_dirty
-        written = {s for s in self._by_user.get(username, ()) if not dirty(s)}
+        written = {s for s in self._entries.by_user.get(username, ()) if not dirty(s)}
         records: Mapping[str, Record] = yield LoadUser(username)
         now = self._clock()
         for sid, record in records.items():
             entry = self._entries.get(sid)
             if entry is None or entry.stale:
                 self._admit(sid, record, now)
-        for sid in [s for s in self._by_user.get(username, ()) if s not in records]:
+        for sid in [s for s in self._entries.by_user.get(username, ()) if s not in records]:
             if self._entries[sid].stale or (sid in written and not dirty(sid)):
                 self._admit(sid, None, now)  # gone, unless not yet written
         live = [
             self._entries[sid]
-            for sid in self._by_user.get(username, ())
+            for sid in self._entries.by_user.get(username, ())
             if not self._entries[sid].expired(now) and not self._entries[sid].stale
         ]
         return [e.session_id for e in sorted(live, key=lambda e: (e.created_at, e.session_id))]
@@ -322,12 +257,12 @@ class Engine:
                 self.slots.release(sid, evicted=True)
                 self._ended[sid] = mono
                 self.pending.drop(sid)
-                self._remove(sid)
+                self._entries.remove(sid)
             elif self.pending.is_dirty(sid):
                 if sid in self._entries:
                     self._entries[sid].stale = True
             else:
-                self._remove(sid)
+                self._entries.remove(sid)
 
     def take_flush(self) -> Flush | None:
         """Every pending change as one batch, or None when nothing is pending."""
@@ -360,7 +295,7 @@ class Engine:
         for op in flush.operations:
             sid = op.session_id
             if not isinstance(op, Delete) and sid not in self._entries and sid not in self._ended:
-                self._install(Entry.from_upsert(op))
+                self._entries.install(Entry.from_upsert(op))
         return self.pending.restore(flush.taken, self._mono(), error)
 
     # -- scheduling --------------------------------------------------------------------
@@ -386,7 +321,7 @@ class Engine:
             if e.expired(now) and not self.pending.is_dirty(sid)
         ]
         for sid in expired:
-            self._remove(sid)
+            self._entries.remove(sid)
         self.slots.sweep(self._entries, now)
         horizon = mono - ENDED_MEMORY_SECONDS
         dirty = self.pending.is_dirty  # an end the store has not confirmed is never forgotten
@@ -466,32 +401,20 @@ class Engine:
                 fresh = local
             else:
                 self.pending.drop(sid)
-                self._remove(sid)
+                self._entries.remove(sid)
                 self.slots.release(sid, evicted=True)
                 return None, Reason.NOT_FOUND
         else:
             fresh = Entry.from_record(sid, record)
             if local is not None and unwritten is not None:
                 fresh.overlay(local, unwritten.changed, unwritten.removed)
-            self._install(fresh)
+            self._entries.install(fresh)
         if fresh.expired(now):
             if unwritten is None:
-                self._remove(sid)
+                self._entries.remove(sid)
             self.slots.release(sid, evicted=True)
             return None, Reason.EXPIRED
         return fresh, Reason.OK
-
-    def _client_differs(self, entry: Entry, info: ClientInfo) -> bool:
-        if self.settings.client_binding == "off":
-            return False
-        if info.ip is not None and entry.ip is not None and info.ip != entry.ip:
-            return True
-        return bool(
-            self.settings.bind_user_agent
-            and info.user_agent is not None
-            and entry.user_agent is not None
-            and info.user_agent != entry.user_agent
-        )
 
     def _extend(self, entry: Entry, now: float) -> None:
         expires = now + self._idle  # runs on every validate: plain comparisons, no min/max
@@ -514,27 +437,8 @@ class Engine:
 
     def _end(self, entry: Entry) -> None:
         sid = entry.session_id
-        self._remove(sid)
+        self._entries.remove(sid)
         self.slots.release(sid)
         self._ended[sid] = self._mono()
         change = Dirty(ended_at=self._clock(), username=entry.username)
         self.pending.mark(sid, self._mono(), change)
-
-    def _install(self, entry: Entry) -> None:
-        old = self._entries.get(entry.session_id)
-        if old is not None and old.username != entry.username:
-            self._unindex(old)
-        self._entries[entry.session_id] = entry
-        self._by_user.setdefault(entry.username, set()).add(entry.session_id)
-
-    def _remove(self, sid: str) -> None:
-        entry = self._entries.pop(sid, None)
-        if entry is not None:
-            self._unindex(entry)
-
-    def _unindex(self, entry: Entry) -> None:
-        ids = self._by_user.get(entry.username)
-        if ids is not None:
-            ids.discard(entry.session_id)
-            if not ids:
-                del self._by_user[entry.username]

@@ -129,3 +129,32 @@ class Entry:
         self.attributes = attributes
         self.last_accessed_at = max(self.last_accessed_at, local.last_accessed_at)
         self.expires_at = max(self.expires_at, local.expires_at)
+
+
+class EntryIndex(dict[str, Entry]):
+    """The engine's live entries by id, with an index of ids by user kept in step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_user: dict[str, set[str]] = {}
+
+    def install(self, entry: Entry) -> None:
+        """Add or replace one entry."""
+        old = self.get(entry.session_id)
+        if old is not None and old.username != entry.username:
+            self._unindex(old)
+        self[entry.session_id] = entry
+        self.by_user.setdefault(entry.username, set()).add(entry.session_id)
+
+    def remove(self, session_id: str) -> None:
+        """Drop one entry, if present."""
+        entry = self.pop(session_id, None)
+        if entry is not None:
+            self._unindex(entry)
+
+    def _unindex(self, entry: Entry) -> None:
+        ids = self.by_user.get(entry.username)
+        if ids is not None:
+            ids.discard(entry.session_id)
+            if not ids:
+                del self.by_user[entry.username]

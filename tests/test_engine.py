@@ -528,4 +528,4 @@ def test_remembered_clients_still_check_their_input() -> None:
         rig.engine.validate_cached(sid, {"ip": "example.org"})
     for n in range(3000):  # the memory of clients stays bounded
         rig.engine.validate_cached(sid, {"ip": f"10.0.{n // 256}.{n % 256}"})
-    assert len(rig.engine._clients) <= 1024
+    assert len(rig.engine._binding._clients) <= 1024
