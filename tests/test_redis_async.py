@@ -19,12 +19,10 @@ from tests.redis_servers import RedisServer, free_port
 from tests.test_redis_store import OTHER, SID, upsert
 
 
-@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.redis),
-                        pytest.param("cluster", marks=pytest.mark.cluster)])
-def url(request: pytest.FixtureRequest) -> str:
-    fixture = "redis_url" if request.param == "redis" else "cluster_url"
-    value: str = request.getfixturevalue(fixture)
-    return value
+@pytest.fixture
+def url(any_redis_url: str) -> str:
+    """A store URL with a fresh prefix, on one server or on the cluster."""
+    return any_redis_url
 
 
 @pytest.fixture

@@ -15,12 +15,10 @@ from pooled_sessions.core import new_session_id
 from pooled_sessions.errors import StoreError
 
 
-@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.redis),
-                        pytest.param("cluster", marks=pytest.mark.cluster)])
-def url(request: pytest.FixtureRequest) -> str:
-    fixture = "redis_url" if request.param == "redis" else "cluster_url"
-    value: str = request.getfixturevalue(fixture)
-    return value
+@pytest.fixture
+def url(any_redis_url: str) -> str:
+    """A store URL with a fresh prefix, on one server or on the cluster."""
+    return any_redis_url
 
 
 @pytest.fixture

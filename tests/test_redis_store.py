@@ -44,13 +44,10 @@ def upsert(sid: str = SID, user: str = "alice", attrs: dict[str, Any] | None = N
     )
 
 
-@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.redis),
-                        pytest.param("cluster", marks=pytest.mark.cluster)])
-def url(request: pytest.FixtureRequest) -> str:
+@pytest.fixture
+def url(any_redis_url: str) -> str:
     """A store URL with a fresh prefix, on one server or on the cluster."""
-    fixture = "redis_url" if request.param == "redis" else "cluster_url"
-    value: str = request.getfixturevalue(fixture)
-    return value
+    return any_redis_url
 
 
 @pytest.fixture
