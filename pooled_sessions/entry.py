@@ -134,6 +134,8 @@ class Entry:
 class EntryIndex(dict[str, Entry]):
     """The engine's live entries by id, with an index of ids by user kept in step."""
 
+    __slots__ = ("by_user",)
+
     def __init__(self) -> None:
         super().__init__()
         self.by_user: dict[str, set[str]] = {}
