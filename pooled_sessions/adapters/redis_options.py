@@ -20,15 +20,6 @@ from .url import StoreURL, redact
 CLUSTER_SCHEME = "redis+cluster"
 
 
-def _bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {text!r}")
-
-
 def _positive(kind: Callable[[str], float | int]) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         value = kind(text)
