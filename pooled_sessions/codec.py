@@ -80,6 +80,11 @@ class WriteResult:
     reloaded: bool = False
 
 
+def short_id(session_id: str) -> str:
+    """A session id cut short for messages and logs: enough to correlate, useless to replay."""
+    return session_id[:8] + "…"
+
+
 def is_valid_id(session_id: object) -> bool:
     """True for a non-empty, bounded, URL-safe session id."""
     return isinstance(session_id, str) and _ID_RE.fullmatch(session_id) is not None
@@ -133,7 +138,7 @@ def check_size(session_id: str, attributes: Mapping[str, str], limit: int) -> No
     size = encoded_size(attributes)
     if size > limit:
         raise SessionDataError(
-            f"session {session_id[:8]}…: attributes take {size} bytes, over max_session_bytes "
+            f"session {short_id(session_id)}: attributes take {size} bytes, over max_session_bytes "
             f"({limit})"
         )
 
@@ -195,12 +200,13 @@ def check_record(session_id: object, record: object, where: str) -> Record:
     """Return ``record`` if it has the shape of a Record, else raise CorruptStoreError."""
     if not is_valid_id(session_id):
         raise CorruptStoreError(f"{where}: invalid session id {str(session_id)[:40]!r}")
+    label = f"{where}: session {short_id(str(session_id))}"
     if not isinstance(record, dict) or record.keys() != _RECORD_TYPES.keys():
-        raise CorruptStoreError(f"{where}: session {str(session_id)[:8]}… is not a session record")
+        raise CorruptStoreError(f"{label} is not a session record")
     for key, types in _RECORD_TYPES.items():
         value = record[key]
         if not isinstance(value, types) or isinstance(value, bool):
-            raise CorruptStoreError(f"{where}: session {str(session_id)[:8]}… has a bad {key!r}")
+            raise CorruptStoreError(f"{label} has a bad {key!r}")
     return record  # type: ignore[return-value]
 
 
@@ -279,5 +285,5 @@ def decode_document(data: bytes, where: str) -> tuple[dict[str, Record], dict[st
         check_record(sid, record, where)
     for sid, ended_at in tombstones.items():
         if not isinstance(ended_at, int | float) or isinstance(ended_at, bool):
-            raise CorruptStoreError(f"{where}: tombstone {sid[:8]}… has a bad time")
+            raise CorruptStoreError(f"{where}: tombstone {short_id(sid)} has a bad time")
     return sessions, tombstones

@@ -24,6 +24,7 @@ from .codec import (
     check_username,
     encode_attributes,
     is_valid_id,
+    short_id,
 )
 from .config import Settings
 from .entry import Entry, EntryIndex
@@ -361,10 +362,10 @@ class Engine:
         sid = check_id(session_id)
         ended = sid in self._ended
         if not ended and (sid in self._entries or (yield Load(sid)) is not None):
-            raise SessionError(f"session id {sid[:8]}… is already in use")
+            raise SessionError(f"session id {short_id(sid)} is already in use")
         if ended or (self.offers.ended and (yield Ended(sid))):
             raise SessionError(
-                f"session id {sid[:8]}… is already in use: its session was ended, and an id "
+                f"session id {short_id(sid)} is already in use: its session was ended, and an id "
                 "is never used twice (mint a new one)"
             )
         return sid

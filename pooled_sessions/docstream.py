@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterator
 from typing import IO, Any
 
-from .codec import FORMAT_NAME, FORMAT_VERSION, Record, check_record
+from .codec import FORMAT_NAME, FORMAT_VERSION, Record, check_record, short_id
 from .errors import CorruptStoreError, StoreUnavailableError
 
 CHUNK_CHARS = 1 << 20
@@ -176,5 +176,5 @@ class DocumentStream:
             raise tokens.corrupt("the tombstones table is not an object")
         for sid, ended_at in table.items():
             if not isinstance(ended_at, int | float) or isinstance(ended_at, bool):
-                raise CorruptStoreError(f"{self.path}: tombstone {sid[:8]}… has a bad time")
+                raise CorruptStoreError(f"{self.path}: tombstone {short_id(sid)} has a bad time")
         return table

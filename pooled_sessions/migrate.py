@@ -30,6 +30,7 @@ from .codec import (
     WriteResult,
     encode_attributes,
     is_expired,
+    short_id,
 )
 from .errors import ConfigError, CorruptStoreError, SessionDataError
 from .inventory import Inventory, survey
@@ -69,7 +70,7 @@ def upsert_of(session_id: str, record: Record) -> Upsert:
     try:
         attributes = encode_attributes(record["attributes"])
     except SessionDataError as exc:
-        raise CorruptStoreError(f"session {session_id[:8]}… cannot be copied: {exc}") from None
+        raise CorruptStoreError(f"session {short_id(session_id)} cannot be copied: {exc}") from None
     return Upsert(
         session_id, record["username"], attributes, frozenset(attributes), frozenset(),
         record["ip"], record["user_agent"], record["created_at"], record["last_accessed_at"],

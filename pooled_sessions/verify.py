@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .adapters.base import Store
-from .codec import Record, is_expired
+from .codec import Record, is_expired, short_id
 from .storeio import Source
 
 CHECKSUM_BITS = 128
@@ -97,7 +97,7 @@ class Verification:
 
     def _example(self, session_id: str, what: str) -> None:
         if len(self.examples) < MAX_EXAMPLES:
-            self.examples.append(f"{session_id[:8]}… {what}")
+            self.examples.append(f"{short_id(session_id)} {what}")
 
 
 def _hex(value: int) -> str:

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..codec import Record, Upsert, check_record
+from ..codec import Record, Upsert, check_record, short_id
 from ..errors import ConfigError, CorruptStoreError
 
 LAYOUT_VERSION = "1"
@@ -137,7 +137,7 @@ def decode_hash(session_id: str, raw: Mapping[Any, Any], where: str) -> Record |
         fields = {_text(k): _text(v) for k, v in raw.items()}
         if fields.get(VERSION) != LAYOUT_VERSION:
             raise CorruptStoreError(
-                f"{where}: session {session_id[:8]}… has layout version "
+                f"{where}: session {short_id(session_id)} has layout version "
                 f"{fields.get(VERSION)!r}, this library reads {LAYOUT_VERSION}"
             )
         absolute = fields.get(ABSOLUTE, "")
@@ -155,7 +155,7 @@ def decode_hash(session_id: str, raw: Mapping[Any, Any], where: str) -> Record |
         }
     except (KeyError, ValueError, UnicodeDecodeError) as exc:
         raise CorruptStoreError(
-            f"{where}: session {session_id[:8]}… is not a session hash ({exc!r})"
+            f"{where}: session {short_id(session_id)} is not a session hash ({exc!r})"
         ) from None
     return check_record(session_id, record, where)
 
