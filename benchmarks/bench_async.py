@@ -40,10 +40,10 @@ from benchmarks.compare_backends import (  # noqa: E402
     summary,
 )
 from pooled_sessions import AsyncSessionService, SessionService  # noqa: E402
-from pooled_sessions.adapters.json_file import JsonFileStore  # noqa: E402
+from pooled_sessions.adapters.file.store import JsonFileStore  # noqa: E402
 from pooled_sessions.adapters.url import StoreURL  # noqa: E402
 from pooled_sessions.config import Settings  # noqa: E402
-from pooled_sessions.migrate import upsert_of  # noqa: E402
+from pooled_sessions.tools.migrate import upsert_of  # noqa: E402
 
 TICK = 0.001
 TASKS = 100

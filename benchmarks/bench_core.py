@@ -40,7 +40,7 @@ from benchmarks.compare_backends import (  # noqa: E402
 )
 from benchmarks.compare_render import machine, machine_line  # noqa: E402
 from pooled_sessions import SessionService  # noqa: E402
-from pooled_sessions.adapters.json_file import JsonFileStore  # noqa: E402
+from pooled_sessions.adapters.file.store import JsonFileStore  # noqa: E402
 from pooled_sessions.adapters.url import StoreURL  # noqa: E402
 from pooled_sessions.codec import Upsert  # noqa: E402
 from pooled_sessions.config import Settings  # noqa: E402

@@ -24,8 +24,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from pooled_sessions import PooledSession, SessionPool, SessionPoolConfig, SessionService
-from pooled_sessions.entry import Entry
-from pooled_sessions.poolpolicy import SlotLedger
+from pooled_sessions.engine.entry import Entry
+from pooled_sessions.engine.pool_policy import SlotLedger
 
 TTL = 1800.0
 NOW = 1_700_000_000.0

@@ -31,10 +31,10 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import compare_render  # noqa: E402
 from benchmarks.compare_migration import migration_runs  # noqa: E402
 from pooled_sessions import SessionService  # noqa: E402
-from pooled_sessions.adapters.base import Store  # noqa: E402
+from pooled_sessions.adapters.protocol import Store  # noqa: E402
 from pooled_sessions.codec import Upsert, encode_attributes  # noqa: E402
 from pooled_sessions.config import Settings  # noqa: E402
-from pooled_sessions.storeio import open_target  # noqa: E402
+from pooled_sessions.tools.stores import open_target  # noqa: E402
 from tests.redis_servers import RedisCluster, RedisServer  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"

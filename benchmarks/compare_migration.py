@@ -1,6 +1,6 @@
 """Migration throughput and peak memory, measured on ``pooled-sessions migrate`` processes.
 
-Each run is a child process (``python -m pooled_sessions.cli migrate ...``), so its peak
+Each run is a child process (``python -m pooled_sessions.tools.cli migrate ...``), so its peak
 resident memory is its own (``os.wait4``); the copy rate is the one the command reports.
 """
 
@@ -43,7 +43,7 @@ def write_sessions_file(path: Path, count: int) -> None:
 
 CHILD = (  # VmHWM: this process's own peak (ru_maxrss would count the parent's pages at fork)
     "import re, sys\n"
-    "from pooled_sessions.cli import main\n"
+    "from pooled_sessions.tools.cli import main\n"
     "code = main(sys.argv[1:])\n"
     "status = open('/proc/self/status').read()\n"
     "print('peak_rss_kb=' + re.search(r'VmHWM:\\s*(\\d+)', status)[1], file=sys.stderr)\n"

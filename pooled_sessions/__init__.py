@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from .aio import AsyncSessionService
-from .client_ip import ClientIPResolver, client_ip
-from .config import Settings
-from .errors import (
+from pooled_sessions.client_ip import ClientIPResolver, client_ip
+from pooled_sessions.config import SessionPoolConfig, Settings
+from pooled_sessions.engine.logins import LocationEvent, LocationPolicy, LoginPolicy
+from pooled_sessions.engine.pool_policy import PoolStats
+from pooled_sessions.errors import (
     BackPressureError,
     ConfigError,
     CorruptStoreError,
@@ -17,12 +18,11 @@ from .errors import (
     StoreError,
     StoreUnavailableError,
 )
-from .logins import LocationEvent, LocationPolicy, LoginPolicy
-from .manager import AsyncSessionManager, LoginResult, SessionManager
-from .model import ClientInfo, Reason, Session, ShutdownReport, ValidationResult
-from .pool import PooledSession, SessionPool, SessionPoolConfig
-from .poolpolicy import PoolStats
-from .service import SessionService
+from pooled_sessions.manager import AsyncSessionManager, LoginResult, SessionManager
+from pooled_sessions.model import ClientInfo, Reason, Session, ShutdownReport, ValidationResult
+from pooled_sessions.pool import PooledSession, SessionPool
+from pooled_sessions.service import SessionService
+from pooled_sessions.service_async import AsyncSessionService
 
 __version__ = "0.1.0"
 

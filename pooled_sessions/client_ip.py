@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, Literal
 
-from .errors import ConfigError
+from pooled_sessions.errors import ConfigError
 
 Address = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network

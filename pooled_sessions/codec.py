@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any, TypedDict
 
-from .errors import CorruptStoreError, SessionDataError
+from pooled_sessions.errors import CorruptStoreError, SessionDataError
 
 FORMAT_NAME = "pooled_sessions"
 FORMAT_VERSION = 1

@@ -9,13 +9,76 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
 
-from .envtext import parse_value
-from .errors import ConfigError
-from .pool import SessionPoolConfig
+from pooled_sessions.errors import ConfigError
 
 ENV_PREFIX = "POOLED_SESSIONS_"
 ClientBinding = Literal["off", "report", "strict"]
 _BINDINGS: tuple[str, ...] = get_args(ClientBinding)
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def parse_value(key: str, kind: str, text: str) -> bool | int | float | str | None:
+    """Convert ``text`` of variable ``key`` to ``kind``: bool, int, float, str, or none|KIND."""
+    lowered = text.strip().lower()
+    if kind.startswith("none|"):
+        if lowered in ("", "none"):
+            return None
+        kind = kind[5:]
+    if kind == "bool":
+        if lowered not in _TRUE + _FALSE:
+            raise ConfigError(f"{key}={text!r} is not a boolean")
+        return lowered in _TRUE
+    try:
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"{key}={text!r} is not a number") from None
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPoolConfig:
+    """Limits of the live-session pool, with the defaults of the Commons Pool design."""
+
+    max_total: int = 100
+    max_idle: int = 20
+    min_idle: int = 5
+    max_wait: float = 5.0
+    test_on_borrow: bool = True
+    test_on_return: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("max_total", "max_idle", "min_idle"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"pool {name} must be an int >= 0, got {value!r}")
+        if self.max_total < 1:
+            raise ConfigError(f"pool max_total must be >= 1, got {self.max_total}")
+        if self.min_idle > self.max_idle:
+            raise ConfigError(
+                f"pool min_idle ({self.min_idle}) must not exceed max_idle ({self.max_idle})"
+            )
+        wait = self.max_wait
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or not math.isfinite(wait) \
+                or wait < 0:
+            raise ConfigError(f"pool max_wait must be a finite number >= 0, got {wait!r}")
+        for name in ("test_on_borrow", "test_on_return"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"pool {name} must be a bool")
+
+    @staticmethod
+    def parse_env(key: str, text: str) -> Any:
+        """Convert one ``POOLED_SESSIONS_POOL_*`` variable to the field's type."""
+        name = key.rsplit("POOL_", 1)[1].lower()
+        kinds = {f.name: str(f.type) for f in fields(SessionPoolConfig)}
+        if name not in kinds:
+            raise ConfigError(f"unknown environment setting {key}")
+        return parse_value(key, kinds[name], text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,9 +18,8 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
-from .codec import check_id, check_username, is_valid_id
-from .errors import ConfigError, PoolExhaustedError, SessionError
-from .logins import (
+from pooled_sessions.codec import check_id, check_username, is_valid_id
+from pooled_sessions.engine.logins import (
     LiveLogin,
     LocationEvent,
     LocationPolicy,
@@ -28,7 +27,8 @@ from .logins import (
     decide_login,
     location_event,
 )
-from .model import ClientInfo, Session, ValidationResult
+from pooled_sessions.errors import ConfigError, PoolExhaustedError, SessionError
+from pooled_sessions.model import ClientInfo, Session, ValidationResult
 
 T = TypeVar("T")
 logger = logging.getLogger("session_service")

@@ -1,4 +1,4 @@
-"""The session pool: its configuration, and `SessionPool`, a thread-safe bounded pool.
+"""The session pool: `SessionPool`, a thread-safe bounded pool (its configuration is in `config`).
 
 The rules (limits, waiter order, idle list, statistics) live in `poolpolicy`, shared with
 the services' engine; `SessionPool` only adds a lock and blocking waits.
@@ -6,59 +6,17 @@ the services' engine; `SessionPool` only adds a lock and blocking waits.
 
 from __future__ import annotations
 
-import math
 import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
 from types import TracebackType
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar, overload
 
-from .codec import check_id, check_username, encode_attributes
-from .envtext import parse_value
-from .errors import ConfigError, ServiceClosedError
-from .poolpolicy import AcquireSlot, PoolPolicy, PoolStats, await_ticket
-
-
-@dataclass(frozen=True, slots=True)
-class SessionPoolConfig:
-    """Limits of the live-session pool, with the defaults of the Commons Pool design."""
-
-    max_total: int = 100
-    max_idle: int = 20
-    min_idle: int = 5
-    max_wait: float = 5.0
-    test_on_borrow: bool = True
-    test_on_return: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("max_total", "max_idle", "min_idle"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"pool {name} must be an int >= 0, got {value!r}")
-        if self.max_total < 1:
-            raise ConfigError(f"pool max_total must be >= 1, got {self.max_total}")
-        if self.min_idle > self.max_idle:
-            raise ConfigError(
-                f"pool min_idle ({self.min_idle}) must not exceed max_idle ({self.max_idle})"
-            )
-        wait = self.max_wait
-        if isinstance(wait, bool) or not isinstance(wait, int | float) or not math.isfinite(wait) \
-                or wait < 0:
-            raise ConfigError(f"pool max_wait must be a finite number >= 0, got {wait!r}")
-        for name in ("test_on_borrow", "test_on_return"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"pool {name} must be a bool")
-
-    @staticmethod
-    def parse_env(key: str, text: str) -> Any:
-        """Convert one ``POOLED_SESSIONS_POOL_*`` variable to the field's type."""
-        name = key.rsplit("POOL_", 1)[1].lower()
-        kinds = {f.name: str(f.type) for f in fields(SessionPoolConfig)}
-        if name not in kinds:
-            raise ConfigError(f"unknown environment setting {key}")
-        return parse_value(key, kinds[name], text)
+from pooled_sessions.codec import check_id, check_username, encode_attributes
+from pooled_sessions.config import SessionPoolConfig
+from pooled_sessions.engine.pool_policy import AcquireSlot, PoolPolicy, PoolStats, await_ticket
+from pooled_sessions.errors import ConfigError, ServiceClosedError
 
 
 def wait_for_grant(lock: threading.Lock, request: AcquireSlot) -> None:

@@ -14,9 +14,12 @@ from collections.abc import Collection, Iterator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
-from .adapters import Store
-from .core import AcquireSlot, Flush, Op, WaitForRoom
-from .driver import (
+from pooled_sessions.adapters import Store
+from pooled_sessions.engine.engine import AcquireSlot, Flush, Op, WaitForRoom
+from pooled_sessions.errors import StoreError
+from pooled_sessions.model import ClientInfo, Session, ShutdownReport, ValidationResult
+from pooled_sessions.pool import wait_for_grant
+from pooled_sessions.service_base import (
     After,
     FinalFlush,
     ServiceBase,
@@ -26,9 +29,6 @@ from .driver import (
     short,
     validate_cached,
 )
-from .errors import StoreError
-from .model import ClientInfo, Session, ShutdownReport, ValidationResult
-from .pool import wait_for_grant
 
 T = TypeVar("T")
 logger = logging.getLogger("session_service")

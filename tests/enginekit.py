@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from pooled_sessions.adapters.table import RecordTable
+from pooled_sessions.adapters.record_table import RecordTable
 from pooled_sessions.codec import WriteResult
 from pooled_sessions.config import Settings
-from pooled_sessions.core import Engine, Flush, Load, LoadUser, Op, WaitForRoom
+from pooled_sessions.engine.engine import Engine, Flush, Load, LoadUser, Op, WaitForRoom
 
 T = TypeVar("T")
 EPOCH = 1_700_000_000.0

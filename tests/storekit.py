@@ -10,8 +10,8 @@ from typing import Any
 
 from pooled_sessions.codec import Delete, Operation, Record
 from pooled_sessions.config import Settings
-from pooled_sessions.migrate import upsert_of
-from pooled_sessions.storeio import open_target
+from pooled_sessions.tools.migrate import upsert_of
+from pooled_sessions.tools.stores import open_target
 
 SETTINGS = Settings()
 

@@ -30,14 +30,15 @@ from pooled_sessions import (
     SessionService,
     StoreUnavailableError,
 )
-from pooled_sessions.adapters import aiofile, fsio
-from pooled_sessions.adapters.aiofile import AioFileStore
-from pooled_sessions.adapters.json_file import JsonFileStore
-from pooled_sessions.adapters.table import RecordTable
+from pooled_sessions.adapters.file import fsio
+from pooled_sessions.adapters.file import store_async as aiofile
+from pooled_sessions.adapters.file.store import JsonFileStore
+from pooled_sessions.adapters.file.store_async import AioFileStore
+from pooled_sessions.adapters.record_table import RecordTable
 from pooled_sessions.adapters.url import StoreURL
 from pooled_sessions.codec import Delete, Operation, decode_document
 from pooled_sessions.config import Settings
-from pooled_sessions.migrate import upsert_of
+from pooled_sessions.tools.migrate import upsert_of
 from tests.filekit import mode_of, temp_files
 from tests.storekit import make_record, session_id
 

@@ -18,7 +18,7 @@ from pooled_sessions import (
     SessionService,
     StoreUnavailableError,
 )
-from pooled_sessions.aio import FLUSHER_NAME
+from pooled_sessions.service_async import FLUSHER_NAME
 from tests.aiokit import GatedStore, eventually, holds
 
 # -- concurrency -------------------------------------------------------------------------

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from pooled_sessions import cli
-from pooled_sessions.adapters.json_file import JsonFileStore
+from pooled_sessions.adapters.file.store import JsonFileStore
 from pooled_sessions.codec import Operation, WriteResult
-from pooled_sessions.progress import Bar, Lines, for_stream
+from pooled_sessions.tools import cli
+from pooled_sessions.tools.progress import Bar, Lines, for_stream
 from tests import storekit
 from tests.storekit import make_record, sample, session_id
 

@@ -6,7 +6,7 @@ import pytest
 
 from pooled_sessions import BackPressureError, Reason, SessionDataError
 from pooled_sessions.codec import Delete, Upsert
-from pooled_sessions.core import ENDED_MEMORY_SECONDS, Load, WaitForRoom
+from pooled_sessions.engine.engine import ENDED_MEMORY_SECONDS, Load, WaitForRoom
 from tests.enginekit import Rig
 
 

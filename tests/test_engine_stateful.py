@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule
 
 from pooled_sessions import Reason, SessionService
-from pooled_sessions.core import Engine, Flush
+from pooled_sessions.engine.engine import Engine, Flush
 from tests.enginekit import Rig
 
 IDLE = 300.0  # expire_minutes=5

@@ -1,4 +1,4 @@
-"""Faults of the file system, injected into ``pooled_sessions.adapters.fsio``.
+"""Faults of the file system, injected into ``pooled_sessions.adapters.file.fsio``.
 
 The tests run as root, so chmod cannot stage a full disk or a read-only directory; each
 fault is an OSError with the errno the kernel would give, raised where it would arise.
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from pooled_sessions import SessionService, StoreUnavailableError
-from pooled_sessions.adapters import fsio
+from pooled_sessions.adapters.file import fsio
 from tests.filekit import temp_files
 
 

@@ -259,7 +259,7 @@ def test_fuzzed_files_are_refused_or_read_never_changed(
 @pytest.mark.parametrize("changed", [3, 2000])
 def test_cached_document_text_always_matches_the_records(changed: int) -> None:
     """Both ways of building the document (few or many changed records) write the truth."""
-    from pooled_sessions.adapters.table import RecordTable
+    from pooled_sessions.adapters.record_table import RecordTable
     from pooled_sessions.codec import Delete, Upsert, decode_document, encode_attributes
 
     def upsert(n: int, value: int) -> Upsert:
@@ -285,7 +285,7 @@ def test_a_reused_inode_with_the_same_size_and_mtime_is_still_noticed(
     """File systems hand freed inodes out again, and mtime can be coarse: two versions of
     the file may stat alike. A process must still see another's write, or it would write
     its stale copy back over the other's sessions."""
-    from pooled_sessions.adapters import fsio
+    from pooled_sessions.adapters.file import fsio
 
     def alike(result: os.stat_result) -> fsio.Stamp:
         return fsio.Stamp(1, 1, 1)

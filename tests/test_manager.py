@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 
 from pooled_sessions import SessionPoolConfig, SessionService
-from pooled_sessions.errors import ConfigError
-from pooled_sessions.logins import (
+from pooled_sessions.engine.logins import (
     LiveLogin,
     LocationEvent,
     LocationPolicy,
     LoginPolicy,
     decide_login,
 )
+from pooled_sessions.errors import ConfigError
 from pooled_sessions.manager import AsyncSessionManager, SessionManager
 from tests.backends import ServiceFactory
 

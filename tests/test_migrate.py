@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from pooled_sessions import docstream
+from pooled_sessions.adapters.file import stream as docstream
 from pooled_sessions.codec import Operation, Record, WriteResult, decode_document
 from pooled_sessions.errors import CorruptStoreError, StoreUnavailableError
-from pooled_sessions.migrate import MigrationReport, migrate, upsert_of
-from pooled_sessions.storeio import FileSource, open_source, open_target, parse
+from pooled_sessions.tools.migrate import MigrationReport, migrate, upsert_of
+from pooled_sessions.tools.stores import FileSource, open_source, open_target, parse
 from tests import storekit
 from tests.storekit import SETTINGS, assert_same, make_record, sample, session_id
 

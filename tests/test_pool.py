@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from pooled_sessions import PoolExhaustedError, SessionPool, SessionPoolConfig, SessionService
+from pooled_sessions.engine.pool_policy import AcquireSlot, PoolPolicy, PoolStats, acquire
 from pooled_sessions.errors import ServiceClosedError
 from pooled_sessions.pool import PooledSession
-from pooled_sessions.poolpolicy import AcquireSlot, PoolPolicy, PoolStats, acquire
 from tests.backends import ServiceAPI, ServiceFactory
 
 

@@ -11,8 +11,8 @@ import pytest
 
 from pooled_sessions import Settings
 from pooled_sessions.adapters import open_async_store
-from pooled_sessions.adapters.base import AsyncStore, AsyncWatchableStore, WatchableStore
-from pooled_sessions.adapters.redis_hash import AsyncRedisStore, RedisStore
+from pooled_sessions.adapters.protocol import AsyncStore, AsyncWatchableStore, WatchableStore
+from pooled_sessions.adapters.redis.store import AsyncRedisStore, RedisStore
 from pooled_sessions.codec import Delete
 from pooled_sessions.errors import StoreUnavailableError
 from tests.redis_servers import RedisServer, free_port

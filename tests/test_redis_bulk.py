@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 from pooled_sessions import SessionPoolConfig, Settings
-from pooled_sessions.adapters import redis_bulk
-from pooled_sessions.adapters import redis_plan as plan
-from pooled_sessions.adapters.redis_hash import RedisStore
-from pooled_sessions.adapters.redis_keys import KeySchema
-from pooled_sessions.adapters.redis_scripts import APPLY, BULK_CREATE
+from pooled_sessions.adapters.redis import bulk as redis_bulk
+from pooled_sessions.adapters.redis import plan as plan
+from pooled_sessions.adapters.redis.keys import KeySchema
+from pooled_sessions.adapters.redis.scripts import APPLY, BULK_CREATE
+from pooled_sessions.adapters.redis.store import RedisStore
 from pooled_sessions.codec import Delete, Upsert, encode_attributes
 from tests.redis_servers import unique_prefix
 from tests.test_redis_store import upsert

@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from pooled_sessions import SessionService
-from pooled_sessions.adapters.redis_events import next_node
-from pooled_sessions.adapters.redis_hash import AsyncRedisStore, RedisStore
+from pooled_sessions.adapters.redis.events import next_node
+from pooled_sessions.adapters.redis.store import AsyncRedisStore, RedisStore
 from tests.redis_servers import RedisCluster, binary, unique_prefix
 
 

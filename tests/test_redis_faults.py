@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from pooled_sessions import SessionService, Settings
-from pooled_sessions.adapters.redis_hash import RedisStore
+from pooled_sessions.adapters.redis.store import RedisStore
 from pooled_sessions.errors import StoreUnavailableError
 from tests.redis_servers import RedisServer, unique_prefix
 

@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from pooled_sessions import SessionManager, SessionService, Settings
-from pooled_sessions.adapters.redis_hash import RedisStore
-from pooled_sessions.core import new_session_id
+from pooled_sessions.adapters.redis.store import RedisStore
+from pooled_sessions.engine.engine import new_session_id
 from pooled_sessions.errors import StoreError
 
 

@@ -22,7 +22,7 @@ from pooled_sessions import (
     SessionService,
     Settings,
 )
-from pooled_sessions.adapters.redis_hash import RedisStore
+from pooled_sessions.adapters.redis.store import RedisStore
 
 ROOT = Path(__file__).resolve().parent.parent
 

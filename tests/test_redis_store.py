@@ -17,8 +17,8 @@ import redis
 
 from pooled_sessions import Settings
 from pooled_sessions.adapters import open_store
-from pooled_sessions.adapters.redis_hash import RedisStore
-from pooled_sessions.adapters.redis_keys import KeySchema
+from pooled_sessions.adapters.redis.keys import KeySchema
+from pooled_sessions.adapters.redis.store import RedisStore
 from pooled_sessions.codec import Delete, Upsert, encode_attributes
 from pooled_sessions.errors import (
     ConfigError,

@@ -11,14 +11,14 @@ import inspect
 from importlib.metadata import entry_points
 from typing import Any
 
-from ..config import Settings
-from ..errors import ConfigError
-from .base import AsyncStore, Store
-from .url import StoreURL
+from pooled_sessions.adapters.protocol import AsyncStore, Store
+from pooled_sessions.adapters.url import StoreURL
+from pooled_sessions.config import Settings
+from pooled_sessions.errors import ConfigError
 
-_REDIS = "pooled_sessions.adapters.redis_hash"
+_REDIS = "pooled_sessions.adapters.redis.store"
 SYNC_STORES: dict[str, str] = {
-    "file": "pooled_sessions.adapters.json_file:JsonFileStore",
+    "file": "pooled_sessions.adapters.file.store:JsonFileStore",
     "memory": "pooled_sessions.adapters.memory:MemoryStore",
     "redis": f"{_REDIS}:RedisStore",
     "rediss": f"{_REDIS}:RedisStore",
@@ -26,8 +26,8 @@ SYNC_STORES: dict[str, str] = {
     "redis+cluster": f"{_REDIS}:RedisStore",
 }
 ASYNC_STORES: dict[str, str] = {
-    "aiofile": "pooled_sessions.adapters.aiofile:AioFileStore",
-    "file": "pooled_sessions.adapters.aiofile:AioFileStore",
+    "aiofile": "pooled_sessions.adapters.file.store_async:AioFileStore",
+    "file": "pooled_sessions.adapters.file.store_async:AioFileStore",
     "memory": "pooled_sessions.adapters.memory:AsyncMemoryStore",
     "redis": f"{_REDIS}:AsyncRedisStore",
     "rediss": f"{_REDIS}:AsyncRedisStore",

@@ -10,10 +10,10 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 
-from ..codec import Operation, Record, WriteResult
-from ..config import Settings
-from .table import RecordTable
-from .url import StoreURL
+from pooled_sessions.adapters.record_table import RecordTable
+from pooled_sessions.adapters.url import StoreURL
+from pooled_sessions.codec import Operation, Record, WriteResult
+from pooled_sessions.config import Settings
 
 _shared: dict[str, tuple[RecordTable, threading.Lock]] = {}
 _shared_lock = threading.Lock()

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from ..errors import ConfigError
+from pooled_sessions.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,181 @@
+"""``aiofile:///path`` (and ``file://`` or a plain path for the asyncio service): the JSON
+file store without blocking the event loop.
+
+The same file, format, lock file and guarantees as ``file://`` (json_file.py), because it
+runs the same `FileMirror` steps: file I/O (read, write + fsync + rename + directory
+fsync) in aiofiles' worker threads, and the CPU-heavy steps (parsing a changed file,
+merging a batch, encoding the document) on the loop in slices of about
+`SLICE_SECONDS`, so other tasks keep running while a large file is flushed. The lock
+file is polled without blocking the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from pooled_sessions.adapters.file import fsio
+from pooled_sessions.adapters.file.store import FileMirror, ReadFile, ReplaceFile, Steps, perform
+from pooled_sessions.adapters.url import StoreURL
+from pooled_sessions.codec import Operation, Record, WriteResult
+from pooled_sessions.config import Settings
+from pooled_sessions.errors import MissingDependencyError
+
+T = TypeVar("T")
+SLICE_SECONDS = 0.002
+"""How long file steps may hold the loop before letting other tasks run."""
+LOCK_POLL_SECONDS = (0.001, 0.05)
+"""First and longest pause between two tries of a lock file another process holds."""
+
+
+def _threaded_perform() -> Callable[[str, ReadFile | ReplaceFile], Awaitable[Any]]:
+    try:
+        import aiofiles.os
+    except ImportError as exc:
+        raise MissingDependencyError(
+            'the aiofile:// store needs aiofiles: pip install "pooled-sessions[aiofiles]"'
+        ) from exc
+    return aiofiles.os.wrap(perform)
+
+
+class AioFileStore:
+    """The JSON file store for `AsyncSessionService`; safe for several processes."""
+
+    def __init__(self, url: StoreURL, settings: Settings) -> None:
+        self._perform = _threaded_perform()
+        self.url = url.text
+        self.path = url.path
+        self._ttl = settings.tombstone_ttl_seconds
+        self._mirror = FileMirror(self.path, paced=True)
+        self._lock = asyncio.Lock()  # one read-merge-write (or reread) at a time in-process
+        self._opened = False
+        fsio.check_directory(self.path)
+
+    async def load(self, session_id: str) -> Record | None:
+        await self._fresh()
+        return self._mirror.table.load(session_id)
+
+    async def load_user(self, username: str) -> Mapping[str, Record]:
+        await self._fresh()
+        return self._mirror.table.load_user(username)
+
+    async def ended(self, session_id: str) -> bool:
+        await self._fresh()
+        return session_id in self._mirror.table.tombstones
+
+    async def write(self, operations: Sequence[Operation], now: float) -> WriteResult:
+        await self._ready()
+        async with self._exclusive():
+            return await self._run(self._mirror.writing(operations))
+
+    async def purge_expired(self, now: float) -> int:
+        await self._ready()
+        async with self._exclusive():
+            return await self._run(self._mirror.purging(now, self._ttl))
+
+    async def poll(self) -> bool:
+        return await self._fresh()
+
+    async def scan(self) -> AsyncIterator[tuple[str, Record]]:
+        await self._fresh()
+        for pair in self._mirror.table.scan():
+            yield pair
+
+    async def count(self) -> int:
+        await self._fresh()
+        return len(self._mirror.table)
+
+    async def close(self) -> None:
+        """Nothing is held open between calls."""
+
+    async def _fresh(self) -> bool:
+        """Mirror the file if another process replaced it; True if it had.
+
+        The stamp check is one stat() on the loop: a cached-inode syscall costs about a
+        microsecond, a hop to a worker thread fifty times that, on every load.
+        """
+        await self._ready()
+        if fsio.current_stamp(self.path) == self._mirror.stamp:
+            return False
+        async with self._lock:
+            if fsio.current_stamp(self.path) == self._mirror.stamp:
+                return False
+            return await self._run(self._mirror.refreshing())
+
+    async def _ready(self) -> None:
+        """Before the first use: remove temp files a crashed writer left (lock file held)."""
+        if self._opened:
+            return
+        async with self._exclusive():
+            if not self._opened:
+                await asyncio.to_thread(fsio.remove_strays, self.path)
+                self._opened = True
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[None]:
+        """This store's lock, then the cross-process lock file, polled so the loop runs on."""
+        async with self._lock:
+            fd = await self._take_lock_file()
+            try:
+                yield
+            finally:
+                os.close(fd)  # releases the lock
+
+    async def _take_lock_file(self) -> int:
+        try:
+            fd = fsio.open_lock(self.path)
+        except OSError as exc:
+            raise fsio.lock_failed(self.path, exc) from exc
+        try:
+            pause, longest = LOCK_POLL_SECONDS
+            while not fsio.try_lock(fd):
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, longest)
+        except BaseException as exc:
+            os.close(fd)
+            if isinstance(exc, OSError):
+                raise fsio.lock_failed(self.path, exc) from exc
+            raise
+        return fd
+
+    async def _run(self, steps: Steps[T]) -> T:
+        """Drive `FileMirror` steps: I/O in a worker thread, a loop turn once a slice is used."""
+        try:
+            reply: Any = None
+            resume_at = time.perf_counter() + SLICE_SECONDS
+            while True:
+                step = steps.send(reply)
+                if step is not None:
+                    reply = await self._in_thread(step)
+                    resume_at = time.perf_counter() + SLICE_SECONDS
+                    continue
+                reply = None
+                if time.perf_counter() >= resume_at:
+                    await asyncio.sleep(0)
+                    resume_at = time.perf_counter() + SLICE_SECONDS
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+        finally:
+            steps.close()  # cancelled or failed: the steps mark the mirror for a reread
+
+    async def _in_thread(self, step: ReadFile | ReplaceFile) -> Any:
+        """One blocking file step in a worker thread.
+
+        A thread cannot be stopped, so a cancel waits for it to finish before it goes on:
+        the lock file is never let go while a replace is still under way.
+        """
+        future = asyncio.ensure_future(self._perform(self.path, step))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            while not future.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({future})
+            if not future.cancelled():
+                future.exception()  # retrieved: the cancel is what the caller hears
+            raise

@@ -1,0 +1,136 @@
+"""An in-memory table of session records with tombstones: the state both local stores keep.
+
+The memory store uses it as is; the JSON file stores load it from, and save it to, a file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from itertools import islice
+
+from pooled_sessions.codec import (
+    Delete,
+    Operation,
+    Record,
+    WriteResult,
+    document_parts,
+    encode_record,
+    is_expired,
+    member,
+    merge,
+)
+
+ENCODE_AT_ONCE = 1024
+"""Changed records encoded before a document is built; more are encoded piece by piece."""
+
+
+class RecordTable:
+    """Records by id, a per-user index, tombstones, and cached JSON text per record."""
+
+    def __init__(
+        self,
+        records: dict[str, Record] | None = None,
+        tombstones: dict[str, float] | None = None,
+    ) -> None:
+        self.records: dict[str, Record] = records or {}
+        self.tombstones: dict[str, float] = tombstones or {}
+        self._by_user: dict[str, set[str]] = {}
+        self._text: dict[str, str] = {}  # the document member of each record, once encoded
+        self._unencoded: dict[str, None] = dict.fromkeys(self.records)  # ordered, as a set
+        self.version = 0
+        for sid, record in self.records.items():
+            self._by_user.setdefault(record["username"], set()).add(sid)
+
+    def load(self, session_id: str) -> Record | None:
+        """The record of one session, or None."""
+        return self.records.get(session_id)
+
+    def load_user(self, username: str) -> dict[str, Record]:
+        """Every record of one user."""
+        return {sid: self.records[sid] for sid in self._by_user.get(username, ())}
+
+    def apply(self, operations: Sequence[Operation]) -> WriteResult:
+        """Apply a batch; upserts of ended sessions are refused, deletes leave tombstones."""
+        refused = set()
+        self.version += 1
+        for op in operations:
+            sid = op.session_id
+            if isinstance(op, Delete):
+                self._drop(sid)
+                self.tombstones[sid] = max(op.ended_at, self.tombstones.get(sid, 0.0))
+            elif sid in self.tombstones:
+                refused.add(sid)
+            else:
+                self.records[sid] = merge(self.records.get(sid), op)
+                self._unencoded[sid] = None
+                self._by_user.setdefault(op.username, set()).add(sid)
+        return WriteResult(refused=frozenset(refused))
+
+    def purge(self, now: float, tombstone_ttl: float) -> tuple[int, int]:
+        """Remove expired records and old tombstones; returns how many of each went."""
+        expired = [sid for sid, record in self.records.items() if is_expired(record, now)]
+        for sid in expired:
+            self._drop(sid)
+        self.version += 1
+        horizon = now - tombstone_ttl
+        old = [sid for sid, ended_at in self.tombstones.items() if ended_at < horizon]
+        for sid in old:
+            del self.tombstones[sid]
+        return len(expired), len(old)
+
+    def add(self, session_id: str, record: Record) -> None:
+        """Hold a record as read from a file (no merge: the file is the truth)."""
+        self._drop(session_id)
+        self.records[session_id] = record
+        self._unencoded[session_id] = None
+        self._by_user.setdefault(record["username"], set()).add(session_id)
+
+    def document(self) -> str:
+        """The whole table as a file document."""
+        return "".join(self.document_parts())
+
+    def encode_changed(self, limit: int) -> bool:
+        """Encode up to ``limit`` changed records ahead of `document_parts` (a writer that
+        must not hold the CPU long does it in steps); True while some are left."""
+        text, records, unencoded = self._text, self.records, self._unencoded
+        for sid in list(islice(unencoded, limit)):
+            text[sid] = member(sid, encode_record(records[sid]))
+            del unencoded[sid]
+        return bool(unencoded)
+
+    def document_parts(self) -> Iterator[str]:
+        """The document in pieces (see `codec.document_parts`); records keep their cached text."""
+        return document_parts(self._members(), self.tombstones)
+
+    def _members(self) -> Iterator[str]:
+        text, records, unencoded = self._text, self.records, self._unencoded
+        if len(unencoded) <= ENCODE_AT_ONCE:  # the usual flush: a few changed records
+            for sid in unencoded:
+                text[sid] = member(sid, encode_record(records[sid]))
+            unencoded.clear()
+            yield from text.values()
+            return
+        for sid, record in records.items():  # a freshly read file: encode as the pieces go
+            if sid in unencoded:
+                text[sid] = member(sid, encode_record(record))
+            yield text[sid]
+        unencoded.clear()
+
+    def scan(self) -> Iterator[tuple[str, Record]]:
+        """Every record, in insertion order."""
+        return iter(list(self.records.items()))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _drop(self, sid: str) -> None:
+        record = self.records.pop(sid, None)
+        self._text.pop(sid, None)
+        self._unencoded.pop(sid, None)
+        if record is not None:
+            ids = self._by_user.get(record["username"])
+            if ids is not None:
+                ids.discard(sid)
+                if not ids:
+                    del self._by_user[record["username"]]
+

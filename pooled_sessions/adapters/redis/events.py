@@ -1,0 +1,170 @@
+"""Invalidation events: a subscriber that tells the service which cached sessions to drop.
+
+Every write script publishes the ids it ended or changed on the store's channel (see
+`redis_keys`). A listener subscribes to it and calls ``callback(ids, ended)``; after any
+gap in the subscription (a reconnect) it calls ``callback(None, False)``, since events
+sent meanwhile are lost: the service then re-reads what it had cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from typing import Any
+
+from pooled_sessions.adapters.redis.plan import parse_event
+
+Callback = Callable[[Collection[str] | None, bool], None]
+logger = logging.getLogger("session_service")
+FIRST_DELAY, MAX_DELAY, POLL_SECONDS = 0.05, 2.0, 0.5
+
+
+class Subscription:
+    """What a listener does with each pub/sub message, sync or asyncio alike."""
+
+    def __init__(self, origin: str, callback: Callback, where: str) -> None:
+        self.origin = origin
+        self.callback = callback
+        self.where = where
+        self.subscribed = False
+        self.gap = False
+        self.delay = FIRST_DELAY
+
+    def handle(self, message: dict[str, Any] | None) -> bool:
+        """Act on one message; True once the subscription is confirmed."""
+        if message is None:
+            return self.subscribed
+        if message["type"] == "subscribe":
+            if self.gap or self.subscribed:  # a reconnect re-subscribed: events were lost
+                self.callback(None, False)
+            self.subscribed, self.gap, self.delay = True, False, FIRST_DELAY
+        elif message["type"] == "message":
+            parsed = parse_event(message["data"], self.origin)
+            if parsed is not None:
+                ended, changed = parsed
+                if ended:
+                    self.callback(ended, True)
+                if changed:
+                    self.callback(changed, False)
+        return self.subscribed
+
+    def failed(self, exc: BaseException) -> float:
+        """The subscription broke; returns how long to wait before subscribing again."""
+        if not self.gap:
+            logger.warning("session events from %s interrupted: %s", self.where, exc)
+        self.gap, self.subscribed = True, False
+        delay, self.delay = self.delay, min(self.delay * 2, MAX_DELAY)
+        return delay
+
+
+class EventListener:
+    """A daemon thread reading the channel; the callback runs on that thread.
+
+    ``client`` is called for the client to subscribe with, each time it (re)subscribes.
+    """
+
+    def __init__(self, client: Callable[[], Any], channel: str,
+                 subscription: Subscription) -> None:
+        self._client = client
+        self._channel = channel
+        self._sub = subscription
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pooled-sessions-events",
+                                        daemon=True)
+
+    def start(self, wait: float) -> bool:
+        """Start listening; True if subscribed within ``wait`` seconds."""
+        self._thread.start()
+        return self._ready.wait(wait)
+
+    def stop(self, wake: Callable[[], Any]) -> None:
+        """Stop listening; ``wake`` publishes a message of our own so the read returns now."""
+        self._stop.set()
+        _quietly(wake)
+        self._thread.join(POLL_SECONDS * 4)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            pubsub = None
+            try:
+                pubsub = self._client().pubsub()
+                pubsub.subscribe(self._channel)
+                while not self._stop.is_set():
+                    if self._sub.handle(pubsub.get_message(timeout=POLL_SECONDS)):
+                        self._ready.set()
+            except Exception as exc:  # reconnect on anything; the service must hear again
+                self._stop.wait(self._sub.failed(exc))
+            finally:
+                if pubsub is not None:
+                    _quietly(pubsub.close)
+
+
+class AsyncEventListener:
+    """An asyncio task reading the channel; the callback runs in the event loop.
+
+    ``client`` is awaited for the client to subscribe with, each time it (re)subscribes.
+    """
+
+    def __init__(self, client: Callable[[], Awaitable[Any]], channel: str,
+                 subscription: Subscription) -> None:
+        self._client = client
+        self._channel = channel
+        self._sub = subscription
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, wait: float) -> bool:
+        """Start listening; True if subscribed within ``wait`` seconds."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        try:
+            await asyncio.wait_for(self._ready.wait(), wait)
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            pubsub = None
+            try:
+                pubsub = (await self._client()).pubsub()
+                await pubsub.subscribe(self._channel)
+                while True:
+                    if self._sub.handle(await pubsub.get_message(timeout=POLL_SECONDS)):
+                        self._ready.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # reconnect on anything; the service must hear again
+                await asyncio.sleep(self._sub.failed(exc))
+            finally:
+                if pubsub is not None:
+                    await asyncio.shield(aquietly(pubsub.aclose))
+
+
+def next_node(nodes: Sequence[Any], current: str) -> Any:
+    """The node after the one named ``current``, in name order (the first if it is gone)."""
+    ordered = sorted(nodes, key=lambda node: str(node.name))
+    names = [str(node.name) for node in ordered]
+    return ordered[(names.index(current) + 1) % len(ordered) if current in names else 0]
+
+
+def _quietly(close: Callable[[], Any]) -> None:
+    try:
+        close()
+    except Exception:  # closing a broken connection may fail too; nothing to keep
+        pass
+
+
+async def aquietly(close: Callable[[], Any]) -> None:
+    """Await ``close()``, ignoring its failure (a broken connection may fail to close)."""
+    try:
+        await close()
+    except Exception:  # closing a broken connection may fail too; nothing to keep
+        pass

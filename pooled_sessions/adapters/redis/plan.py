@@ -1,0 +1,322 @@
+"""What the Redis stores send and how they read the replies, with no I/O.
+
+Each operation is a generator that yields a list of commands (one pipeline), receives
+the replies (an exception in place of each failed command) and returns its result. The
+sync and asyncio stores only run pipelines for it, so the logic exists once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Generator, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from pooled_sessions.adapters.redis import bulk as bulk
+from pooled_sessions.adapters.redis.keys import (
+    KeySchema,
+    decode_hash,
+    member,
+    ms,
+    removed_fields,
+    split_member,
+    texts,
+    upsert_fields,
+)
+from pooled_sessions.adapters.redis.scripts import APPLY, BULK_CREATE, CLAIM_SLOT, UNLOCK, Script
+from pooled_sessions.codec import Delete, Operation, Record, Upsert, WriteResult
+
+T = TypeVar("T")
+Command = tuple[Any, ...]
+Step = Generator[list[Command], list[Any], T]
+PAGE = 500
+WRITTEN, REFUSED, MISSING = 1, 0, 2
+_SCRIPTS = {script.sha: script for script in (APPLY, BULK_CREATE, CLAIM_SLOT, UNLOCK)}
+logger = logging.getLogger("session_service")
+
+
+def evalsha(script: Script, keys: Sequence[str], args: Iterable[Any]) -> Command:
+    """A script call; `run` falls back to EVAL when the server lacks the script."""
+    return ("EVALSHA", script.sha, len(keys), *keys, *args)
+
+
+def run(commands: list[Command]) -> Step[list[Any]]:
+    """Send one pipeline; scripts the server forgot (a restart) are sent again in full."""
+    replies = yield commands
+    lost = [i for i, reply in enumerate(replies) if _is_noscript(reply)]
+    if lost:
+        again = yield [("EVAL", _SCRIPTS[commands[i][1]].source, *commands[i][2:]) for i in lost]
+        for i, reply in zip(lost, again, strict=True):
+            replies[i] = reply
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+def _is_noscript(reply: Any) -> bool:
+    # redis-py turns the NOSCRIPT reply into NoScriptError and drops the code from the text
+    return isinstance(reply, Exception) and (
+        type(reply).__name__ == "NoScriptError" or str(reply).startswith("NOSCRIPT")
+    )
+
+
+# -- writes ---------------------------------------------------------------------------
+
+
+class Batch:
+    """Turns write operations into script calls and index updates."""
+
+    def __init__(self, keys: KeySchema, now: float, origin: str, tombstone_ttl_ms: int) -> None:
+        self.keys = keys
+        self.head = (ms(now), tombstone_ttl_ms, keys.channel, origin)
+
+    def apply(self, group: Sequence[Operation], full: bool) -> Command:
+        """One APPLY call for operations whose keys share a slot (or any, on one server)."""
+        keys: list[str] = []
+        args: list[Any] = list(self.head)
+        for op in group:
+            keys += (self.keys.session(op.session_id), self.keys.tombstone(op.session_id))
+            if isinstance(op, Delete):
+                args += ("D", op.session_id, repr(op.ended_at))
+                continue
+            whole = full or op.created
+            fields = upsert_fields(op, whole)
+            dels = [] if whole else removed_fields(op)
+            notify = not op.created and bool(op.changed or op.removed)
+            args += ("U", op.session_id, "F" if whole else "P", ms(op.expires_at),
+                     repr(op.expires_at), repr(op.last_accessed_at), "1" if notify else "0",
+                     len(fields), len(dels))
+            for name, value in fields.items():
+                args += (name, value)
+            args += dels
+        return evalsha(APPLY, keys, args)
+
+    def indexes(self, ops: Sequence[Operation]) -> list[Command]:
+        """Index updates: expiry scores only grow; users gain created ids, lose ended ones."""
+        keys = self.keys
+        shard_add: dict[str, list[Any]] = {}
+        shard_rem: dict[str, list[str]] = {}
+        user_add: dict[str, list[Any]] = {}
+        user_rem: dict[str, list[str]] = {}
+        for op in ops:
+            shard, item = keys.shard_of(op.session_id), member(op.session_id, op.username)
+            if isinstance(op, Delete):
+                shard_rem.setdefault(shard, []).append(item)
+                user_rem.setdefault(keys.user(op.username), []).append(op.session_id)
+                continue
+            shard_add.setdefault(shard, []).extend((op.expires_at, item))
+            if op.created:
+                user_add.setdefault(keys.user(op.username), []).extend(
+                    (op.created_at, op.session_id)
+                )
+        slots: list[Command] = []
+        if keys.pooled:  # slot scores follow expiry; a new id holds one
+            for created in (False, True):
+                scored = [x for op in ops if isinstance(op, Upsert) and op.created is created
+                          for x in (op.expires_at, op.session_id)]
+                flags = ("GT",) if created else ("XX", "GT")  # a touch never takes a slot
+                slots += [("ZADD", keys.slots, *flags, *scored)] if scored else []
+        ended = [op.session_id for op in ops if isinstance(op, Delete)]
+        if ended:  # an end frees the slot, whether this server counts slots or not
+            slots.append(("ZREM", keys.slots, *ended))
+        return [
+            *slots,
+            *(("ZADD", key, "GT", *items) for key, items in shard_add.items()),
+            *(("ZADD", key, "NX", *items) for key, items in user_add.items()),
+            *(("ZREM", key, *items) for key, items in shard_rem.items()),
+            *(("ZREM", key, *items) for key, items in user_rem.items()),
+        ]
+
+
+def write(
+    keys: KeySchema, ops: Sequence[Operation], now: float, origin: str,
+    tombstone_ttl_ms: int, chunk_size: int, cluster: bool,
+) -> Step[WriteResult]:
+    """Apply a batch: one pipeline per chunk, plus a second only for rare repairs.
+
+    Many new sessions in one batch (a migration, a burst of logins) go first, through
+    the bulk path (`redis_bulk`): script calls of up to ``chunk_size`` sessions, several
+    per pipeline.
+    """
+    batch = Batch(keys, now, origin, tombstone_ttl_ms)
+    refused: set[str] = set()
+    parts = bulk.split(ops)
+    if parts is not None:
+        creates, ops = parts
+        step = chunk_size * bulk.CALLS_PER_PIPELINE
+        for start in range(0, len(creates), step):
+            group = creates[start : start + step]
+            refused.update((yield from _bulk(batch, group, chunk_size, cluster)))
+    for start in range(0, len(ops), chunk_size):
+        chunk = ops[start : start + chunk_size]
+        statuses = yield from _apply(batch, chunk, full=False, cluster=cluster)
+        missing = [op for op, status in zip(chunk, statuses, strict=True) if status == MISSING]
+        if missing:
+            again = yield from _apply(batch, missing, full=True, cluster=cluster)
+            statuses += again
+            chunk = [*chunk, *missing]
+        lost = [op for op, s in zip(chunk, statuses, strict=True) if s == REFUSED]
+        if lost:
+            yield from run(batch.indexes([Delete(o.session_id, o.username, now) for o in lost]))
+            refused.update(op.session_id for op in lost)
+    return WriteResult(refused=frozenset(refused))
+
+
+def _bulk(
+    batch: Batch, creates: Sequence[Upsert], size: int, cluster: bool
+) -> Step[list[str]]:
+    """Write new sessions in full through `BULK_CREATE`, in one pipeline of calls of up to
+    ``size`` sessions; returns the ids refused (ended).
+
+    On a cluster the index updates go in the same pipeline and are undone for refused ids.
+    """
+    now_ms = batch.head[0]
+    calls = bulk.calls(batch.keys, creates, now_ms, size, cluster)
+    alive = [op for op in creates if ms(op.expires_at) > now_ms]  # what the script writes
+    indexes = batch.indexes(alive) if cluster else []
+    replies = yield from run([command for command, _ in calls] + indexes)
+    lost = [op for (_, group), statuses in zip(calls, replies, strict=False)
+            for op, status in zip(group, statuses, strict=True) if not int(status)]
+    if lost and cluster:
+        yield from run(batch.indexes([Delete(op.session_id, op.username, 0.0) for op in lost]))
+    return [op.session_id for op in lost]
+
+
+def _apply(batch: Batch, ops: Sequence[Operation], full: bool, cluster: bool) -> Step[list[int]]:
+    """Statuses of ``ops`` after one pipeline of APPLY calls and index updates."""
+    groups = [[op] for op in ops] if cluster else [list(ops)]
+    commands = [batch.apply(group, full) for group in groups]
+    replies = yield from run(commands + batch.indexes(ops))
+    return [int(status) for reply in replies[: len(groups)] for status in reply]
+
+
+# -- reads ----------------------------------------------------------------------------
+
+
+def load(keys: KeySchema, session_id: str, where: str) -> Step[Record | None]:
+    """One session's record, from its hash."""
+    (raw,) = yield from run([("HGETALL", keys.session(session_id))])
+    return decode_hash(session_id, raw, where)
+
+
+def ended(keys: KeySchema, session_id: str) -> Step[bool]:
+    """True if the session was ended (its tombstone is still kept)."""
+    (found,) = yield from run([("EXISTS", keys.tombstone(session_id))])
+    return bool(found)
+
+
+def load_many(keys: KeySchema, ids: Sequence[str], where: str) -> Step[dict[str, Record | None]]:
+    """Records of several sessions (None for each one gone), in one pipeline."""
+    if not ids:
+        return {}
+    replies = yield from run([("HGETALL", keys.session(sid)) for sid in ids])
+    return {sid: decode_hash(sid, raw, where) for sid, raw in zip(ids, replies, strict=True)}
+
+
+def load_user(keys: KeySchema, username: str, where: str) -> Step[Mapping[str, Record]]:
+    """A user's records; ids whose session is gone are pruned from the indexes."""
+    user_key = keys.user(username)
+    (ids,) = yield from run([("ZRANGE", user_key, 0, -1)])
+    found = yield from load_many(keys, texts(ids), where)
+    dead = [sid for sid, record in found.items() if record is None]
+    if dead:
+        yield from run(_forget(keys, [(sid, username) for sid in dead]))
+    return {sid: record for sid, record in found.items() if record is not None}
+
+
+def _forget(keys: KeySchema, pairs: Sequence[tuple[str, str]]) -> list[Command]:
+    """Index removals for sessions that are gone: ``(session_id, username)`` pairs."""
+    ops = [Delete(sid, user, 0.0) for sid, user in pairs]
+    return Batch(keys, 0.0, "", 0).indexes(ops)
+
+
+def count(keys: KeySchema, now: float) -> Step[int]:
+    """Live sessions, from the expiry index."""
+    replies = yield from run([("ZCOUNT", key, f"({now!r}", "+inf") for key in keys.all_shards()])
+    return sum(int(n) for n in replies)
+
+
+def purge(keys: KeySchema, now: float) -> Step[int]:
+    """Drop index entries of sessions Redis expired; re-score entries still alive."""
+    removed = 0
+    for shard in keys.all_shards():
+        while True:
+            (items,) = yield from run([("ZRANGEBYSCORE", shard, "-inf", now, "LIMIT", 0, PAGE)])
+            pairs = [split_member(item) for item in items]
+            if not pairs:
+                break
+            ttl = yield from run([("PEXPIRETIME", keys.session(sid)) for sid, _ in pairs])
+            dead = [pair for pair, t in zip(pairs, ttl, strict=True) if int(t) == -2]
+            alive: list[Any] = []
+            for (sid, user), t in zip(pairs, ttl, strict=True):
+                if int(t) != -2:  # no TTL (-1) should not happen: look again in a day
+                    score = int(t) / 1000.0 if int(t) > 0 else now + 86_400.0
+                    alive += (max(score, now + 0.001), member(sid, user))
+            commands = _forget(keys, dead) + ([("ZADD", shard, *alive)] if alive else [])
+            yield from run(commands)
+            removed += len(dead)
+    return removed
+
+
+def scan_page(keys: KeySchema, shard: str, cursor: int, where: str) -> Step[
+    tuple[int, list[tuple[str, Record]]]
+]:
+    """One page of a shard's sessions, and the cursor of the next (0 when done)."""
+    ((cursor, items),) = yield from run([("ZSCAN", shard, cursor, "COUNT", PAGE)])
+    ids = sorted({split_member(item[0])[0] for item in items})
+    found = yield from load_many(keys, ids, where)
+    return int(cursor), [(sid, rec) for sid, rec in found.items() if rec is not None]
+
+
+# -- pool slots -----------------------------------------------------------------------
+
+
+def claim_slot(
+    keys: KeySchema, session_id: str, expires_at: float, now: float, limit: int,
+    replaces: Sequence[str] = (),
+) -> Step[bool]:
+    """Take one of ``limit`` live-session slots shared by every server, atomically, or the
+    slot one of ``replaces`` (sessions this server ended) still holds."""
+    args = [session_id, repr(expires_at), repr(now), limit, *replaces]
+    (granted,) = yield from run([evalsha(CLAIM_SLOT, [keys.slots], args)])
+    return bool(granted)
+
+
+def slots_in_use(keys: KeySchema, now: float) -> Step[int]:
+    """Slots held by live sessions, on every server."""
+    (held,) = yield from run([("ZCOUNT", keys.slots, f"({now!r}", "+inf")])
+    return int(held)
+
+
+# -- user locks -----------------------------------------------------------------------
+
+
+def lock_user(keys: KeySchema, username: str, token: str, ttl_ms: int) -> Step[bool]:
+    """Take the user's lock if free (it expires by itself if its holder dies)."""
+    (taken,) = yield from run([("SET", keys.user_lock(username), token, "NX", "PX", ttl_ms)])
+    return bool(taken)
+
+
+def unlock_user(keys: KeySchema, username: str, token: str) -> Step[None]:
+    """Give the user's lock back, if it is still ours."""
+    yield from run([evalsha(UNLOCK, [keys.user_lock(username)], [token])])
+
+
+# -- invalidation messages ------------------------------------------------------------
+
+
+def parse_event(data: Any, origin: str) -> tuple[list[str], list[str]] | None:
+    """``(ended, changed)`` ids of a message from another store, None for our own or junk."""
+    try:
+        event = json.loads(data)
+        if event.get("o") == origin:
+            return None
+        ended, changed = event.get("e") or [], event.get("c") or []
+        if not isinstance(ended, list) or not isinstance(changed, list):
+            raise ValueError("ids are not lists")
+        return [str(s) for s in ended], [str(s) for s in changed]
+    except (ValueError, AttributeError, TypeError) as exc:
+        logger.warning("ignored a malformed session event: %s", exc)
+        return None
+

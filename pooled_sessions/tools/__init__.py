@@ -1,0 +1,1 @@
+"""The ``pooled-sessions`` command and what it is built from: migrate, inspect, verify, demo."""
