@@ -54,11 +54,22 @@ def seed_file(path: Path, count: int) -> list[str]:
     """A sessions file of ``count`` sessions written by the sync store; returns their ids."""
     now = time.time()
     ids = [f"bench{n:09d}" for n in range(count)]
-    upserts = [upsert_of(sid, {
-        "username": f"user{n}", "attributes": {"cart": [n % 97, 1], "role": "member"},
-        "ip": CLIENT["ip"], "user_agent": CLIENT["user_agent"], "created_at": now,
-        "last_accessed_at": now, "expires_at": now + 3600.0, "absolute_expires_at": None,
-    }) for n, sid in enumerate(ids)]
+    upserts = [
+        upsert_of(
+            sid,
+            {
+                "username": f"user{n}",
+                "attributes": {"cart": [n % 97, 1], "role": "member"},
+                "ip": CLIENT["ip"],
+                "user_agent": CLIENT["user_agent"],
+                "created_at": now,
+                "last_accessed_at": now,
+                "expires_at": now + 3600.0,
+                "absolute_expires_at": None,
+            },
+        )
+        for n, sid in enumerate(ids)
+    ]
     JsonFileStore(StoreURL.parse(str(path)), Settings()).write(upserts, now)
     return ids
 
@@ -102,8 +113,12 @@ async def lag_during(action: Callable[[], Awaitable[Any]]) -> dict[str, float]:
     running = False
     await task
     ordered = sorted(delays)
-    return {"worst_ms": ordered[-1] * 1000, "p99_ms": ordered[len(ordered) * 99 // 100] * 1000,
-            "gc_ms": pauses.longest * 1000, "flush_ms": seconds * 1000}
+    return {
+        "worst_ms": ordered[-1] * 1000,
+        "p99_ms": ordered[len(ordered) * 99 // 100] * 1000,
+        "gc_ms": pauses.longest * 1000,
+        "flush_ms": seconds * 1000,
+    }
 
 
 async def lag_rows(
@@ -112,17 +127,25 @@ async def lag_rows(
     path = scratch / "large.json"
     ids = seed_file(path, sessions)
     step = sessions // changed
-    rows = [("idle loop, nothing flushed (this machine's noise floor)",
-             await lag_during(lambda: asyncio.sleep(1.0)))]
+    rows = [
+        (
+            "idle loop, nothing flushed (this machine's noise floor)",
+            await lag_during(lambda: asyncio.sleep(1.0)),
+        )
+    ]
     async with AsyncSessionService(f"aiofile://{path}", **QUIET) as svc:
-        for label in ("first flush after opening the file", "steady state: the next flush",
-                      "after another process replaced the file (reload first)"):
+        for label in (
+            "first flush after opening the file",
+            "steady state: the next flush",
+            "after another process replaced the file (reload first)",
+        ):
             for n in range(changed):
                 await svc.update_session(ids[n * step], {"cart": [n, len(rows)]})
             if len(rows) == 3:
                 replace_elsewhere(path)
-            rows.append((f"AsyncSessionService, aiofile://: {label}",
-                         await lag_during(svc.force_save)))
+            rows.append(
+                (f"AsyncSessionService, aiofile://: {label}", await lag_during(svc.force_save))
+            )
     with SessionService(path, **QUIET) as sync:
         for label in ("", "steady state", "after another process replaced the file"):
             for n in range(changed):
@@ -132,8 +155,12 @@ async def lag_rows(
                 continue
             if label.startswith("after"):
                 replace_elsewhere(path)
-            rows.append((f"SessionService.async_force_save (worker thread), file://: {label}",
-                         await lag_during(sync.async_force_save)))
+            rows.append(
+                (
+                    f"SessionService.async_force_save (worker thread), file://: {label}",
+                    await lag_during(sync.async_force_save),
+                )
+            )
     return rows
 
 
@@ -161,19 +188,30 @@ async def run_concurrent(url: str, plan: Plan, users: int, tasks: int) -> dict[s
         await asyncio.gather(*(worker() for _ in range(tasks)))
         await svc.force_save()
         seconds, after = time.perf_counter() - started, await svc.stats()
-    return summary(latencies, seconds, after["store_writes"] - before["store_writes"],
-                   after["sessions_written"] - before["sessions_written"])
+    return summary(
+        latencies,
+        seconds,
+        after["store_writes"] - before["store_writes"],
+        after["sessions_written"] - before["sessions_written"],
+    )
 
 
-def throughput_rows(scratch: Path, users: int, requests: int, repeats: int
-                    ) -> list[tuple[str, str, dict[str, Any]]]:
+def throughput_rows(
+    scratch: Path, users: int, requests: int, repeats: int
+) -> list[tuple[str, str, dict[str, Any]]]:
     plan = make_plan(users, requests)
     runs: list[tuple[str, str, Callable[[str], dict[str, Any]]]] = [
         ("SessionService", "", lambda url: run_sync(url, {}, plan, users)),
-        ("AsyncSessionService, 1 task", "async",
-         lambda url: asyncio.run(run_async(url, {}, plan, users))),
-        (f"AsyncSessionService, {TASKS} tasks", "async",
-         lambda url: asyncio.run(run_concurrent(url, plan, users, TASKS))),
+        (
+            "AsyncSessionService, 1 task",
+            "async",
+            lambda url: asyncio.run(run_async(url, {}, plan, users)),
+        ),
+        (
+            f"AsyncSessionService, {TASKS} tasks",
+            "async",
+            lambda url: asyncio.run(run_concurrent(url, plan, users, TASKS)),
+        ),
     ]
     rows: list[tuple[str, str, dict[str, Any]]] = []
     for store in ("memory", "file"):
@@ -206,21 +244,29 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         lags = asyncio.run(lag_rows(Path(scratch), args.sessions, args.changed))
         rates = throughput_rows(Path(scratch), args.users, args.requests, args.repeats)
-    print(f"\n### Event-loop lag while a {args.sessions:,}-session file is flushed "
-          f"({args.changed:,} sessions changed; ticker every {TICK * 1000:g} ms)\n")
+    print(
+        f"\n### Event-loop lag while a {args.sessions:,}-session file is flushed "
+        f"({args.changed:,} sessions changed; ticker every {TICK * 1000:g} ms)\n"
+    )
     print("| flush | worst lag | p99 lag | longest GC pause | flush time |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for label, lag in lags:
-        print(f"| {label} | {lag['worst_ms']:.1f} ms | {lag['p99_ms']:.1f} ms "
-              f"| {lag['gc_ms']:.1f} ms | {lag['flush_ms']:.0f} ms |")
-    print(f"\n### Standard workload: {args.users:,} sessions, {args.requests:,} requests "
-          f"(89% validate, 10% update, 1% end), best of {args.repeats}\n")
+        print(
+            f"| {label} | {lag['worst_ms']:.1f} ms | {lag['p99_ms']:.1f} ms "
+            f"| {lag['gc_ms']:.1f} ms | {lag['flush_ms']:.0f} ms |"
+        )
+    print(
+        f"\n### Standard workload: {args.users:,} sessions, {args.requests:,} requests "
+        f"(89% validate, 10% update, 1% end), best of {args.repeats}\n"
+    )
     print("| service | store | requests/s | p50 | p99 | store writes |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for label, scheme, rate in rates:
-        print(f"| {label} | {scheme} | {rate['requests_per_second']:,.0f} "
-              f"| {rate['p50_us']:.1f} µs | {rate['p99_us']:.1f} µs "
-              f"| {rate['store_writes_per_request'] * args.requests:,.0f} |")
+        print(
+            f"| {label} | {scheme} | {rate['requests_per_second']:,.0f} "
+            f"| {rate['p50_us']:.1f} µs | {rate['p99_us']:.1f} µs "
+            f"| {rate['store_writes_per_request'] * args.requests:,.0f} |"
+        )
     return 0
 
 

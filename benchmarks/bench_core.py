@@ -61,8 +61,9 @@ def workload(scratch: Path, users: int, requests: int) -> dict[str, dict[str, An
     for mode, settings in MODES.items():
         results[mode] = run_sync(str(scratch / f"{mode}.json"), settings, plan, users)
         print(f"  {mode:13} {results[mode]['requests_per_second']:>9,.0f} req/s", flush=True)
-    paced = run_sync(str(scratch / "paced.json"), {}, PacedPlan(plan[:PACED_REQUESTS], PACED_RATE),
-                     users)
+    paced = run_sync(
+        str(scratch / "paced.json"), {}, PacedPlan(plan[:PACED_REQUESTS], PACED_RATE), users
+    )
     results["write-behind"]["paced"] = paced["store_writes_per_request"]
     return results
 
@@ -138,7 +139,8 @@ def _timed(store: JsonFileStore, batch: list[Upsert]) -> float:
 
 def workload_table(results: dict[str, dict[str, Any]], users: int, requests: int) -> list[str]:
     lines = [
-        f"### Workload: {users:,} sessions, {requests:,} requests, JSON file store", "",
+        f"### Workload: {users:,} sessions, {requests:,} requests, JSON file store",
+        "",
         "| mode | requests/s | store writes / request | sessions written / request "
         "| p50 µs | p99 µs |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -152,46 +154,72 @@ def workload_table(results: dict[str, dict[str, Any]], users: int, requests: int
     behind, through = results["write-behind"], results["write-through"]
     speed = behind["requests_per_second"] / through["requests_per_second"]
     writes = through["store_writes_per_request"] / max(behind["store_writes_per_request"], 1e-9)
-    lines += ["", f"Defaults against write-through: {speed:,.1f}x the requests per second, "
-              f"{writes:,.0f}x fewer store writes "
-              f"({1 - 1 / writes:.2%} of the writes saved).", "",
-              f"With the defaults and requests paced at {PACED_RATE:,.0f}/s (the first "
-              f"{PACED_REQUESTS:,} of the plan), so that every flush ends before the next "
-              f"10 changes come: "
-              f"{behind['paced']:.2%} store writes per request.", ""]
+    lines += [
+        "",
+        f"Defaults against write-through: {speed:,.1f}x the requests per second, "
+        f"{writes:,.0f}x fewer store writes "
+        f"({1 - 1 / writes:.2%} of the writes saved).",
+        "",
+        f"With the defaults and requests paced at {PACED_RATE:,.0f}/s (the first "
+        f"{PACED_REQUESTS:,} of the plan), so that every flush ends before the next "
+        f"10 changes come: "
+        f"{behind['paced']:.2%} store writes per request.",
+        "",
+    ]
     return lines
 
 
 def rate_table(rates: dict[str, dict[str, float]]) -> list[str]:
-    lines = ["### validate_session from one thread", "",
-             "| store | calls/s (wall clock) | calls/s (CPU time) |", "| --- | ---: | ---: |"]
+    lines = [
+        "### validate_session from one thread",
+        "",
+        "| store | calls/s (wall clock) | calls/s (CPU time) |",
+        "| --- | ---: | ---: |",
+    ]
     lines += [f"| {key} | {row['wall']:,.0f} | {row['cpu']:,.0f} |" for key, row in rates.items()]
     return lines + [""]
 
 
 def flush_table(flushes: dict[int, dict[str, float]]) -> list[str]:
-    lines = [f"### One flush of {FLUSH_BATCH} changed sessions into the file", "",
-             "| sessions in the file | file size | flush (median of 5) | first flush after open |",
-             "| ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"### One flush of {FLUSH_BATCH} changed sessions into the file",
+        "",
+        "| sessions in the file | file size | flush (median of 5) | first flush after open |",
+        "| ---: | ---: | ---: | ---: |",
+    ]
     for size, row in flushes.items():
-        lines.append(f"| {size:,} | {row['bytes'] / 1e6:,.1f} MB | {row['steady'] * 1000:,.1f} ms "
-                     f"| {row['first'] * 1000:,.1f} ms |")
+        lines.append(
+            f"| {size:,} | {row['bytes'] / 1e6:,.1f} MB | {row['steady'] * 1000:,.1f} ms "
+            f"| {row['first'] * 1000:,.1f} ms |"
+        )
     return lines + [""]
 
 
-def targets(results: dict[str, dict[str, Any]], rates: dict[str, dict[str, float]],
-            flushes: dict[int, dict[str, float]]) -> list[str]:
+def targets(
+    results: dict[str, dict[str, Any]],
+    rates: dict[str, dict[str, float]],
+    flushes: dict[int, dict[str, float]],
+) -> list[str]:
     writes = results["write-behind"]["store_writes_per_request"]
     validate = rates["memory, no client info"]["cpu"]
     largest = max(flushes)
     flush = flushes[largest]["steady"]
     checks = [
-        (f"store writes per request with the defaults <= {TARGET_WRITES:.0%}",
-         f"{writes:.3%}", writes <= TARGET_WRITES),
-        (f"validate_session on one core >= {TARGET_VALIDATES:,.0f}/s (CPU time, memory store)",
-         f"{validate:,.0f}/s", validate >= TARGET_VALIDATES),
-        (f"flush of a {largest:,}-session file <= {TARGET_FLUSH * 1000:.0f} ms",
-         f"{flush * 1000:.1f} ms", flush <= TARGET_FLUSH),
+        (
+            f"store writes per request with the defaults <= {TARGET_WRITES:.0%}",
+            f"{writes:.3%}",
+            writes <= TARGET_WRITES,
+        ),
+        (
+            f"validate_session on one core >= {TARGET_VALIDATES:,.0f}/s (CPU time, memory store)",
+            f"{validate:,.0f}/s",
+            validate >= TARGET_VALIDATES,
+        ),
+        (
+            f"flush of a {largest:,}-session file <= {TARGET_FLUSH * 1000:.0f} ms",
+            f"{flush * 1000:.1f} ms",
+            flush <= TARGET_FLUSH,
+        ),
     ]
     lines = ["### Targets", "", "| target | measured | met |", "| --- | ---: | --- |"]
     lines += [f"| {name} | {value} | {'yes' if ok else 'NO'} |" for name, value, ok in checks]
@@ -213,8 +241,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         rates = validate_rates(scratch, users, calls)
         print("flush:", flush=True)
         flushes = flush_times(scratch, sizes)
-    lines = ["## Core benchmark (`benchmarks/bench_core.py`)", "",
-             f"Machine: {machine_line(machine(None))}.", ""]
+    lines = [
+        "## Core benchmark (`benchmarks/bench_core.py`)",
+        "",
+        f"Machine: {machine_line(machine(None))}.",
+        "",
+    ]
     lines += workload_table(results, users, requests) + rate_table(rates)
     lines += flush_table(flushes) + targets(results, rates, flushes)
     print("\n".join(lines))

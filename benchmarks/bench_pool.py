@@ -76,8 +76,9 @@ def strategies() -> dict[str, tuple[Login, Logout]]:
     free = FreeList()
 
     def pooled_login(n: int) -> object:
-        return pool.borrow_session().open("alice", TTL, now=NOW, ip="203.0.113.7",
-                                          session_id=f"sid{n}")
+        return pool.borrow_session().open(
+            "alice", TTL, now=NOW, ip="203.0.113.7", session_id=f"sid{n}"
+        )
 
     def free_login(n: int) -> object:
         return free.borrow().open("alice", TTL, now=NOW, ip="203.0.113.7", session_id=f"sid{n}")
@@ -133,11 +134,16 @@ def object_rows(live_count: int, steps: int, repeats: int) -> list[list[str]]:
 
 def create_validate(pool: SessionPoolConfig | None, count: int) -> tuple[float, float]:
     """create_session/s and validate_session/s on a fresh service."""
-    with SessionService("memory://", pool=pool, save_delay_seconds=60,
-                        batch_save_threshold=100_000) as svc:
+    with SessionService(
+        "memory://", pool=pool, save_delay_seconds=60, batch_save_threshold=100_000
+    ) as svc:
         ids: list[str] = []
-        creates = timed(count, lambda: ids.extend(
-            svc.create_session("alice", None, {"ip": "203.0.113.7"}) for _ in range(count)))
+        creates = timed(
+            count,
+            lambda: ids.extend(
+                svc.create_session("alice", None, {"ip": "203.0.113.7"}) for _ in range(count)
+            ),
+        )
 
         def validate_all() -> None:
             for sid in ids:
@@ -148,8 +154,9 @@ def create_validate(pool: SessionPoolConfig | None, count: int) -> tuple[float, 
 
 def end_create(pool: SessionPoolConfig | None, count: int) -> float:
     """end+create pairs per second with 100 sessions live (the limit, when pooled)."""
-    with SessionService("memory://", pool=pool, save_delay_seconds=60,
-                        batch_save_threshold=100_000) as svc:
+    with SessionService(
+        "memory://", pool=pool, save_delay_seconds=60, batch_save_threshold=100_000
+    ) as svc:
         live = deque(svc.create_session("alice") for _ in range(100))
 
         def pairs() -> None:
@@ -180,18 +187,24 @@ def service_rows(count: int, repeats: int) -> list[list[str]]:
     big = SessionPoolConfig(max_total=10_000_000, max_wait=0)
     at_limit = SessionPoolConfig(max_total=100, max_wait=0)
     pairs: dict[str, tuple[float, float]] = {}
-    rates = best_of(repeats, {
-        "plain": lambda: _record(pairs, "plain", create_validate(None, count)),
-        "pooled": lambda: _record(pairs, "pooled", create_validate(big, count)),
-        "plain churn": lambda: end_create(None, count),
-        "pooled churn": lambda: end_create(at_limit, count),
-    })
+    rates = best_of(
+        repeats,
+        {
+            "plain": lambda: _record(pairs, "plain", create_validate(None, count)),
+            "pooled": lambda: _record(pairs, "pooled", create_validate(big, count)),
+            "plain churn": lambda: end_create(None, count),
+            "pooled churn": lambda: end_create(at_limit, count),
+        },
+    )
     rows = []
     for name, plain, pooled in (
         ("create_session", pairs["plain"][0], pairs["pooled"][0]),
         ("validate_session", pairs["plain"][1], pairs["pooled"][1]),
-        ("end_session + create_session, 100 live (pool full)", rates["plain churn"],
-         rates["pooled churn"]),
+        (
+            "end_session + create_session, 100 live (pool full)",
+            rates["plain churn"],
+            rates["pooled churn"],
+        ),
     ):
         change = (pooled / plain - 1.0) * 100.0
         rows.append([name, f"{plain:,.0f}", f"{pooled:,.0f}", f"{change:+.1f} %"])
@@ -214,17 +227,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     args = parser.parse_args(argv)
-    live_count, steps, ops, repeats = (500, 5_000, 2_000, 1) if args.quick else (
-        1_000, 200_000, 20_000, 5
+    live_count, steps, ops, repeats = (
+        (500, 5_000, 2_000, 1) if args.quick else (1_000, 200_000, 20_000, 5)
     )
-    print(f"Python {platform.python_version()} ({sys.implementation.name}), "
-          f"{platform.machine()}; best of {repeats}\n")
+    print(
+        f"Python {platform.python_version()} ({sys.implementation.name}), "
+        f"{platform.machine()}; best of {repeats}\n"
+    )
     print(f"Session objects: {live_count:,} live, {steps:,} logouts+logins\n")
-    print(table(["strategy", "ns per login+logout", "alloc peak KiB", "gc passes"],
-                object_rows(live_count, steps, repeats)))
+    print(
+        table(
+            ["strategy", "ns per login+logout", "alloc peak KiB", "gc passes"],
+            object_rows(live_count, steps, repeats),
+        )
+    )
     print(f"\nSessionService on memory://, {ops:,} operations\n")
-    print(table(["operations per second (CPU time)", "no pool", "pool", "change"],
-                service_rows(ops, repeats)))
+    print(
+        table(
+            ["operations per second (CPU time)", "no pool", "pool", "change"],
+            service_rows(ops, repeats),
+        )
+    )
     cost = min(ledger_ns(ops) for _ in range(repeats))
     print(f"\nPool bookkeeping per session (claim + hold + release): {cost:,.0f} ns")
     return 0

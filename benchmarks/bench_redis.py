@@ -140,8 +140,13 @@ def report(base: dict[str, Any], ours: dict[str, Any], requests: int) -> str:
         "| --- | ---: | ---: | ---: |",
         row("requests per second", base_rps, our_rps, ",.0f", our_rps / base_rps),
         row("Redis commands per request, sent", base_cmds, our_sent, ".3f", base_cmds / our_sent),
-        row("Redis commands per request, all (incl. inside scripts)", base_cmds, our_all, ".3f",
-            base_cmds / our_all),
+        row(
+            "Redis commands per request, all (incl. inside scripts)",
+            base_cmds,
+            our_all,
+            ".3f",
+            base_cmds / our_all,
+        ),
         "",
         f"pooled_sessions commands: {top}.",
         f"Revocation across servers ({len(delays)} ends, peer had each session cached): "

@@ -152,8 +152,12 @@ def run_sync(url: str, settings: dict[str, Any], plan: Plan, users: int) -> dict
             latencies.append(clock() - begun)
         service.force_save()
         seconds, after = time.perf_counter() - started, service.stats()
-    return summary(latencies, seconds, after["store_writes"] - before["store_writes"],
-                   after["sessions_written"] - before["sessions_written"])
+    return summary(
+        latencies,
+        seconds,
+        after["store_writes"] - before["store_writes"],
+        after["sessions_written"] - before["sessions_written"],
+    )
 
 
 async def run_async(url: str, settings: dict[str, Any], plan: Plan, users: int) -> dict[str, Any]:
@@ -162,8 +166,7 @@ async def run_async(url: str, settings: dict[str, Any], plan: Plan, users: int) 
 
     service = AsyncSessionService(url, **settings)
     try:
-        ids = [await service.create_session(f"user{n}", {"cart": []}, CLIENT)
-               for n in range(users)]
+        ids = [await service.create_session(f"user{n}", {"cart": []}, CLIENT) for n in range(users)]
         await service.async_force_save()
         before, latencies = await _stats(service), []
         clock, started = time.perf_counter_ns, time.perf_counter()
@@ -176,8 +179,12 @@ async def run_async(url: str, settings: dict[str, Any], plan: Plan, users: int) 
         seconds, after = time.perf_counter() - started, await _stats(service)
     finally:
         await service.shutdown()
-    return summary(latencies, seconds, after["store_writes"] - before["store_writes"],
-                   after["sessions_written"] - before["sessions_written"])
+    return summary(
+        latencies,
+        seconds,
+        after["store_writes"] - before["store_writes"],
+        after["sessions_written"] - before["sessions_written"],
+    )
 
 
 async def _stats(service: Any) -> dict[str, Any]:
@@ -198,8 +205,11 @@ def workloads(stores: Stores, users: int, requests: int, repeats: int) -> list[d
                 runs.append(_one_workload(name, stores.url(name), settings, plan, users))
             result = sorted(runs, key=lambda r: r["requests_per_second"])[len(runs) // 2]
             rows.append({"store": name, "mode": mode, "runs": len(runs), **result})
-            print(f"  workload {name:8} {mode:13} {result['requests_per_second']:>9,.0f} req/s"
-                  f"  p99 {result['p99_us']:>8,.0f} µs", flush=True)
+            print(
+                f"  workload {name:8} {mode:13} {result['requests_per_second']:>9,.0f} req/s"
+                f"  p99 {result['p99_us']:>8,.0f} µs",
+                flush=True,
+            )
     return rows
 
 
@@ -216,8 +226,20 @@ def upserts(start: int, count: int, now: float, created: bool = True) -> list[Up
     attributes = encode_attributes({"cart": [1, 2, 3], "role": "member"})
     changed = frozenset(attributes) if created else frozenset({"cart"})
     return [
-        Upsert(f"bench-{n:07d}", f"user{n % 5000}", attributes, changed, frozenset(),
-               CLIENT["ip"], CLIENT["user_agent"], now, now, now + 3600.0, None, created)
+        Upsert(
+            f"bench-{n:07d}",
+            f"user{n % 5000}",
+            attributes,
+            changed,
+            frozenset(),
+            CLIENT["ip"],
+            CLIENT["user_agent"],
+            now,
+            now,
+            now + 3600.0,
+            None,
+            created,
+        )
         for n in range(start, start + count)
     ]
 
@@ -237,8 +259,11 @@ def flush_times(stores: Stores, sizes: tuple[int, ...], repeats: int = 5) -> dic
                 batch = upserts(0, FLUSH_BATCH, now, created=False)
                 row[str(size)] = _median_seconds(store, batch, repeats)
             results[name] = row
-            print(f"  flush    {name:8} " + "  ".join(f"{k}: {v * 1000:.2f} ms"
-                                                    for k, v in row.items()), flush=True)
+            print(
+                f"  flush    {name:8} "
+                + "  ".join(f"{k}: {v * 1000:.2f} ms" for k, v in row.items()),
+                flush=True,
+            )
         finally:
             store.close()
     return results
@@ -270,8 +295,11 @@ def memory_per_session(stores: Stores, live: int) -> dict[str, Any]:
             tracemalloc.stop()
         store = _store_bytes(name, url, stores, server_before) / live
         results[name] = {"process_bytes": process, "store_bytes": store}
-        print(f"  memory   {name:8} {process:,.0f} B/session in process, "
-              f"{store:,.0f} B/session in the store", flush=True)
+        print(
+            f"  memory   {name:8} {process:,.0f} B/session in process, "
+            f"{store:,.0f} B/session in the store",
+            flush=True,
+        )
     return results
 
 
@@ -327,16 +355,25 @@ def run_all(quick: bool) -> dict[str, Any]:
         stores = Stores(stack, scratch)
         results: dict[str, Any] = {
             "machine": compare_render.machine(stores.redis),
-            "workload": {"users": users, "requests": requests,
-                         "mix": "89% validate, 10% update, 1% end then log in again",
-                         "modes": MODES},
+            "workload": {
+                "users": users,
+                "requests": requests,
+                "mix": "89% validate, 10% update, 1% end then log in again",
+                "modes": MODES,
+            },
         }
         sections: list[tuple[str, str, Callable[[], Any]]] = [
-            ("workload_results", "workload",
-             lambda: workloads(stores, users, requests, 1 if quick else 3)),
+            (
+                "workload_results",
+                "workload",
+                lambda: workloads(stores, users, requests, 1 if quick else 3),
+            ),
             ("flush_seconds", "flush time against store size", lambda: flush_times(stores, sizes)),
-            ("memory_per_session", "memory per live session",
-             lambda: memory_per_session(stores, users)),
+            (
+                "memory_per_session",
+                "memory per live session",
+                lambda: memory_per_session(stores, users),
+            ),
             ("migration", "migration", lambda: migration_runs(stores, scratch, quick)),
         ]
         timings = results["section_seconds"] = {}
@@ -353,8 +390,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke test")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
-    parser.add_argument("--stores", nargs="+", choices=STORE_NAMES, default=STORE_NAMES,
-                        help="stores to compare (default: all)")
+    parser.add_argument(
+        "--stores",
+        nargs="+",
+        choices=STORE_NAMES,
+        default=STORE_NAMES,
+        help="stores to compare (default: all)",
+    )
     args = parser.parse_args(argv)
     STORE_NAMES[:] = args.stores
     results = run_all(args.quick)

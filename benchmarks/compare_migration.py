@@ -32,9 +32,12 @@ def write_sessions_file(path: Path, count: int) -> None:
             record: Record = {
                 "username": f"user{n % 50_000}",
                 "attributes": {"cart": [n, n + 1], "role": "member", "theme": "dark"},
-                "ip": "203.0.113.7", "user_agent": "Mozilla/5.0 (X11; Linux x86_64)",
-                "created_at": now - 100.0, "last_accessed_at": now - 10.0,
-                "expires_at": now + 7200.0, "absolute_expires_at": None,
+                "ip": "203.0.113.7",
+                "user_agent": "Mozilla/5.0 (X11; Linux x86_64)",
+                "created_at": now - 100.0,
+                "last_accessed_at": now - 10.0,
+                "expires_at": now + 7200.0,
+                "absolute_expires_at": None,
             }
             yield f"bench{n:09d}", encode_record(record)
 
@@ -55,16 +58,22 @@ PEAK = re.compile(r"peak_rss_kb=(\d+)")
 def run_cli(*args: str) -> dict[str, Any]:
     """One ``pooled-sessions`` process: its copy rate, wall time and peak RSS."""
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True,
-                          check=False, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"pooled-sessions {' '.join(args)} failed: {done.stderr or done.stdout}")
     result: dict[str, Any] = {"wall_seconds": wall}
     copied = COPIED.search(done.stdout)
     if copied:
-        result.update(copy_seconds=float(copied[2]),
-                      sessions_per_second=int(copied[3].replace(",", "")))
+        result.update(
+            copy_seconds=float(copied[2]), sessions_per_second=int(copied[3].replace(",", ""))
+        )
     peak = PEAK.search(done.stderr)
     result["peak_rss_mb"] = int(peak[1]) / 1024.0 if peak else None
     return result
@@ -84,20 +93,27 @@ def migration_runs(stores: StoreURLs, scratch: Path, quick: bool) -> dict[str, A
         "redis -> file": (redis_url, str(scratch / "from-redis.json")),
     }
     for label, (src, dst) in pairs.items():
-        runs[label] = {"sessions": size, **run_cli("migrate", src, dst, "--quiet",
-                                                    "--batch-size", str(BATCH))}
+        runs[label] = {
+            "sessions": size,
+            **run_cli("migrate", src, dst, "--quiet", "--batch-size", str(BATCH)),
+        }
         _say(label, runs[label])
     big = scratch / "migrate-big.json"
     write_sessions_file(big, size * 10)
     source.unlink()
     label = "file -> redis (10x)"
-    runs[label] = {"sessions": size * 10, **run_cli("migrate", str(big), stores.url("redis"),
-                                                     "--quiet", "--batch-size", str(BATCH))}
+    runs[label] = {
+        "sessions": size * 10,
+        **run_cli("migrate", str(big), stores.url("redis"), "--quiet", "--batch-size", str(BATCH)),
+    }
     _say(label, runs[label])
     big.unlink()
     return runs
 
 
 def _say(label: str, run: dict[str, Any]) -> None:
-    print(f"  migrate  {label:20} {run.get('sessions_per_second', 0):>9,} sessions/s, "
-          f"peak RSS {run['peak_rss_mb']:.0f} MB", flush=True)
+    print(
+        f"  migrate  {label:20} {run.get('sessions_per_second', 0):>9,} sessions/s, "
+        f"peak RSS {run['peak_rss_mb']:.0f} MB",
+        flush=True,
+    )

@@ -113,8 +113,11 @@ class ClientIPResolver:
             raise ConfigError("trusted_proxies must be a list of addresses or networks")
         self.networks = tuple(_network(value) for value in trusted_proxies)
         if trusted_hops is not None:
-            if isinstance(trusted_hops, bool) or not isinstance(trusted_hops, int) \
-                    or not 0 <= trusted_hops <= MAX_HOPS:
+            if (
+                isinstance(trusted_hops, bool)
+                or not isinstance(trusted_hops, int)
+                or not 0 <= trusted_hops <= MAX_HOPS
+            ):
                 raise ConfigError(
                     f"trusted_hops must be an int in 0..{MAX_HOPS}, got {trusted_hops!r}"
                 )

@@ -210,9 +210,7 @@ def check_record(session_id: object, record: object, where: str) -> Record:
     return record  # type: ignore[return-value]
 
 
-def encode_document(
-    fragments: Iterable[tuple[str, str]], tombstones: Mapping[str, float]
-) -> str:
+def encode_document(fragments: Iterable[tuple[str, str]], tombstones: Mapping[str, float]) -> str:
     """The file document, from already-encoded session records."""
     members = (member(sid, text) for sid, text in fragments)
     return "".join(document_parts(members, tombstones))

@@ -64,8 +64,12 @@ class SessionPoolConfig:
                 f"pool min_idle ({self.min_idle}) must not exceed max_idle ({self.max_idle})"
             )
         wait = self.max_wait
-        if isinstance(wait, bool) or not isinstance(wait, int | float) or not math.isfinite(wait) \
-                or wait < 0:
+        if (
+            isinstance(wait, bool)
+            or not isinstance(wait, int | float)
+            or not math.isfinite(wait)
+            or wait < 0
+        ):
             raise ConfigError(f"pool max_wait must be a finite number >= 0, got {wait!r}")
         for name in ("test_on_borrow", "test_on_return"):
             if not isinstance(getattr(self, name), bool):
@@ -114,9 +118,7 @@ class Settings:
             if f.name != "pool":
                 _check(f.name, getattr(self, f.name))
         if self.pool is not None and not isinstance(self.pool, SessionPoolConfig):
-            raise ConfigError(
-                f"pool must be a SessionPoolConfig, not {type(self.pool).__name__}"
-            )
+            raise ConfigError(f"pool must be a SessionPoolConfig, not {type(self.pool).__name__}")
         if self.touch_step_seconds is not None and self.touch_step_seconds >= self.idle_seconds:
             raise ConfigError(
                 f"touch_step_seconds ({self.touch_step_seconds}) must be shorter than the "
@@ -245,8 +247,10 @@ def resolve_settings(
 ) -> Settings:
     """Settings for a service: ``settings`` (or the environment) plus options and backend."""
     if backend is not None:
-        options = {**options, "backend": os.fspath(backend) if isinstance(backend, os.PathLike)
-                   else backend}
+        options = {
+            **options,
+            "backend": os.fspath(backend) if isinstance(backend, os.PathLike) else backend,
+        }
     if settings is None:
         return Settings.load(**options)
     if not isinstance(settings, Settings):

@@ -109,8 +109,8 @@ class _Manager:
         current: Session | None = yield Call("get_session", (session_id,))
         others = []
         for sid in (yield Call("sessions_of", (user,))):
-            session: Session | None = None if sid == session_id else (
-                yield Call("get_session", (sid,))
+            session: Session | None = (
+                None if sid == session_id else (yield Call("get_session", (sid,)))
             )
             if session is not None:
                 others.append(LiveLogin(sid, session.ip, session.created_at))
@@ -133,7 +133,10 @@ class _Manager:
         return LoginResult(True, sid, "ok", sid != session_id, decision.end, event)
 
     def _create(
-        self, user: str, attributes: Mapping[str, Any] | None, client: ClientInfo,
+        self,
+        user: str,
+        attributes: Mapping[str, Any] | None,
+        client: ClientInfo,
         wanted: str | None,
     ) -> Flow[str | None]:
         """A new session under ``wanted`` (or a fresh id if that one was used); None if full."""
@@ -175,7 +178,10 @@ class _Manager:
             return None
         logger.warning(
             "login of %r from %s while active from %s: %s",
-            event.username, event.new_ip, ", ".join(event.old_ips) or "unknown", event.action,
+            event.username,
+            event.new_ip,
+            ", ".join(event.old_ips) or "unknown",
+            event.action,
         )
         if self.on_location_change is None:
             return None
@@ -208,8 +214,14 @@ class SessionManager(_Manager):
     Logins of one user are serialised in this process.
     """
 
-    def __init__(self, service: Any, policy: LoginPolicy | LocationPolicy | str | None = None,
-                 *, on_location_change: Listener | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        service: Any,
+        policy: LoginPolicy | LocationPolicy | str | None = None,
+        *,
+        on_location_change: Listener | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(service, policy, on_location_change=on_location_change, **options)
         self._locks = [threading.Lock() for _ in range(_STRIPES)]
 
@@ -261,8 +273,14 @@ class SessionManager(_Manager):
 class AsyncSessionManager(_Manager):
     """`SessionManager` for an `AsyncSessionService`: the same operations, as coroutines."""
 
-    def __init__(self, service: Any, policy: LoginPolicy | LocationPolicy | str | None = None,
-                 *, on_location_change: Listener | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        service: Any,
+        policy: LoginPolicy | LocationPolicy | str | None = None,
+        *,
+        on_location_change: Listener | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(service, policy, on_location_change=on_location_change, **options)
         self._locks = [asyncio.Lock() for _ in range(_STRIPES)]
 

@@ -212,8 +212,10 @@ class SessionPool(Generic[P]):
                 if self._evicted.get(key) is obj:
                     del self._evicted[key]
                     return False
-                raise ValueError("return_session: object was not borrowed from this pool, "
-                                 "or was already returned")
+                raise ValueError(
+                    "return_session: object was not borrowed from this pool, "
+                    "or was already returned"
+                )
             del self._lent[key]
             self._policy.release(self._mono())
             if self._closed or (self.config.test_on_return and not obj.is_valid(self._clock())):
@@ -243,8 +245,11 @@ class SessionPool(Generic[P]):
         with self._lock:
             for obj in fresh:
                 self._policy.created += 1
-                if self._closed or not self._policy.idle_shortfall() \
-                        or not self._policy.push_idle(obj):
+                if (
+                    self._closed
+                    or not self._policy.idle_shortfall()
+                    or not self._policy.push_idle(obj)
+                ):
                     self._policy.discarded += 1
         return MaintainReport(len(expired), trimmed, len(fresh))
 

@@ -185,8 +185,10 @@ class SessionService(ServiceBase[Store]):
                         result: T = stop.value
                         break
                 reply = dispatch(
-                    request, self._store,
-                    acquire_slot=self._acquire_slot, wait_for_room=self._wait_for_room,
+                    request,
+                    self._store,
+                    acquire_slot=self._acquire_slot,
+                    wait_for_room=self._wait_for_room,
                     pause=time.sleep,
                 )
         except BaseException:

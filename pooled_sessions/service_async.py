@@ -78,8 +78,12 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
     ) -> ValidationResult:
         """Check a session for a request and touch it; the result says why if it is invalid."""
         flusher = self._flusher
-        if flusher is not None and not flusher.done() and not self._closed \
-                and self._loop is asyncio.get_running_loop():  # a cached live session
+        if (
+            flusher is not None
+            and not flusher.done()
+            and not self._closed
+            and self._loop is asyncio.get_running_loop()
+        ):  # a cached live session
             result, after = driver.validate_cached(self._engine, session_id, client_info)
             if result is not None:
                 if after is not After.NOTHING:
@@ -190,8 +194,10 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
             while True:
                 request = op.send(reply)
                 reply = await driver.dispatch(
-                    request, self._store,
-                    acquire_slot=self._acquire_slot, wait_for_room=self._wait_for_room,
+                    request,
+                    self._store,
+                    acquire_slot=self._acquire_slot,
+                    wait_for_room=self._wait_for_room,
                     pause=asyncio.sleep,
                 )
         except StopIteration as stop:

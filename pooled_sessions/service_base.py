@@ -244,6 +244,8 @@ class FinalFlush:
         if self.unsaved:
             logger.error(
                 "shutdown could not write %d session(s) (%s): %s",
-                len(self.unsaved), self.error, ", ".join(self.unsaved[:20]),
+                len(self.unsaved),
+                self.error,
+                ", ".join(self.unsaved[:20]),
             )
         return ShutdownReport(self.written, self.unsaved, self.error)

@@ -24,14 +24,16 @@ def record(username: str = "alice", **attributes: Any) -> dict[str, Any]:
     }
 
 
-def document(sessions: dict[str, Any] | None = None,
-             tombstones: dict[str, float] | None = None, **top: Any) -> dict[str, Any]:
+def document(
+    sessions: dict[str, Any] | None = None, tombstones: dict[str, float] | None = None, **top: Any
+) -> dict[str, Any]:
     """A file document in the current format."""
     body: dict[str, Any] = {
         "format": "pooled_sessions",
         "version": 1,
         "sessions": {"s-one": record(cart=[1, 2]), "s-two": record("bob")}
-        if sessions is None else sessions,
+        if sessions is None
+        else sessions,
         "tombstones": {"s-gone": EPOCH} if tombstones is None else tombstones,
     }
     body.update(top)

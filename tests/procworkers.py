@@ -19,8 +19,9 @@ ENDED_PER_PROCESS = 5
 def share(path: str, index: int, out: Any, into: Any) -> None:
     """One of several processes on one file: create, then read and write the others'."""
     problems: list[str] = []
-    svc = SessionService(path, save_delay_seconds=0.02, batch_save_threshold=5,
-                         sync_interval_seconds=0.05)
+    svc = SessionService(
+        path, save_delay_seconds=0.02, batch_save_threshold=5, sync_interval_seconds=0.05
+    )
     mine = []
     for n in range(SESSIONS_PER_PROCESS):
         sid = svc.create_session(f"p{index}", {"owner": index, "n": n})

@@ -80,9 +80,20 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        args = [binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", str(self.directory), "--save", "", "--protected-mode", "no",
-                *self.extra]
+        args = [
+            binary("redis-server"),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--protected-mode",
+            "no",
+            *self.extra,
+        ]
         log = open(self.directory / "redis.log", "ab")  # noqa: SIM115 - owned by the process
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -115,7 +126,10 @@ class RedisServer:
         """Run a redis-cli command against this server; its output."""
         done = subprocess.run(
             [binary("redis-cli"), "-p", str(self.port), *args],
-            capture_output=True, text=True, timeout=30, check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
         )
         return done.stdout
 
@@ -135,9 +149,17 @@ class RedisCluster:
 
     def __init__(self, directory: Path) -> None:
         self.nodes = [
-            RedisServer(directory / f"node{n}", "--cluster-enabled", "yes",
-                        "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "3000",
-                        "--appendonly", "no")
+            RedisServer(
+                directory / f"node{n}",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "3000",
+                "--appendonly",
+                "no",
+            )
             for n in range(3)
         ]
 
@@ -149,10 +171,19 @@ class RedisCluster:
         for node in self.nodes:
             node.start()
         subprocess.run(
-            [binary("redis-cli"), "--cluster", "create",
-             *(f"127.0.0.1:{node.port}" for node in self.nodes),
-             "--cluster-replicas", "0", "--cluster-yes"],
-            capture_output=True, text=True, timeout=60, check=True,
+            [
+                binary("redis-cli"),
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
         )
         deadline = time.monotonic() + 30
         while not all("cluster_state:ok" in node.cli("cluster", "info") for node in self.nodes):
@@ -202,12 +233,15 @@ def cluster_url(redis_cluster: RedisCluster) -> str:
     return f"{redis_cluster.url}?prefix={unique_prefix()}"
 
 
-@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.redis),
-                        pytest.param("cluster", marks=pytest.mark.cluster)])
+@pytest.fixture(
+    params=[
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("cluster", marks=pytest.mark.cluster),
+    ]
+)
 def any_redis_url(request: pytest.FixtureRequest) -> str:
     """This test's URL on the shared redis-server, then on the shared cluster."""
-    value: str = request.getfixturevalue("redis_url" if request.param == "redis"
-                                         else "cluster_url")
+    value: str = request.getfixturevalue("redis_url" if request.param == "redis" else "cluster_url")
     return value
 
 

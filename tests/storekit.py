@@ -23,7 +23,7 @@ def make_record(n: int, now: float, **changes: Any) -> Record:
         "attributes": {
             "cart": [n, n + 1, {"sku": f"A-{n}", "qty": 2}],
             "role": "admin" if n % 4 == 0 else "member",
-            "note": "ünïcode ✓ \"quoted\" \\ back" if n % 2 else None,
+            "note": 'ünïcode ✓ "quoted" \\ back' if n % 2 else None,
             "ratio": n / 7,
             "big": 2**60 + n,
         },

@@ -86,13 +86,13 @@ def path(tmp_path: Path) -> Path:
 
 async def test_a_file_round_trip_between_the_sync_and_the_async_service(path: Path) -> None:
     with SessionService(path) as sync:
-        kept = sync.create_session("zoë", {"cart": [1, {"sku": "A-1"}], "note": "✓ \"q\""})
+        kept = sync.create_session("zoë", {"cart": [1, {"sku": "A-1"}], "note": '✓ "q"'})
         ended = sync.create_session("bob", {"n": 1})
         assert sync.end_session(ended)
     async with AsyncSessionService(f"aiofile://{path}") as svc:
         session = await svc.get_session(kept)
         assert session is not None and session.username == "zoë"
-        assert session.attributes == {"cart": [1, {"sku": "A-1"}], "note": "✓ \"q\""}
+        assert session.attributes == {"cart": [1, {"sku": "A-1"}], "note": '✓ "q"'}
         assert not await svc.validate_session(ended), "the tombstone is read"
         assert await svc.update_session(kept, {"seen": "async"})
         made = await svc.create_session("carol", {"from": "async"})
@@ -150,8 +150,14 @@ async def test_a_change_by_another_process_is_noticed(path: Path) -> None:
     assert await store.poll()
 
 
-@pytest.mark.parametrize("content", [b'{"format": "pooled_sessions", "vers', b"\xff\xfe garbage",
-                                     b'{"format":"pooled_sessions","version":99}'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"format": "pooled_sessions", "vers',
+        b"\xff\xfe garbage",
+        b'{"format":"pooled_sessions","version":99}',
+    ],
+)
 async def test_a_corrupt_file_is_refused_and_left_as_it_is(path: Path, content: bytes) -> None:
     path.write_bytes(content)
     store = aio_store(path)
@@ -320,8 +326,12 @@ WRITER = textwrap.dedent("""
 
 def spawn(url: str, name: str, count: int) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-c", WRITER, url, name, str(count)], env=env,
-                            stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, url, name, str(count)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 def lines_of(process: subprocess.Popen[str]) -> Iterator[str]:

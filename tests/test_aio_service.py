@@ -120,8 +120,9 @@ async def test_shutdown_is_idempotent_and_closes_the_service(url: str) -> None:
 
 async def test_changes_are_written_behind_by_the_flusher_task() -> None:
     store = GatedStore()
-    async with AsyncSessionService(store=store, save_delay_seconds=0.05,
-                                   batch_save_threshold=1000) as svc:
+    async with AsyncSessionService(
+        store=store, save_delay_seconds=0.05, batch_save_threshold=1000
+    ) as svc:
         ids = [await svc.create_session(f"u{n}") for n in range(20)]
         assert store.writes == 0, "nothing is written per change"
         assert await eventually(lambda: holds(store.writes == 1))
@@ -193,8 +194,14 @@ def test_pending_changes_are_written_at_interpreter_exit(tmp_path: Path) -> None
         print(asyncio.run(svc.create_session("alice", {"kept": True})))
     """)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", script, f"aiofile://{path}"], env=env,
-                          capture_output=True, text=True, timeout=60, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", script, f"aiofile://{path}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     sid = done.stdout.strip()
     with SessionService(path) as sync:
         session = sync.get_session(sid)

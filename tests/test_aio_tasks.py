@@ -103,8 +103,9 @@ async def test_a_cancelled_caller_loses_nothing() -> None:
 
 async def test_a_cancelled_flush_puts_its_batch_back() -> None:
     store = GatedStore()
-    async with AsyncSessionService(store=store, save_delay_seconds=0.01,
-                                   retry_initial_seconds=3600) as svc:
+    async with AsyncSessionService(
+        store=store, save_delay_seconds=0.01, retry_initial_seconds=3600
+    ) as svc:
         store.gate.clear()
         ids = [await svc.create_session(f"u{n}", {"n": n}) for n in range(3)]
         await store.started.wait()  # the flusher task is mid-write
@@ -174,8 +175,9 @@ async def test_a_full_pool_waits_without_blocking_the_loop() -> None:
         assert await svc.end_session(first)
         assert await asyncio.wait_for(third, 1.0)
         beat.cancel()
-    async with AsyncSessionService("memory://",
-                                   pool=SessionPoolConfig(max_total=1, max_wait=0.05)) as svc:
+    async with AsyncSessionService(
+        "memory://", pool=SessionPoolConfig(max_total=1, max_wait=0.05)
+    ) as svc:
         await svc.create_session("a")
         with pytest.raises(PoolExhaustedError):
             await svc.create_session("b")
@@ -185,8 +187,12 @@ async def test_back_pressure_waits_then_refuses_then_recovers() -> None:
     store = GatedStore()
     store.fail = StoreUnavailableError("store down")
     async with AsyncSessionService(
-        store=store, max_pending_sessions=3, backpressure_timeout_seconds=0.2,
-        retry_initial_seconds=0.02, retry_max_seconds=0.05, save_delay_seconds=0.01,
+        store=store,
+        max_pending_sessions=3,
+        backpressure_timeout_seconds=0.2,
+        retry_initial_seconds=0.02,
+        retry_max_seconds=0.05,
+        save_delay_seconds=0.01,
     ) as svc:
         ids = [await svc.create_session(f"u{n}") for n in range(3)]
         started = time.monotonic()

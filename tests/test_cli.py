@@ -34,11 +34,14 @@ def source(tmp_path: Path) -> str:
     url = storekit.file_url(tmp_path, "src")
     now = time.time()
     live = sample(13, now)
-    storekit.seed(url, {
-        **live,
-        session_id(50): make_record(50, now, expires_at=now - 60.0),
-        session_id(51): make_record(51, now, expires_at=now - 1.0),
-    })
+    storekit.seed(
+        url,
+        {
+            **live,
+            session_id(50): make_record(50, now, expires_at=now - 60.0),
+            session_id(51): make_record(51, now, expires_at=now - 1.0),
+        },
+    )
     storekit.end(url, session_id(0), live[session_id(0)]["username"])
     return url
 
@@ -217,21 +220,28 @@ def test_migrate_on_a_terminal_draws_a_bar(
 
 
 def test_demo_still_runs(tmp_path: Path, capsys: Captured) -> None:
-    code, out, _ = call(capsys, "demo", "--users", "3", "--requests", "30",
-                        "--path", str(tmp_path / "demo.json"))
+    code, out, _ = call(
+        capsys, "demo", "--users", "3", "--requests", "30", "--path", str(tmp_path / "demo.json")
+    )
     assert code == 0 and "requests served" in out
 
 
 def test_console_script(source: str, tmp_path: Path) -> None:
     script = Path(sys.executable).with_name("pooled-sessions")
     target = storekit.file_url(tmp_path, "dst")
-    done = subprocess.run([str(script), "migrate", source, target, "--verify"],
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [str(script), "migrate", source, target, "--verify"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert "verify:      OK" in done.stdout and "copying: 12 of 12" in done.stdout
     Path(source).write_text("[]")
-    failed = subprocess.run([str(script), "inspect", source],
-                            capture_output=True, text=True, timeout=60, check=False)
+    failed = subprocess.run(
+        [str(script), "inspect", source], capture_output=True, text=True, timeout=60, check=False
+    )
     assert failed.returncode == 4 and "not a valid sessions file" in failed.stderr
 
 

@@ -56,8 +56,12 @@ CASES: list[tuple[Any, Any, Header, str | None]] = [
     ("2001:db8:ffff::1", {XFF: CLIENT}, "x-forwarded-for", CLIENT),
     (PROXY, {"x-forwarded-for": CLIENT}, "x-forwarded-for", CLIENT),
     (PROXY, {"X-FORWARDED-FOR": CLIENT}, "x-forwarded-for", CLIENT),
-    (PROXY, [(XFF, "6.6.6.6"), ("x-forwarded-for", f"{CLIENT}, 10.0.0.4")], "x-forwarded-for",
-     CLIENT),
+    (
+        PROXY,
+        [(XFF, "6.6.6.6"), ("x-forwarded-for", f"{CLIENT}, 10.0.0.4")],
+        "x-forwarded-for",
+        CLIENT,
+    ),
     (PROXY, [(b"x-forwarded-for", CLIENT.encode())], "x-forwarded-for", CLIENT),
     (PROXY, {XFF: ["6.6.6.6", CLIENT]}, "x-forwarded-for", CLIENT),
     # obfuscated, unknown and garbage entries never become an address
@@ -87,10 +91,13 @@ CASES: list[tuple[Any, Any, Header, str | None]] = [
     (PROXY, {XFF: '"198.51.100.7"'}, "x-forwarded-for", None),
     (PROXY, {XFF: "1" * 70_000}, "x-forwarded-for", None),
     (PROXY, {XFF: "a," * 60_000 + CLIENT}, "x-forwarded-for", CLIENT),
-    (PROXY, {XFF: CLIENT + ", " + ", ".join(["10.0.0.2"] * (MAX_HOPS + 5))}, "x-forwarded-for",
-     None),
-    (PROXY, [(b"x-forwarded-for", "198.51.100.\xb7".encode("latin-1"))], "x-forwarded-for",
-     None),
+    (
+        PROXY,
+        {XFF: CLIENT + ", " + ", ".join(["10.0.0.2"] * (MAX_HOPS + 5))},
+        "x-forwarded-for",
+        None,
+    ),
+    (PROXY, [(b"x-forwarded-for", "198.51.100.\xb7".encode("latin-1"))], "x-forwarded-for", None),
     (PROXY, {XFF: 12345}, "x-forwarded-for", None),
     (PROXY, 42, "x-forwarded-for", None),
     # Forwarded (RFC 7239)
@@ -186,8 +193,10 @@ def test_wsgi_and_asgi_shapes() -> None:
     resolver = ClientIPResolver(TRUSTED)
     environ = {"REMOTE_ADDR": PROXY, "HTTP_X_FORWARDED_FOR": f"6.6.6.6, {CLIENT}"}
     assert resolver.from_wsgi(environ) == CLIENT
-    assert resolver.from_wsgi({"REMOTE_ADDR": "203.0.113.9", "HTTP_X_FORWARDED_FOR": CLIENT}) \
+    assert (
+        resolver.from_wsgi({"REMOTE_ADDR": "203.0.113.9", "HTTP_X_FORWARDED_FOR": CLIENT})
         == "203.0.113.9"
+    )
     scope = {"client": (PROXY, 41000), "headers": [(b"x-forwarded-for", CLIENT.encode())]}
     assert resolver.from_asgi(scope) == CLIENT
     assert resolver.from_asgi({"client": None, "headers": []}) is None
@@ -224,8 +233,25 @@ def test_parse_address(token: Any, expected: str | None) -> None:
         st.text(max_size=200),
         st.lists(
             st.sampled_from(
-                ["1.2.3.4", "[::1]:80", "unknown", "_x", '"', "\\", ";", ",", "for=", "=", " ",
-                 "10.0.0.2", "::ffff:10.0.0.2", "%", "[", "]", ":"]
+                [
+                    "1.2.3.4",
+                    "[::1]:80",
+                    "unknown",
+                    "_x",
+                    '"',
+                    "\\",
+                    ";",
+                    ",",
+                    "for=",
+                    "=",
+                    " ",
+                    "10.0.0.2",
+                    "::ffff:10.0.0.2",
+                    "%",
+                    "[",
+                    "]",
+                    ":",
+                ]
             ),
             max_size=30,
         ).map("".join),
@@ -240,4 +266,3 @@ def test_arbitrary_header_text_never_crashes(value: str, header: Header) -> None
         assert str(ipaddress.ip_address(result)) == result
         assert "%" not in result
     assert resolver.resolve("203.0.113.9", {header: value}) == "203.0.113.9"
-

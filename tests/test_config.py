@@ -34,8 +34,11 @@ def test_precedence_environment_then_mapping_then_keywords() -> None:
     assert only_env.bind_user_agent is False
     mapped = Settings.load({"batch_save_threshold": 3, "save_delay_seconds": 1}, environ=environ)
     assert (mapped.expire_minutes, mapped.batch_save_threshold) == (1.5, 3)
-    both = Settings.load({"batch_save_threshold": 3, "save_delay_seconds": 1},
-                         environ=environ, save_delay_seconds=0.25)
+    both = Settings.load(
+        {"batch_save_threshold": 3, "save_delay_seconds": 1},
+        environ=environ,
+        save_delay_seconds=0.25,
+    )
     assert both.batch_save_threshold == 3 and both.save_delay_seconds == 0.25
     assert both.expire_minutes == 1.5
 
@@ -69,11 +72,13 @@ def test_settings_object_plus_overrides(tmp_path: Path) -> None:
 
 
 def test_pool_from_environment_and_mapping() -> None:
-    settings = Settings.load(environ={
-        "POOLED_SESSIONS_POOL_MAX_TOTAL": "50",
-        "POOLED_SESSIONS_POOL_MAX_WAIT": "0.5",
-        "POOLED_SESSIONS_POOL_TEST_ON_BORROW": "false",
-    })
+    settings = Settings.load(
+        environ={
+            "POOLED_SESSIONS_POOL_MAX_TOTAL": "50",
+            "POOLED_SESSIONS_POOL_MAX_WAIT": "0.5",
+            "POOLED_SESSIONS_POOL_TEST_ON_BORROW": "false",
+        }
+    )
     assert settings.pool == SessionPoolConfig(max_total=50, max_wait=0.5, test_on_borrow=False)
     mapped = Settings.load({"pool": {"max_total": 7, "max_idle": 3, "min_idle": 1}})
     assert mapped.pool == SessionPoolConfig(max_total=7, max_idle=3, min_idle=1)

@@ -129,8 +129,11 @@ def test_rotate_moves_the_data_to_a_new_id(make_service: ServiceFactory) -> None
     assert svc.validate_session(sid).reason is Reason.NOT_FOUND
     session = svc.validate_session(new, ALICE).session
     assert session is not None
-    assert (session.username, session.attributes, session.ip) == ("alice", {"role": "user"},
-                                                                   "203.0.113.7")
+    assert (session.username, session.attributes, session.ip) == (
+        "alice",
+        {"role": "user"},
+        "203.0.113.7",
+    )
     assert svc.sessions_of("alice") == [new]
     assert svc.rotate_session(sid) is None
     assert svc.rotate_session("D" * 43) is None
@@ -398,9 +401,20 @@ def test_stats_fields(make_service: ServiceFactory) -> None:
     svc = make_service()
     stats = svc.stats()
     for key in (
-        "pending_changes", "pending_sessions", "flushes", "store_writes", "sessions_written",
-        "writes_saved", "live_sessions", "flush_failures", "flush_retries",
-        "flush_mean_seconds", "flush_max_seconds", "last_cleanup_at", "last_error", "store",
+        "pending_changes",
+        "pending_sessions",
+        "flushes",
+        "store_writes",
+        "sessions_written",
+        "writes_saved",
+        "live_sessions",
+        "flush_failures",
+        "flush_retries",
+        "flush_mean_seconds",
+        "flush_max_seconds",
+        "last_cleanup_at",
+        "last_error",
+        "store",
     ):
         assert key in stats, key
     sid = svc.create_session("alice")

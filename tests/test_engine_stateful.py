@@ -26,8 +26,9 @@ IDLE = 300.0  # expire_minutes=5
 STEP = 30.0  # the touch step: a tenth of the idle time
 USERS = st.sampled_from(["alice", "bob", "carol"])
 KEYS = st.sampled_from(["a", "b", "c", "d"])
-VALUES = st.one_of(st.integers(-5, 5), st.text(max_size=3), st.lists(st.booleans(), max_size=2),
-                   st.none())
+VALUES = st.one_of(
+    st.integers(-5, 5), st.text(max_size=3), st.lists(st.booleans(), max_size=2), st.none()
+)
 ATTRIBUTES = st.dictionaries(KEYS, VALUES, max_size=3)
 
 
@@ -57,7 +58,7 @@ class EngineMachine(RuleBasedStateMachine):
         return self.rig.clock.now
 
     def _state(self, sid: str) -> str:
-        """"live", "dead", or "unsure" while the store's copy may expire a touch earlier."""
+        """ "live", "dead", or "unsure" while the store's copy may expire a touch earlier."""
         model = self.live.get(sid)
         if model is None:
             return "dead"
@@ -94,7 +95,9 @@ class EngineMachine(RuleBasedStateMachine):
             assert result.session is not None
             model = self.live[sid]
             assert (result.session.username, result.session.attributes) == (
-                model.username, model.attributes)
+                model.username,
+                model.attributes,
+            )
             self._touch(sid)
         elif sid in self.ended:
             assert result.reason is Reason.NOT_FOUND
@@ -235,7 +238,9 @@ class EngineMachine(RuleBasedStateMachine):
 
 
 EngineMachine.TestCase.settings = settings(
-    max_examples=150, stateful_step_count=40, deadline=None,
+    max_examples=150,
+    stateful_step_count=40,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestEngineMachine = EngineMachine.TestCase
@@ -268,16 +273,24 @@ class FileMachine(RuleBasedStateMachine):
         self.unsaved: dict[str, list[tuple[str, str, dict[str, Any] | None]]] = {"a": [], "b": []}
 
     def _open(self) -> SessionService:
-        return SessionService(self.path, save_delay_seconds=3600, batch_save_threshold=10**6,
-                              sync_interval_seconds=3600, cleanup_interval_minutes=60)
+        return SessionService(
+            self.path,
+            save_delay_seconds=3600,
+            batch_save_threshold=10**6,
+            sync_interval_seconds=3600,
+            cleanup_interval_minutes=60,
+        )
 
     def teardown(self) -> None:
         for svc in self.services.values():
             svc.shutdown(timeout=1)
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    @rule(target=ids, username=USERS, attributes=st.dictionaries(
-        st.sampled_from(["a1", "a2"]), VALUES, max_size=2))
+    @rule(
+        target=ids,
+        username=USERS,
+        attributes=st.dictionaries(st.sampled_from(["a1", "a2"]), VALUES, max_size=2),
+    )
     def create(self, username: str, attributes: dict[str, Any]) -> str:
         sid = self.services["a"].create_session(username, attributes)
         self.unsaved["a"].append(("create", sid, {"username": username, **attributes}))
@@ -331,7 +344,9 @@ class FileMachine(RuleBasedStateMachine):
                 session = fresh.get_session(sid)
                 assert session is not None, f"{sid[:8]} was lost"
                 assert (session.username, session.attributes) == (
-                    stored.username, stored.attributes)
+                    stored.username,
+                    stored.attributes,
+                )
             for sid in self.ended:
                 assert fresh.get_session(sid) is None, f"{sid[:8]} came back"
             for username in ("alice", "bob", "carol"):
@@ -340,7 +355,9 @@ class FileMachine(RuleBasedStateMachine):
 
 
 FileMachine.TestCase.settings = settings(
-    max_examples=25, stateful_step_count=25, deadline=None,
+    max_examples=25,
+    stateful_step_count=25,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestFileMachine = FileMachine.TestCase

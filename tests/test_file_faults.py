@@ -25,8 +25,13 @@ class Fault:
     """Wrap ``fsio.<name>`` so its next ``times`` calls raise OSError(``code``)."""
 
     def __init__(
-        self, monkeypatch: pytest.MonkeyPatch, name: str, code: int, times: int = 10**9,
-        *, before: Callable[..., Any] | None = None,
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        name: str,
+        code: int,
+        times: int = 10**9,
+        *,
+        before: Callable[..., Any] | None = None,
     ) -> None:
         self.real: Callable[..., Any] = getattr(fsio, name)
         self.code = code
@@ -127,8 +132,9 @@ def test_a_failed_flush_keeps_its_changes_and_recovers(
 def test_the_flusher_retries_with_backoff_until_the_disk_has_room(path: Path) -> None:
     with pytest.MonkeyPatch.context() as patch:
         fault = Fault(patch, "write_all", errno.ENOSPC, times=3)
-        with SessionService(path, save_delay_seconds=0.01, retry_initial_seconds=0.02,
-                            retry_max_seconds=0.2) as svc:
+        with SessionService(
+            path, save_delay_seconds=0.01, retry_initial_seconds=0.02, retry_max_seconds=0.2
+        ) as svc:
             expected = {svc.create_session(f"u{n}", {"n": n}): {"n": n} for n in range(4)}
             deadline = time.monotonic() + 10
             while unsettled(svc) and time.monotonic() < deadline:

@@ -58,7 +58,7 @@ def test_four_processes_share_one_file_and_lose_nothing(tmp_path: Path) -> None:
         for index, ids in everyone.items():
             kept = ids[: -procworkers.ENDED_PER_PROCESS]
             assert set(svc.sessions_of(f"p{index}")) == set(kept)
-            for sid in ids[-procworkers.ENDED_PER_PROCESS:]:
+            for sid in ids[-procworkers.ENDED_PER_PROCESS :]:
                 assert svc.get_session(sid) is None, "an ended session stays ended"
             for n, sid in enumerate(kept):
                 session = svc.get_session(sid)
@@ -82,7 +82,10 @@ def test_a_writer_killed_at_random_moments_never_loses_a_confirmed_session(
     for _ in range(KILLS):
         child = subprocess.Popen(
             [sys.executable, "-m", "tests.procworkers", "writer", str(path)],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         first = child.stdout.readline() if child.stdout else ""
         assert first.endswith("\n"), "the writer confirms a first session"

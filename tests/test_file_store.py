@@ -119,10 +119,13 @@ def test_a_directory_in_place_of_the_file(tmp_path: Path) -> None:
 
 def test_tombstones_and_expired_sessions_are_purged_by_cleanup(tmp_path: Path) -> None:
     path = tmp_path / "sessions.json"
-    write_document(path, document(
-        sessions={"s-old": {**record(), "expires_at": EPOCH}, "s-live": record()},
-        tombstones={"s-ancient": EPOCH, "s-recent": time.time()},
-    ))
+    write_document(
+        path,
+        document(
+            sessions={"s-old": {**record(), "expires_at": EPOCH}, "s-live": record()},
+            tombstones={"s-ancient": EPOCH, "s-recent": time.time()},
+        ),
+    )
     with SessionService(path, cleanup_interval_minutes=0.002, tombstone_ttl_seconds=3600):
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
@@ -157,7 +160,7 @@ def _corrupt_bodies() -> list[tuple[str, bytes]]:
         ("bad tombstone", document(tombstones={"s-x": "yesterday"})),  # type: ignore[dict-item]
     ]
     raw = [(name, (json.dumps(body) + "\n").encode()) for name, body in cases]
-    text = (json.dumps(good) + "\n")
+    text = json.dumps(good) + "\n"
     return raw + [
         ("empty", b""),
         ("not json", b"sessions: yes\n"),
@@ -221,9 +224,13 @@ def test_a_file_corrupted_while_running_is_never_overwritten(tmp_path: Path) -> 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     edits=st.lists(
-        st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255),
-                  st.sampled_from(["flip", "insert", "delete"])),
-        min_size=1, max_size=4,
+        st.tuples(
+            st.floats(0, 1, exclude_max=True),
+            st.integers(0, 255),
+            st.sampled_from(["flip", "insert", "delete"]),
+        ),
+        min_size=1,
+        max_size=4,
     )
 )
 @example(edits=[(0.999, 0, "delete")])  # only the final newline goes: still a good file
@@ -264,8 +271,20 @@ def test_cached_document_text_always_matches_the_records(changed: int) -> None:
 
     def upsert(n: int, value: int) -> Upsert:
         attributes = encode_attributes({"v": value})
-        return Upsert(f"s{n}", "alice", attributes, frozenset({"v"}), frozenset(), None, None,
-                      EPOCH, EPOCH, 4e9, None, True)
+        return Upsert(
+            f"s{n}",
+            "alice",
+            attributes,
+            frozenset({"v"}),
+            frozenset(),
+            None,
+            None,
+            EPOCH,
+            EPOCH,
+            4e9,
+            None,
+            True,
+        )
 
     table = RecordTable()
     table.apply([upsert(n, 0) for n in range(2500)])

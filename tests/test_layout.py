@@ -13,8 +13,22 @@ import pooled_sessions.engine
 PACKAGE = Path(pooled_sessions.__file__).parent
 # What the engine, and everything it imports from this package, may never import.
 IO_MODULES = {
-    "aiofiles", "asyncio", "concurrent", "fcntl", "io", "mmap", "multiprocessing", "pathlib",
-    "redis", "selectors", "shutil", "socket", "ssl", "subprocess", "tempfile", "threading",
+    "aiofiles",
+    "asyncio",
+    "concurrent",
+    "fcntl",
+    "io",
+    "mmap",
+    "multiprocessing",
+    "pathlib",
+    "redis",
+    "selectors",
+    "shutil",
+    "socket",
+    "ssl",
+    "subprocess",
+    "tempfile",
+    "threading",
 }
 # The engine's own modules may not reach the OS at all (config may read the environment).
 ENGINE_ONLY = IO_MODULES | {"os", "sys", "glob", "logging"}

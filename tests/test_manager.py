@@ -151,7 +151,10 @@ def test_default_policy_ends_the_older_session_and_tells(make_service: ServiceFa
     assert len(told.events) == 1
     event = told.events[0]
     assert (event.username, event.new_ip, event.old_ips, event.action) == (
-        "alice", CAFE, (HOME,), "ended"
+        "alice",
+        CAFE,
+        (HOME,),
+        "ended",
     )
     assert event.session_ids == ("sid-home",)
 
@@ -295,8 +298,16 @@ def test_concurrent_logins_of_one_user_respect_the_limit(service: SessionService
 class AsyncFacade:
     """The calls the managers make, as coroutines over a sync service (no cross-server hold)."""
 
-    CALLS = frozenset({"get_session", "sessions_of", "end_session", "rotate_session",
-                       "create_session", "validate_session"})
+    CALLS = frozenset(
+        {
+            "get_session",
+            "sessions_of",
+            "end_session",
+            "rotate_session",
+            "create_session",
+            "validate_session",
+        }
+    )
 
     def __init__(self, service: SessionService) -> None:
         self._service = service

@@ -50,7 +50,11 @@ def url_for(tmp_path: Path, request: pytest.FixtureRequest) -> Callable[[str], U
 
 
 def run(
-    source_url: str, target_url: str, *, batch_size: int = 2000, dry_run: bool = False,
+    source_url: str,
+    target_url: str,
+    *,
+    batch_size: int = 2000,
+    dry_run: bool = False,
     check: bool = False,
 ) -> MigrationReport:
     source = open_source(source_url, SETTINGS)
@@ -170,7 +174,7 @@ def test_session_ended_in_target_is_not_brought_back(url_for: Callable[[str], Ur
 
 
 def test_session_ended_in_source_after_a_run_ends_in_target(
-    url_for: Callable[[str], UrlFactory]
+    url_for: Callable[[str], UrlFactory],
 ) -> None:
     source_url, target_url = url_for("file")("src"), url_for("memory")("dst")
     live = sample(6)
@@ -309,8 +313,12 @@ def test_stream_reads_what_the_file_store_reads(
 
 def test_stream_accepts_any_member_order_and_spacing(tmp_path: Path) -> None:
     record = make_record(1, time.time())
-    document = {"tombstones": {"gone": 1.5}, "sessions": {"abc": record},
-                "version": 1, "format": "pooled_sessions"}
+    document = {
+        "tombstones": {"gone": 1.5},
+        "sessions": {"abc": record},
+        "version": 1,
+        "format": "pooled_sessions",
+    }
     path = tmp_path / "s.json"
     path.write_text(json.dumps(document, indent=3))
     stream = docstream.DocumentStream(str(path))
@@ -327,14 +335,22 @@ def test_stream_accepts_any_member_order_and_spacing(tmp_path: Path) -> None:
         (b'{"format":"other","version":1,"sessions":{},"tombstones":{}}', "not a pooled_sessions"),
         (b'{"format":"pooled_sessions","version":9,"sessions":{},"tombstones":{}}', "version 9"),
         (b'{"format":"pooled_sessions","version":1,"sessions":{}}', "lacks its sessions"),
-        (b'{"format":"pooled_sessions","version":1,"sessions":[],"tombstones":{}}',
-         "not an object"),
-        (b'{"format":"pooled_sessions","version":1,"sessions":{"a b":{}},"tombstones":{}}',
-         "invalid session id"),
-        (b'{"format":"pooled_sessions","version":1,"sessions":{},"tombstones":{"a":"x"}}',
-         "bad time"),
-        (b'{"format":"pooled_sessions","version":1,"sessions":{},"tombstones":{}} []',
-         "data after"),
+        (
+            b'{"format":"pooled_sessions","version":1,"sessions":[],"tombstones":{}}',
+            "not an object",
+        ),
+        (
+            b'{"format":"pooled_sessions","version":1,"sessions":{"a b":{}},"tombstones":{}}',
+            "invalid session id",
+        ),
+        (
+            b'{"format":"pooled_sessions","version":1,"sessions":{},"tombstones":{"a":"x"}}',
+            "bad time",
+        ),
+        (
+            b'{"format":"pooled_sessions","version":1,"sessions":{},"tombstones":{}} []',
+            "data after",
+        ),
     ],
 )
 def test_stream_refuses_a_corrupt_file(content: bytes, message: str, tmp_path: Path) -> None:

@@ -133,7 +133,10 @@ def test_stats_read_like_a_mapping() -> None:
 def test_defaults_of_the_commons_pool_design() -> None:
     config = SessionPool().config
     assert (config.max_total, config.max_idle, config.min_idle, config.max_wait) == (
-        100, 20, 5, 5.0
+        100,
+        20,
+        5,
+        5.0,
     )
     assert config.test_on_borrow and config.test_on_return
 
@@ -173,8 +176,9 @@ def test_borrow_timeout_is_checked() -> None:
 def test_sixteen_threads_contending() -> None:
     """Never more than max_total out; every borrow served or timed out; stats add up."""
     max_total = 4
-    pool = SessionPool(SessionPoolConfig(max_total=max_total, max_idle=4, min_idle=0,
-                                         max_wait=0.02), factory=Thing)
+    pool = SessionPool(
+        SessionPoolConfig(max_total=max_total, max_idle=4, min_idle=0, max_wait=0.02), factory=Thing
+    )
     lock = threading.Lock()
     out = peak = served = timed_out = 0
     errors: list[BaseException] = []
@@ -346,8 +350,11 @@ def test_idle_list_is_capped_at_max_idle() -> None:
 
 def test_maintain_evicts_expired_objects_on_loan_and_frees_their_slots() -> None:
     clock = Clock()
-    pool = SessionPool(SessionPoolConfig(max_total=2, max_idle=2, min_idle=0, max_wait=0),
-                       factory=Thing, clock=clock)
+    pool = SessionPool(
+        SessionPoolConfig(max_total=2, max_idle=2, min_idle=0, max_wait=0),
+        factory=Thing,
+        clock=clock,
+    )
     old, young = pool.borrow_session(), pool.borrow_session()
     old.expires_at, young.expires_at = clock.now + 10, clock.now + 100
     with pytest.raises(PoolExhaustedError):
@@ -369,8 +376,11 @@ def test_maintain_evicts_expired_objects_on_loan_and_frees_their_slots() -> None
 
 def test_maintain_wakes_a_waiter_with_an_evicted_slot() -> None:
     clock = Clock()
-    pool = SessionPool(SessionPoolConfig(max_total=1, max_idle=1, min_idle=0, max_wait=5.0),
-                       factory=Thing, clock=clock)
+    pool = SessionPool(
+        SessionPoolConfig(max_total=1, max_idle=1, min_idle=0, max_wait=5.0),
+        factory=Thing,
+        clock=clock,
+    )
     obj = pool.borrow_session()
     obj.expires_at = clock.now + 1
     got: list[Thing] = []
@@ -549,8 +559,7 @@ def test_service_under_sixteen_threads(make_service: ServiceFactory) -> None:
 
 
 def test_expired_sessions_give_their_slots_back(make_service: ServiceFactory) -> None:
-    service = make_service(pool=SessionPoolConfig(max_total=2, max_wait=0),
-                           expire_minutes=0.002)
+    service = make_service(pool=SessionPoolConfig(max_total=2, max_wait=0), expire_minutes=0.002)
     for _ in range(2):
         service.create_session("alice")
     time.sleep(0.15)
@@ -586,8 +595,9 @@ def test_pool_settings_from_the_environment(
 def test_a_session_ended_on_another_server_frees_its_slot(
     make_service: ServiceFactory, make_peer: ServiceFactory
 ) -> None:
-    service = make_service(pool=SessionPoolConfig(max_total=1, max_wait=0),
-                           sync_interval_seconds=0.05)
+    service = make_service(
+        pool=SessionPoolConfig(max_total=1, max_wait=0), sync_interval_seconds=0.05
+    )
     sid = service.create_session("alice")
     service.force_save()
     peer = make_peer()

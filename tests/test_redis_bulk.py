@@ -28,8 +28,12 @@ from tests.test_redis_store import upsert
 COUNT = redis_bulk.BULK_MIN * 2
 
 
-@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.redis),
-                        pytest.param("cluster", marks=pytest.mark.cluster)])
+@pytest.fixture(
+    params=[
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("cluster", marks=pytest.mark.cluster),
+    ]
+)
 def base_url(request: pytest.FixtureRequest) -> str:
     """A server (or cluster) URL without a prefix: each test picks its own."""
     fixture = "redis_server" if request.param == "redis" else "redis_cluster"
@@ -66,10 +70,22 @@ def creates(count: int = COUNT, now: float | None = None) -> list[Upsert]:
     batch = []
     for n in range(count):
         attributes = encode_attributes({"n": n, "tags": ["a", n]})
-        batch.append(Upsert(
-            f"bulk{n:039d}", f"user{n % 5}", attributes, frozenset(attributes), frozenset(),
-            "203.0.113.7", "UA/1", CREATED, now - 1.0, now + 600.0 + n, None, True,
-        ))
+        batch.append(
+            Upsert(
+                f"bulk{n:039d}",
+                f"user{n % 5}",
+                attributes,
+                frozenset(attributes),
+                frozenset(),
+                "203.0.113.7",
+                "UA/1",
+                CREATED,
+                now - 1.0,
+                now + 600.0 + n,
+                None,
+                True,
+            )
+        )
     return batch
 
 
@@ -81,8 +97,9 @@ def state(store: RedisStore, ids: list[str]) -> dict[str, Any]:
         "hashes": {sid: client.hgetall(keys.session(sid)) for sid in ids},
         "ttl_s": {sid: round(client.pttl(keys.session(sid)) / 1000) for sid in ids},
         "users": {u: client.zrange(keys.user(u), 0, -1, withscores=True) for u in users},
-        "expiry": sorted(m for key in keys.all_shards()
-                         for m in client.zrange(key, 0, -1, withscores=True)),
+        "expiry": sorted(
+            m for key in keys.all_shards() for m in client.zrange(key, 0, -1, withscores=True)
+        ),
         "tombstones": [sid for sid in ids if client.exists(keys.tombstone(sid))],
     }
 
@@ -109,16 +126,20 @@ def test_the_bulk_path_leaves_what_the_ordinary_path_leaves(
 def test_ended_ids_are_refused_reported_and_left_out_of_the_indexes(store: RedisStore) -> None:
     batch = creates()
     ended = [batch[0], batch[10], batch[-1]]
-    store.write([upsert(op.session_id, user=op.username, created=True) for op in ended],
-                time.time())
+    store.write(
+        [upsert(op.session_id, user=op.username, created=True) for op in ended], time.time()
+    )
     store.write([Delete(op.session_id, op.username, time.time()) for op in ended], time.time())
     result = store.write(batch, time.time())
     assert result.refused == {op.session_id for op in ended}
     for op in ended:
         assert store.load(op.session_id) is None
         assert store._client.zscore(store.keys.user(op.username), op.session_id) is None
-    members = {m.decode().split(":")[0] for key in store.keys.all_shards()
-               for m in store._client.zrange(key, 0, -1)}
+    members = {
+        m.decode().split(":")[0]
+        for key in store.keys.all_shards()
+        for m in store._client.zrange(key, 0, -1)
+    }
     assert members == {op.session_id for op in batch} - result.refused
     assert store.count() == COUNT - 3
 
@@ -144,8 +165,9 @@ def test_a_bulk_write_is_idempotent_and_never_shortens_expiry(store: RedisStore)
 def test_sessions_expired_on_arrival_are_not_written(store: RedisStore) -> None:
     now = time.time()
     batch = creates(now=now)
-    batch[:4] = [upsert(op.session_id, user=op.username, created=True, expires=now - 1)
-                 for op in batch[:4]]
+    batch[:4] = [
+        upsert(op.session_id, user=op.username, created=True, expires=now - 1) for op in batch[:4]
+    ]
     assert not store.write(batch, now).refused
     assert [store.load(op.session_id) for op in batch[:4]] == [None] * 4
     assert store.count() == COUNT - 4
@@ -155,11 +177,14 @@ def test_sessions_expired_on_arrival_are_not_written(store: RedisStore) -> None:
 def test_mixed_batches_keep_every_write(store: RedisStore) -> None:
     old = "OLD" + "o" * 40
     gone = "GONE" + "g" * 39
-    store.write([upsert(old, attrs={"a": 1, "b": 1}, created=True),
-                 upsert(gone, created=True)], time.time())
-    batch: list[Any] = [*creates(),
-                        upsert(old, attrs={"a": 1, "b": 2}, changed={"b"}),
-                        Delete(gone, "alice", time.time())]
+    store.write(
+        [upsert(old, attrs={"a": 1, "b": 1}, created=True), upsert(gone, created=True)], time.time()
+    )
+    batch: list[Any] = [
+        *creates(),
+        upsert(old, attrs={"a": 1, "b": 2}, changed={"b"}),
+        Delete(gone, "alice", time.time()),
+    ]
     assert redis_bulk.split(batch) is not None
     assert not store.write(batch, time.time()).refused
     record = store.load(old)
@@ -206,8 +231,9 @@ def test_a_large_batch_of_creates_is_one_command_per_chunk_on_one_server() -> No
     commands = next(steps)
     assert [c[1] for c in commands] == [BULK_CREATE.sha, BULK_CREATE.sha]
     assert commands[0][2] == 3 * 500 + 1  # hash, tombstone and user index each, one shard
-    few = plan.write(keys, creates(redis_bulk.BULK_MIN - 1), time.time(), "o", 1000, 500,
-                     cluster=False)
+    few = plan.write(
+        keys, creates(redis_bulk.BULK_MIN - 1), time.time(), "o", 1000, 500, cluster=False
+    )
     assert next(few)[0][1] == APPLY.sha
 
 

@@ -18,15 +18,22 @@ from pooled_sessions.errors import StoreUnavailableError
 from tests.redis_servers import RedisServer, unique_prefix
 
 pytestmark = pytest.mark.redis
-FAST_RETRY: dict[str, Any] = {"retry_initial_seconds": 0.05, "retry_max_seconds": 0.3,
-              "save_delay_seconds": 0.05}
+FAST_RETRY: dict[str, Any] = {
+    "retry_initial_seconds": 0.05,
+    "retry_max_seconds": 0.3,
+    "save_delay_seconds": 0.05,
+}
 
 
 def settled(service: SessionService) -> bool:
     """Nothing pending and nothing in flight: the store holds every change."""
     stats = service.stats()
-    return bool(stats["pending_sessions"] == 0 and stats.get("inflight_sessions", 0) == 0
-                and stats["pending_changes"] == 0 and stats["flushes"] > 0)
+    return bool(
+        stats["pending_sessions"] == 0
+        and stats.get("inflight_sessions", 0) == 0
+        and stats["pending_changes"] == 0
+        and stats["flushes"] > 0
+    )
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:

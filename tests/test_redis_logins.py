@@ -53,8 +53,10 @@ def test_simultaneous_logins_on_two_servers_leave_one_session(
     try:
         for round_ in range(10):
             user = f"alice{round_}"
-            race(lambda: on_a.login(user, new_session_id(), "198.51.100.1"),  # noqa: B023
-                 lambda: on_b.login(user, new_session_id(), "203.0.113.9"))  # noqa: B023
+            race(
+                lambda: on_a.login(user, new_session_id(), "198.51.100.1"),  # noqa: B023
+                lambda: on_b.login(user, new_session_id(), "203.0.113.9"),
+            )  # noqa: B023
             live = list(observer.load_user(user))  # what Redis holds, right away
             assert len(live) == 1, f"round {round_}: {len(live)} sessions live"
             deadline = time.monotonic() + 0.1  # the servers' caches agree within 100 ms
@@ -72,8 +74,12 @@ def test_a_per_user_limit_holds_across_servers(
     on_a = SessionManager(a, "allow", max_sessions_per_user=2, on_limit="refuse")
     on_b = SessionManager(b, "allow", max_sessions_per_user=2, on_limit="refuse")
     results: list[bool] = []
-    race(*(lambda m=m: results.append(m.login("bob", new_session_id(), "10.0.0.1"))
-           for m in (on_a, on_b, on_a, on_b)))
+    race(
+        *(
+            lambda m=m: results.append(m.login("bob", new_session_id(), "10.0.0.1"))
+            for m in (on_a, on_b, on_a, on_b)
+        )
+    )
     assert sorted(results) == [False, False, True, True]
     assert len(a.sessions_of("bob")) == 2
 

@@ -114,8 +114,10 @@ def test_concurrent_updates_of_different_attributes_are_all_kept(
             for sid in ids:
                 assert service.update_session(sid, {name: round_})
 
-    workers = [threading.Thread(target=update, args=(a, "a")),
-               threading.Thread(target=update, args=(b, "b"))]
+    workers = [
+        threading.Thread(target=update, args=(a, "a")),
+        threading.Thread(target=update, args=(b, "b")),
+    ]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -129,9 +131,7 @@ def test_concurrent_updates_of_different_attributes_are_all_kept(
 
 
 @pytest.mark.redis
-def test_a_lost_event_makes_servers_read_again(
-    redis_server: RedisServer, redis_url: str
-) -> None:
+def test_a_lost_event_makes_servers_read_again(redis_server: RedisServer, redis_url: str) -> None:
     with SessionService(redis_url) as a, SessionService(redis_url) as b:
         sid = a.create_session("alice", {"plan": "free"})
         a.force_save()
@@ -170,8 +170,12 @@ def run_child(tmp_path: Path, url: str, mode: str, ids: list[str] | None = None)
     script = tmp_path / "child.py"
     script.write_text(SCRIPT)
     done = subprocess.run(
-        [sys.executable, str(script), url, mode], input=json.dumps(ids or []),
-        capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent,
+        [sys.executable, str(script), url, mode],
+        input=json.dumps(ids or []),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parent.parent,
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)

@@ -164,8 +164,13 @@ def test_two_processes_never_exceed_max_total_together(url: str, tmp_path: Path)
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     children = [
-        subprocess.Popen([sys.executable, str(script), url, f"p{n}", "6"], cwd=ROOT,
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, str(script), url, f"p{n}", "6"],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for n in range(2)
     ]
     try:

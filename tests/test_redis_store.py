@@ -32,15 +32,31 @@ SID = "S" * 43
 OTHER = "O" * 43
 
 
-def upsert(sid: str = SID, user: str = "alice", attrs: dict[str, Any] | None = None,
-           changed: set[str] | None = None, removed: frozenset[str] = frozenset(),
-           created: bool = False, expires: float | None = None,
-           accessed: float | None = None) -> Upsert:
+def upsert(
+    sid: str = SID,
+    user: str = "alice",
+    attrs: dict[str, Any] | None = None,
+    changed: set[str] | None = None,
+    removed: frozenset[str] = frozenset(),
+    created: bool = False,
+    expires: float | None = None,
+    accessed: float | None = None,
+) -> Upsert:
     now = time.time()
     encoded = encode_attributes(attrs or {})
     return Upsert(
-        sid, user, encoded, frozenset(encoded if changed is None else changed), removed,
-        "203.0.113.7", "UA/1", now, accessed or now, expires or now + 600, None, created,
+        sid,
+        user,
+        encoded,
+        frozenset(encoded if changed is None else changed),
+        removed,
+        "203.0.113.7",
+        "UA/1",
+        now,
+        accessed or now,
+        expires or now + 600,
+        None,
+        created,
     )
 
 
@@ -163,9 +179,14 @@ def test_a_partial_write_to_a_session_redis_lost_sends_it_whole(store: RedisStor
 def test_purge_and_load_user_keep_the_indexes_free_of_dead_ids(store: RedisStore) -> None:
     now = time.time()
     third = "T" * 43
-    store.write([upsert(created=True, expires=now + 0.3),
-                 upsert(OTHER, created=True, expires=now + 600),
-                 upsert(third, user="carol", created=True, expires=now + 0.3)], now)
+    store.write(
+        [
+            upsert(created=True, expires=now + 0.3),
+            upsert(OTHER, created=True, expires=now + 600),
+            upsert(third, user="carol", created=True, expires=now + 0.3),
+        ],
+        now,
+    )
     assert store.count() == 3
     time.sleep(0.4)  # Redis expires two hashes; nothing tells the indexes
     assert store.count() == 1
@@ -190,8 +211,9 @@ def test_purge_rescores_live_sessions_it_finds_early(store: RedisStore) -> None:
 
 def test_scan_and_count_see_every_session(store: RedisStore) -> None:
     ids = [f"{n:043d}" for n in range(30)]
-    store.write([upsert(sid, user=f"u{n % 4}", created=True) for n, sid in enumerate(ids)],
-                time.time())
+    store.write(
+        [upsert(sid, user=f"u{n % 4}", created=True) for n, sid in enumerate(ids)], time.time()
+    )
     assert store.count() == 30
     assert sorted(sid for sid, _ in store.scan()) == ids
     assert len(store.load_user("u1")) == 8
@@ -247,8 +269,11 @@ def test_events_tell_watchers_what_others_ended_or_changed(store: RedisStore) ->
 
 
 def test_url_options_are_typed_and_checked(redis_server: RedisServer) -> None:
-    good = RedisStore(f"{redis_server.url}?socket_timeout=1.5&max_connections=7"
-                      f"&index_shards=4&prefix={unique_prefix()}", Settings())
+    good = RedisStore(
+        f"{redis_server.url}?socket_timeout=1.5&max_connections=7"
+        f"&index_shards=4&prefix={unique_prefix()}",
+        Settings(),
+    )
     try:
         assert good.options.client_kwargs["socket_timeout"] == 1.5
         assert good.options.client_kwargs["max_connections"] == 7
@@ -257,8 +282,11 @@ def test_url_options_are_typed_and_checked(redis_server: RedisServer) -> None:
         assert pool.max_connections == 7
     finally:
         good.close()
-    for query, message in (("socket_timeout=soon", "socket_timeout"),
-                           ("index_shards=0", "index_shards"), ("retries=-1", "retries")):
+    for query, message in (
+        ("socket_timeout=soon", "socket_timeout"),
+        ("index_shards=0", "index_shards"),
+        ("retries=-1", "retries"),
+    ):
         with pytest.raises(ConfigError, match=message):
             RedisStore(f"{redis_server.url}?{query}", Settings())
 

@@ -212,8 +212,11 @@ def test_shutdown_is_idempotent_and_closes_every_call(tmp_path: Path) -> None:
     first = svc.shutdown()
     assert first.complete and first.written == 1 and first.unsaved == ()
     assert svc.shutdown() == first.__class__(0)
-    assert not any(t.name == "pooled-sessions-flusher" and t.is_alive()
-                   for t in threading.enumerate() if t is getattr(svc, "_thread", None))
+    assert not any(
+        t.name == "pooled-sessions-flusher" and t.is_alive()
+        for t in threading.enumerate()
+        if t is getattr(svc, "_thread", None)
+    )
     for call in (
         lambda: svc.create_session("bob"),
         lambda: svc.validate_session(sid),
@@ -259,7 +262,10 @@ def test_pending_changes_are_flushed_at_interpreter_exit(tmp_path: Path, how: st
     path = tmp_path / "s.json"
     done = subprocess.run(
         [sys.executable, "-c", EXIT_SCRIPT, str(path), how],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == (3 if how == "exit" else 0), done.stderr
     sid = done.stdout.strip()

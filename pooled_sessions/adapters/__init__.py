@@ -45,9 +45,7 @@ def _lookup(url: StoreURL, table: dict[str, str], group: str, other: dict[str, s
         if url.scheme in other:
             kind = "an asyncio" if table is SYNC_STORES else "a blocking"
             service = "AsyncSessionService" if table is SYNC_STORES else "SessionService"
-            raise ConfigError(
-                f"{url.scheme}:// is {kind} store; use it with {service}"
-            )
+            raise ConfigError(f"{url.scheme}:// is {kind} store; use it with {service}")
         known = ", ".join(sorted(f"{s}://" for s in table))
         raise ConfigError(f"unknown store scheme {url.scheme!r} in {url}; known: {known}")
     module, _, name = target.partition(":")
@@ -66,9 +64,9 @@ def open_store(url: str | StoreURL, settings: Settings) -> Store:
 def open_async_store(url: str | StoreURL, settings: Settings) -> AsyncStore:
     """Open the asyncio store a URL names."""
     parsed = url if isinstance(url, StoreURL) else StoreURL.parse(url)
-    store: AsyncStore = _lookup(
-        parsed, ASYNC_STORES, "pooled_sessions.async_stores", SYNC_STORES
-    )(parsed, settings)
+    store: AsyncStore = _lookup(parsed, ASYNC_STORES, "pooled_sessions.async_stores", SYNC_STORES)(
+        parsed, settings
+    )
     return store
 
 

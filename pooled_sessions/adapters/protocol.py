@@ -98,16 +98,18 @@ class SlotStore(Store, Protocol):
     (``max_total`` across servers).
     """
 
-    def claim_slot(self, session_id: str, expires_at: float, limit: int,
-                   replaces: Sequence[str] = ()) -> bool: ...
+    def claim_slot(
+        self, session_id: str, expires_at: float, limit: int, replaces: Sequence[str] = ()
+    ) -> bool: ...
 
 
 @runtime_checkable
 class AsyncSlotStore(AsyncStore, Protocol):
     """The asyncio twin of `SlotStore`."""
 
-    async def claim_slot(self, session_id: str, expires_at: float, limit: int,
-                         replaces: Sequence[str] = ()) -> bool: ...
+    async def claim_slot(
+        self, session_id: str, expires_at: float, limit: int, replaces: Sequence[str] = ()
+    ) -> bool: ...
 
 
 @runtime_checkable

@@ -133,4 +133,3 @@ class RecordTable:
                 ids.discard(sid)
                 if not ids:
                     del self._by_user[record["username"]]
-

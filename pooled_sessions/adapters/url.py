@@ -43,7 +43,11 @@ class StoreURL:
             raise ConfigError(f"store URL {redact(text)!r} has no scheme")
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         return cls(
-            text, scheme, unquote(parts.hostname or ""), port, unquote(parts.path),
+            text,
+            scheme,
+            unquote(parts.hostname or ""),
+            port,
+            unquote(parts.path),
             MappingProxyType(query),
         )
 

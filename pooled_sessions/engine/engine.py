@@ -100,13 +100,22 @@ class Engine:
         yield from self._room(sid)
         now = self._clock()
         absolute = self.settings.absolute_lifetime_minutes
-        first_expiry = now + self._idle if absolute is None else \
-            min(now + self._idle, now + absolute * 60.0)
+        first_expiry = (
+            now + self._idle if absolute is None else min(now + self._idle, now + absolute * 60.0)
+        )
         yield from self.slots.claim(self._entries, now, sid, first_expiry)
         now = self._clock()
         entry = Entry(
-            sid, username, encoded, info.ip, info.user_agent, now, now, 0.0,
-            None if absolute is None else now + absolute * 60.0, 0.0,
+            sid,
+            username,
+            encoded,
+            info.ip,
+            info.user_agent,
+            now,
+            now,
+            0.0,
+            None if absolute is None else now + absolute * 60.0,
+            0.0,
         )
         self._extend(entry, now)
         self._entries.install(entry)
@@ -198,9 +207,16 @@ class Engine:
         if entry is None:
             return None
         clone = Entry(
-            new_id, entry.username, entry.attributes, entry.ip, entry.user_agent,
-            entry.created_at, entry.last_accessed_at, entry.expires_at,
-            entry.absolute_expires_at, 0.0,
+            new_id,
+            entry.username,
+            entry.attributes,
+            entry.ip,
+            entry.user_agent,
+            entry.created_at,
+            entry.last_accessed_at,
+            entry.expires_at,
+            entry.absolute_expires_at,
+            0.0,
         )
         self.slots.move(sid, clone)
         self._end(entry)
@@ -318,7 +334,8 @@ class Engine:
         """Drop expired sessions that have nothing to write; returns how many."""
         now, mono = self._clock(), self._mono()
         expired = [
-            sid for sid, e in self._entries.items()
+            sid
+            for sid, e in self._entries.items()
             if e.expired(now) and not self.pending.is_dirty(sid)
         ]
         for sid in expired:

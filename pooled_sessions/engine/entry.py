@@ -103,9 +103,7 @@ class Entry:
             self.absolute_expires_at,
         )
 
-    def upsert(
-        self, changed: set[str], removed: set[str], created: bool
-    ) -> Upsert:
+    def upsert(self, changed: set[str], removed: set[str], created: bool) -> Upsert:
         """The write that brings the store up to this entry."""
         return Upsert(
             self.session_id,

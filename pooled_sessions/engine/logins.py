@@ -58,8 +58,9 @@ class LoginPolicy:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
                 raise ConfigError(f"{name} must be an int in 0..{top}, got {value!r}")
         limit = self.max_sessions_per_user
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
-                                  or limit < 1):
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+        ):
             raise ConfigError(f"max_sessions_per_user must be None or an int >= 1, got {limit!r}")
         if self.on_limit not in ("end_oldest", "refuse"):
             raise ConfigError(f"on_limit must be 'end_oldest' or 'refuse', got {self.on_limit!r}")
@@ -104,8 +105,11 @@ def decide_login(live: Sequence[LiveLogin], ip: str | None, policy: LoginPolicy)
     elsewhere = tuple(s for s in ordered if not policy.same_place(s.ip, ip))
     if elsewhere and policy.on_new_location is LocationPolicy.REFUSE:
         return LoginDecision(False, (), elsewhere, "other_location")
-    end = [s.session_id for s in elsewhere] if policy.on_new_location is LocationPolicy.END_OLDER \
+    end = (
+        [s.session_id for s in elsewhere]
+        if policy.on_new_location is LocationPolicy.END_OLDER
         else []
+    )
     remaining = [s for s in ordered if s.session_id not in end]
     limit = policy.max_sessions_per_user
     if limit is not None and len(remaining) + 1 > limit:

@@ -298,8 +298,13 @@ class SlotLedger:
     session ends or expires.
     """
 
-    def __init__(self, config: SessionPoolConfig | None, monotonic: Callable[[], float],
-                 *, shared: bool = False) -> None:
+    def __init__(
+        self,
+        config: SessionPoolConfig | None,
+        monotonic: Callable[[], float],
+        *,
+        shared: bool = False,
+    ) -> None:
         self.policy: PoolPolicy[None] | None = None if config is None else PoolPolicy(config)
         self.shared = shared
         self._mono = monotonic
@@ -308,7 +313,10 @@ class SlotLedger:
         self._stored_as: dict[str, str] = {}  # rotated id -> the id the store counts it under
 
     def claim(
-        self, sessions: Mapping[str, Expiring], now: float, session_id: str = "",
+        self,
+        sessions: Mapping[str, Expiring],
+        now: float,
+        session_id: str = "",
         expires_at: float = 0.0,
     ) -> Generator[AcquireSlot | ClaimSlot | Pause, Any, None]:
         """Take a slot for new session ``session_id`` (expiring at ``expires_at``), waiting

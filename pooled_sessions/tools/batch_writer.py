@@ -27,8 +27,9 @@ class BackgroundWriter:
         self._queue: queue.Queue[list[Operation]] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._cancelled = False
-        self._thread = threading.Thread(target=self._run, name="pooled-sessions-writer",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="pooled-sessions-writer", daemon=True
+        )
         self._thread.start()
 
     def put(self, batch: list[Operation]) -> None:

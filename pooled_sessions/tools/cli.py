@@ -54,31 +54,48 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pooled-sessions", description=__doc__,
+        prog="pooled-sessions",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("demo", help="a short simulated web workload on a JSON file store",
-                        add_help=False)
-    move = commands.add_parser("migrate", help="copy live sessions from one store to another",
-                               description=_migrate.__doc__)
+    commands.add_parser(
+        "demo", help="a short simulated web workload on a JSON file store", add_help=False
+    )
+    move = commands.add_parser(
+        "migrate", help="copy live sessions from one store to another", description=_migrate.__doc__
+    )
     move.add_argument("source", metavar="SRC_URL", help="store to read (never modified)")
     move.add_argument("target", metavar="DST_URL", help="store to write")
-    move.add_argument("--dry-run", action="store_true",
-                      help="check the source and count what would be copied; write nothing")
-    move.add_argument("--verify", action="store_true",
-                      help="afterwards compare counts and a content checksum on both sides")
-    move.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE,
-                      help=f"sessions per store write (default {DEFAULT_BATCH_SIZE})")
+    move.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the source and count what would be copied; write nothing",
+    )
+    move.add_argument(
+        "--verify",
+        action="store_true",
+        help="afterwards compare counts and a content checksum on both sides",
+    )
+    move.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"sessions per store write (default {DEFAULT_BATCH_SIZE})",
+    )
     move.add_argument("--quiet", action="store_true", help="no progress output")
     move.set_defaults(run=_migrate)
-    look = commands.add_parser("inspect", help="count sessions, users, ages and bytes",
-                               description=_inspect.__doc__)
+    look = commands.add_parser(
+        "inspect", help="count sessions, users, ages and bytes", description=_inspect.__doc__
+    )
     look.add_argument("url", metavar="URL")
     look.add_argument("--json", action="store_true", help="print one JSON object")
     look.set_defaults(run=_inspect)
-    sweep = commands.add_parser("cleanup", help="remove expired sessions and stale index entries",
-                                description=_cleanup.__doc__)
+    sweep = commands.add_parser(
+        "cleanup",
+        help="remove expired sessions and stale index entries",
+        description=_cleanup.__doc__,
+    )
     sweep.add_argument("url", metavar="URL")
     sweep.add_argument("--dry-run", action="store_true", help="count what would be removed")
     sweep.set_defaults(run=_cleanup)
@@ -139,8 +156,14 @@ def _migrate(args: argparse.Namespace) -> int:
             before = target.count()
         try:
             progress = for_stream(sys.stdout, quiet=args.quiet)
-            report = migrate(source, target, batch_size=args.batch_size, dry_run=args.dry_run,
-                             check=args.verify, progress=progress)
+            report = migrate(
+                source,
+                target,
+                batch_size=args.batch_size,
+                dry_run=args.dry_run,
+                check=args.verify,
+                progress=progress,
+            )
         finally:
             target.close()
     finally:
@@ -154,30 +177,41 @@ def _migrate(args: argparse.Namespace) -> int:
 def _print_migration(report: MigrationReport, before: int) -> None:
     found = report.found
     ended = f", {found.tombstones:,} ended" if found.tombstones else ""
-    print(f"source:      {report.source}: {found.live:,} live sessions, "
-          f"{found.expired:,} expired (skipped){ended}")
+    print(
+        f"source:      {report.source}: {found.live:,} live sessions, "
+        f"{found.expired:,} expired (skipped){ended}"
+    )
     print(f"destination: {report.target}: {before:,} sessions before")
     if report.dry_run:
         print(f"dry run:     would copy {found.live:,} sessions; nothing was written")
     else:
-        print(f"copied:      {report.copied:,} sessions in {report.seconds:.2f} s "
-              f"({report.rate:,.0f} sessions/s, {report.batches:,} writes)")
+        print(
+            f"copied:      {report.copied:,} sessions in {report.seconds:.2f} s "
+            f"({report.rate:,.0f} sessions/s, {report.batches:,} writes)"
+        )
         if report.refused:
             print(f"refused:     {report.refused:,} (ended in the destination; not brought back)")
         if report.ended:
-            print(f"ended:       {report.ended:,} (ended in the source; ended in the "
-                  "destination too)")
+            print(
+                f"ended:       {report.ended:,} (ended in the source; ended in the destination too)"
+            )
     check = report.verification
     if check is None:
         return
     verdict = "OK" if check.ok else "DIFFERENT"
-    print(f"verify:      {verdict}: source {check.source_count:,} sessions, checksum "
-          f"{check.source_checksum}")
-    print(f"             destination {check.target_count:,} copies, checksum "
-          f"{check.target_checksum} ({check.target_total:,} sessions in all)")
+    print(
+        f"verify:      {verdict}: source {check.source_count:,} sessions, checksum "
+        f"{check.source_checksum}"
+    )
+    print(
+        f"             destination {check.target_count:,} copies, checksum "
+        f"{check.target_checksum} ({check.target_total:,} sessions in all)"
+    )
     if not check.ok:
-        print(f"             {check.missing:,} missing, {check.different:,} different: "
-              + ", ".join(check.examples))
+        print(
+            f"             {check.missing:,} missing, {check.different:,} different: "
+            + ", ".join(check.examples)
+        )
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -222,8 +256,10 @@ def _cleanup(args: argparse.Namespace) -> int:
             found = survey(source, time.time())
         finally:
             source.close()
-        print(f"{found.url}: would remove {found.expired:,} expired sessions "
-              f"({found.live:,} live stay)")
+        print(
+            f"{found.url}: would remove {found.expired:,} expired sessions "
+            f"({found.live:,} live stay)"
+        )
         return EXIT_OK
     if url.scheme in FILE_SCHEMES:
         require_file(url.path)

@@ -72,9 +72,18 @@ def upsert_of(session_id: str, record: Record) -> Upsert:
     except SessionDataError as exc:
         raise CorruptStoreError(f"session {short_id(session_id)} cannot be copied: {exc}") from None
     return Upsert(
-        session_id, record["username"], attributes, frozenset(attributes), frozenset(),
-        record["ip"], record["user_agent"], record["created_at"], record["last_accessed_at"],
-        record["expires_at"], record["absolute_expires_at"], created=True,
+        session_id,
+        record["username"],
+        attributes,
+        frozenset(attributes),
+        frozenset(),
+        record["ip"],
+        record["user_agent"],
+        record["created_at"],
+        record["last_accessed_at"],
+        record["expires_at"],
+        record["absolute_expires_at"],
+        created=True,
     )
 
 

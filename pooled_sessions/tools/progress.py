@@ -61,14 +61,20 @@ class Lines:
 
     def finish(self) -> None:
         seconds = time.monotonic() - self._started
-        print(f"{self._label}: {self._done:,} sessions in {seconds:.1f} s", file=self._stream,
-              flush=True)
+        print(
+            f"{self._label}: {self._done:,} sessions in {seconds:.1f} s",
+            file=self._stream,
+            flush=True,
+        )
 
     def _say(self, now: float) -> None:
         share = f" of {self._total:,} ({self._done / self._total:.0%})" if self._total else ""
         rate = self._done / max(now - self._started, 1e-9)
-        print(f"{self._label}: {self._done:,}{share} sessions, {rate:,.0f}/s",
-              file=self._stream, flush=True)
+        print(
+            f"{self._label}: {self._done:,}{share} sessions, {rate:,.0f}/s",
+            file=self._stream,
+            flush=True,
+        )
 
 
 class Bar:
@@ -80,8 +86,14 @@ class Bar:
         self._bar: Any = None
 
     def start(self, label: str, total: int | None) -> None:
-        self._bar = self._tqdm(total=total, desc=label, unit=" sessions",
-                               file=self._stream, leave=True, dynamic_ncols=True)
+        self._bar = self._tqdm(
+            total=total,
+            desc=label,
+            unit=" sessions",
+            file=self._stream,
+            leave=True,
+            dynamic_ncols=True,
+        )
 
     def advance(self, count: int) -> None:
         self._bar.update(count)

@@ -32,8 +32,9 @@ class _Tokens:
         self._eof = False
 
     def corrupt(self, what: str) -> CorruptStoreError:
-        return CorruptStoreError(f"{self._where} is not a valid sessions file ({what}); "
-                                 "it was left as it is")
+        return CorruptStoreError(
+            f"{self._where} is not a valid sessions file ({what}); it was left as it is"
+        )
 
     def _more(self) -> bool:
         """Append the next chunk (at least as much as is buffered: no quadratic re-parsing)."""
@@ -46,7 +47,7 @@ class _Tokens:
         if not data:
             self._eof = True
             return False
-        self._buf = self._buf[self._pos:] + data
+        self._buf = self._buf[self._pos :] + data
         self._pos = 0
         return True
 
@@ -126,8 +127,9 @@ class DocumentStream:
         except FileNotFoundError:
             raise StoreUnavailableError(f"no sessions file at {self.path}") from None
         except IsADirectoryError:
-            raise StoreUnavailableError(f"{self.path} is a directory, not a sessions file") \
-                from None
+            raise StoreUnavailableError(
+                f"{self.path} is a directory, not a sessions file"
+            ) from None
         except OSError as exc:
             raise StoreUnavailableError(f"cannot read {self.path}: {exc.strerror}") from exc
         with file:

@@ -26,8 +26,7 @@ BULK_MIN = 32
 CALLS_PER_PIPELINE = 4
 """Bulk calls (of up to ``chunk_size`` sessions each) sent in one pipeline."""
 CLUSTER_SLOTS = 16384
-_encode = json.JSONEncoder(ensure_ascii=False, check_circular=False,
-                           separators=(",", ":")).encode
+_encode = json.JSONEncoder(ensure_ascii=False, check_circular=False, separators=(",", ":")).encode
 
 
 def split(ops: Sequence[Operation]) -> tuple[list[Upsert], list[Operation]] | None:
@@ -82,9 +81,17 @@ def _call(keys: KeySchema, creates: Sequence[Upsert], now_ms: int, indexed: bool
             if count > 1:
                 shard = zlib.crc32(sid.encode()) % count + 1
         attributes, ip, agent = op.attributes, op.ip, op.user_agent
-        data += (sid, shard, ms(op.expires_at), user, repr(op.created_at),
-                 "" if absolute is None else repr(absolute), repr(op.last_accessed_at),
-                 repr(op.expires_at), len(attributes) + (ip is not None) + (agent is not None))
+        data += (
+            sid,
+            shard,
+            ms(op.expires_at),
+            user,
+            repr(op.created_at),
+            "" if absolute is None else repr(absolute),
+            repr(op.last_accessed_at),
+            repr(op.expires_at),
+            len(attributes) + (ip is not None) + (agent is not None),
+        )
         for name, value in attributes.items():
             data += (ATTRIBUTE + name, value)
         if ip is not None:
@@ -92,6 +99,15 @@ def _call(keys: KeySchema, creates: Sequence[Upsert], now_ms: int, indexed: bool
         if agent is not None:
             data += (AGENT, agent)
     key_list = [*shards, *([keys.slots] if pooled else []), *hashes, *tombstones, *users]
-    return ("EVALSHA", BULK_CREATE.sha, len(key_list), *key_list, now_ms,
-            "1" if indexed else "0", len(shards), "1" if pooled else "0", LAYOUT_VERSION,
-            _encode(data))
+    return (
+        "EVALSHA",
+        BULK_CREATE.sha,
+        len(key_list),
+        *key_list,
+        now_ms,
+        "1" if indexed else "0",
+        len(shards),
+        "1" if pooled else "0",
+        LAYOUT_VERSION,
+        _encode(data),
+    )

@@ -65,15 +65,15 @@ class EventListener:
     ``client`` is called for the client to subscribe with, each time it (re)subscribes.
     """
 
-    def __init__(self, client: Callable[[], Any], channel: str,
-                 subscription: Subscription) -> None:
+    def __init__(self, client: Callable[[], Any], channel: str, subscription: Subscription) -> None:
         self._client = client
         self._channel = channel
         self._sub = subscription
         self._stop = threading.Event()
         self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pooled-sessions-events",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="pooled-sessions-events", daemon=True
+        )
 
     def start(self, wait: float) -> bool:
         """Start listening; True if subscribed within ``wait`` seconds."""
@@ -108,8 +108,9 @@ class AsyncEventListener:
     ``client`` is awaited for the client to subscribe with, each time it (re)subscribes.
     """
 
-    def __init__(self, client: Callable[[], Awaitable[Any]], channel: str,
-                 subscription: Subscription) -> None:
+    def __init__(
+        self, client: Callable[[], Awaitable[Any]], channel: str, subscription: Subscription
+    ) -> None:
         self._client = client
         self._channel = channel
         self._sub = subscription

@@ -108,8 +108,12 @@ def upsert_fields(op: Upsert, full: bool) -> dict[str, str]:
     fields: dict[str, str] = {}
     if full:
         fields.update(
-            {VERSION: LAYOUT_VERSION, USER: op.username, CREATED: repr(op.created_at),
-             ABSOLUTE: "" if op.absolute_expires_at is None else repr(op.absolute_expires_at)}
+            {
+                VERSION: LAYOUT_VERSION,
+                USER: op.username,
+                CREATED: repr(op.created_at),
+                ABSOLUTE: "" if op.absolute_expires_at is None else repr(op.absolute_expires_at),
+            }
         )
     names = op.attributes if full else op.changed
     fields.update((ATTRIBUTE + name, op.attributes[name]) for name in names)

@@ -102,8 +102,14 @@ class RedisOptions:
             if option.for_client and name != "retries" and get(name) is not None
         }
         return cls(
-            url.text, _client_url(url, rest, cluster), cluster, keys, get("chunk_size"),
-            get("retries"), client_kwargs, int(settings.tombstone_ttl_seconds * 1000),
+            url.text,
+            _client_url(url, rest, cluster),
+            cluster,
+            keys,
+            get("chunk_size"),
+            get("retries"),
+            client_kwargs,
+            int(settings.tombstone_ttl_seconds * 1000),
         )
 
     def __str__(self) -> str:

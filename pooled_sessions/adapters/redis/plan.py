@@ -84,9 +84,17 @@ class Batch:
             fields = upsert_fields(op, whole)
             dels = [] if whole else removed_fields(op)
             notify = not op.created and bool(op.changed or op.removed)
-            args += ("U", op.session_id, "F" if whole else "P", ms(op.expires_at),
-                     repr(op.expires_at), repr(op.last_accessed_at), "1" if notify else "0",
-                     len(fields), len(dels))
+            args += (
+                "U",
+                op.session_id,
+                "F" if whole else "P",
+                ms(op.expires_at),
+                repr(op.expires_at),
+                repr(op.last_accessed_at),
+                "1" if notify else "0",
+                len(fields),
+                len(dels),
+            )
             for name, value in fields.items():
                 args += (name, value)
             args += dels
@@ -113,8 +121,12 @@ class Batch:
         slots: list[Command] = []
         if keys.pooled:  # slot scores follow expiry; a new id holds one
             for created in (False, True):
-                scored = [x for op in ops if isinstance(op, Upsert) and op.created is created
-                          for x in (op.expires_at, op.session_id)]
+                scored = [
+                    x
+                    for op in ops
+                    if isinstance(op, Upsert) and op.created is created
+                    for x in (op.expires_at, op.session_id)
+                ]
                 flags = ("GT",) if created else ("XX", "GT")  # a touch never takes a slot
                 slots += [("ZADD", keys.slots, *flags, *scored)] if scored else []
         ended = [op.session_id for op in ops if isinstance(op, Delete)]
@@ -130,8 +142,13 @@ class Batch:
 
 
 def write(
-    keys: KeySchema, ops: Sequence[Operation], now: float, origin: str,
-    tombstone_ttl_ms: int, chunk_size: int, cluster: bool,
+    keys: KeySchema,
+    ops: Sequence[Operation],
+    now: float,
+    origin: str,
+    tombstone_ttl_ms: int,
+    chunk_size: int,
+    cluster: bool,
 ) -> Step[WriteResult]:
     """Apply a batch: one pipeline per chunk, plus a second only for rare repairs.
 
@@ -163,9 +180,7 @@ def write(
     return WriteResult(refused=frozenset(refused))
 
 
-def _bulk(
-    batch: Batch, creates: Sequence[Upsert], size: int, cluster: bool
-) -> Step[list[str]]:
+def _bulk(batch: Batch, creates: Sequence[Upsert], size: int, cluster: bool) -> Step[list[str]]:
     """Write new sessions in full through `BULK_CREATE`, in one pipeline of calls of up to
     ``size`` sessions; returns the ids refused (ended).
 
@@ -176,8 +191,12 @@ def _bulk(
     alive = [op for op in creates if ms(op.expires_at) > now_ms]  # what the script writes
     indexes = batch.indexes(alive) if cluster else []
     replies = yield from run([command for command, _ in calls] + indexes)
-    lost = [op for (_, group), statuses in zip(calls, replies, strict=False)
-            for op, status in zip(group, statuses, strict=True) if not int(status)]
+    lost = [
+        op
+        for (_, group), statuses in zip(calls, replies, strict=False)
+        for op, status in zip(group, statuses, strict=True)
+        if not int(status)
+    ]
     if lost and cluster:
         yield from run(batch.indexes([Delete(op.session_id, op.username, 0.0) for op in lost]))
     return [op.session_id for op in lost]
@@ -259,9 +278,9 @@ def purge(keys: KeySchema, now: float) -> Step[int]:
     return removed
 
 
-def scan_page(keys: KeySchema, shard: str, cursor: int, where: str) -> Step[
-    tuple[int, list[tuple[str, Record]]]
-]:
+def scan_page(
+    keys: KeySchema, shard: str, cursor: int, where: str
+) -> Step[tuple[int, list[tuple[str, Record]]]]:
     """One page of a shard's sessions, and the cursor of the next (0 when done)."""
     ((cursor, items),) = yield from run([("ZSCAN", shard, cursor, "COUNT", PAGE)])
     ids = sorted({split_member(item[0])[0] for item in items})
@@ -273,7 +292,11 @@ def scan_page(keys: KeySchema, shard: str, cursor: int, where: str) -> Step[
 
 
 def claim_slot(
-    keys: KeySchema, session_id: str, expires_at: float, now: float, limit: int,
+    keys: KeySchema,
+    session_id: str,
+    expires_at: float,
+    now: float,
+    limit: int,
     replaces: Sequence[str] = (),
 ) -> Step[bool]:
     """Take one of ``limit`` live-session slots shared by every server, atomically, or the
@@ -319,4 +342,3 @@ def parse_event(data: Any, origin: str) -> tuple[list[str], list[str]] | None:
     except (ValueError, AttributeError, TypeError) as exc:
         logger.warning("ignored a malformed session event: %s", exc)
         return None
-

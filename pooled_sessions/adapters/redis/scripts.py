@@ -142,7 +142,6 @@ return 1
 )
 
 
-
 # Write new sessions in full, many per call (a migration, a burst of logins): the bulk
 # path of a large batch. KEYS: the index keys (ARGV[3] expiry shards, then the slot set
 # if ARGV[4] is '1'), then the sessions' hashes, then their tombstones, then (when

@@ -91,8 +91,9 @@ def _build_client(options: RedisOptions, aio: bool) -> Any:
 class _RedisBase:
     """What both stores share: options, keys, an origin token, error translation."""
 
-    def __init__(self, url: StoreURL | str | None, settings: Settings | None,
-                 client: Any, aio: bool) -> None:
+    def __init__(
+        self, url: StoreURL | str | None, settings: Settings | None, client: Any, aio: bool
+    ) -> None:
         settings = settings or Settings()
         if url is None:
             if client is None:
@@ -114,17 +115,25 @@ class _RedisBase:
         if isinstance(exc, SessionError):
             return exc
         errors = self._redis.exceptions
-        down = (errors.ConnectionError, errors.TimeoutError, errors.ClusterError,
-                errors.RedisClusterException, errors.TryAgainError, errors.ReadOnlyError,
-                errors.BusyLoadingError, OSError)
+        down = (
+            errors.ConnectionError,
+            errors.TimeoutError,
+            errors.ClusterError,
+            errors.RedisClusterException,
+            errors.TryAgainError,
+            errors.ReadOnlyError,
+            errors.BusyLoadingError,
+            OSError,
+        )
         if isinstance(exc, down) or "LOADING" in str(exc) or "MASTERDOWN" in str(exc):
             return StoreUnavailableError(f"{self.where} is unavailable: {exc}")
         return StoreError(f"{self.where} failed: {type(exc).__name__}: {exc}")
 
     def _write_plan(self, operations: Sequence[Operation], now: float) -> plan.Step[WriteResult]:
         o = self.options
-        return plan.write(self.keys, operations, now, self._origin, o.tombstone_ttl_ms,
-                          o.chunk_size, o.cluster)
+        return plan.write(
+            self.keys, operations, now, self._origin, o.tombstone_ttl_ms, o.chunk_size, o.cluster
+        )
 
     @property
     def _wake(self) -> str:
@@ -134,9 +143,9 @@ class _RedisBase:
     def _subscription(self, callback: Callback) -> Subscription:
         return Subscription(self._origin, callback, self.where)
 
-    def _lock_steps(self, username: str, timeout: float) -> tuple[
-        Callable[[], plan.Step[bool]], plan.Step[None], float
-    ]:
+    def _lock_steps(
+        self, username: str, timeout: float
+    ) -> tuple[Callable[[], plan.Step[bool]], plan.Step[None], float]:
         """The steps of `user_lock`: try (repeatable), release, and the deadline."""
         token, keys = secrets.token_hex(16), self.keys
         ttl_ms = int(max(timeout, LOCK_MIN_SECONDS) * 2000)
@@ -148,8 +157,7 @@ class _RedisBase:
 
     def _lock_timeout(self, username: str, timeout: float) -> StoreError:
         return StoreError(
-            f"{self.where}: user {username[:40]!r} stayed locked by another server for "
-            f"{timeout} s"
+            f"{self.where}: user {username[:40]!r} stayed locked by another server for {timeout} s"
         )
 
     def _events_node(self, default: Any, nodes: Sequence[Any]) -> Any:
@@ -167,8 +175,13 @@ class _RedisBase:
 class RedisStore(_RedisBase):
     """Blocking store on redis-py; pass ``client=`` to use a ready ``Redis``/``RedisCluster``."""
 
-    def __init__(self, url: StoreURL | str | None = None, settings: Settings | None = None,
-                 *, client: Any = None) -> None:
+    def __init__(
+        self,
+        url: StoreURL | str | None = None,
+        settings: Settings | None = None,
+        *,
+        client: Any = None,
+    ) -> None:
         super().__init__(url, settings, client, aio=False)
         self._listener: EventListener | None = None
 
@@ -228,8 +241,9 @@ class RedisStore(_RedisBase):
     def count(self) -> int:
         return self._run(plan.count(self.keys, time.time()))
 
-    def claim_slot(self, session_id: str, expires_at: float, limit: int,
-                   replaces: Sequence[str] = ()) -> bool:
+    def claim_slot(
+        self, session_id: str, expires_at: float, limit: int, replaces: Sequence[str] = ()
+    ) -> bool:
         """Take one of ``limit`` live-session slots shared by every server (the pool's
         ``max_total`` across servers); False when all are held. Needs a pool configured.
 
@@ -286,8 +300,13 @@ class RedisStore(_RedisBase):
 class AsyncRedisStore(_RedisBase):
     """The asyncio twin on ``redis.asyncio``; ``client=`` takes a ready asyncio client."""
 
-    def __init__(self, url: StoreURL | str | None = None, settings: Settings | None = None,
-                 *, client: Any = None) -> None:
+    def __init__(
+        self,
+        url: StoreURL | str | None = None,
+        settings: Settings | None = None,
+        *,
+        client: Any = None,
+    ) -> None:
         super().__init__(url, settings, client, aio=True)
         self._listener: AsyncEventListener | None = None
         self._node: Any = None
@@ -358,8 +377,9 @@ class AsyncRedisStore(_RedisBase):
     async def count(self) -> int:
         return await self._run(plan.count(self.keys, time.time()))
 
-    async def claim_slot(self, session_id: str, expires_at: float, limit: int,
-                         replaces: Sequence[str] = ()) -> bool:
+    async def claim_slot(
+        self, session_id: str, expires_at: float, limit: int, replaces: Sequence[str] = ()
+    ) -> bool:
         """`RedisStore.claim_slot` for asyncio."""
         step = plan.claim_slot(self.keys, session_id, expires_at, time.time(), limit, replaces)
         return await self._run(step)
