@@ -24,8 +24,9 @@ demo: $(CORE)
 	$(BIN)/pooled-sessions demo
 
 lint: $(DEV)
-	$(BIN)/ruff check pooled_sessions tests benchmarks
+	$(BIN)/ruff check pooled_sessions tests benchmarks scripts
 	$(BIN)/mypy
+	$(BIN)/python scripts/unasync.py --check
 
 test: lint
 	$(BIN)/python -m pytest

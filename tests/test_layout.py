@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import importlib.util
 import pkgutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pooled_sessions
@@ -108,3 +110,12 @@ def test_every_store_lives_under_adapters() -> None:
     top = {m.name for m in pkgutil.iter_modules([str(PACKAGE)])}
     assert not {name for name in top if "redis" in name or "file" in name or "store" in name}
     assert {"engine", "adapters", "tools", "service", "service_async"} <= top
+
+
+def test_the_redis_stores_import_redis_only_when_opened() -> None:
+    modules = ", ".join(
+        f"pooled_sessions.adapters.redis{name}" for name in ("", ".store", ".store_async")
+    )
+    code = f"import sys, {modules}\nprint([m for m in sys.modules if m.split('.')[0] == 'redis'])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout == "[]\n"

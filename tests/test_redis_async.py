@@ -12,10 +12,13 @@ import pytest
 from pooled_sessions import Settings
 from pooled_sessions.adapters import open_async_store
 from pooled_sessions.adapters.protocol import AsyncStore, AsyncWatchableStore, WatchableStore
-from pooled_sessions.adapters.redis.store import AsyncRedisStore, RedisStore
+from pooled_sessions.adapters.redis import plan
+from pooled_sessions.adapters.redis.base import SCRIPT_CALLS, RedisBase
+from pooled_sessions.adapters.redis.store import RedisStore
+from pooled_sessions.adapters.redis.store_async import AsyncRedisStore
 from pooled_sessions.codec import Delete
 from pooled_sessions.errors import StoreUnavailableError
-from tests.redis_servers import RedisServer, free_port
+from tests.redis_servers import RedisCluster, RedisServer, commands_called, free_port
 from tests.test_redis_store import OTHER, SID, upsert
 
 
@@ -101,3 +104,48 @@ async def test_a_ready_async_client_is_accepted(redis_server: RedisServer) -> No
     await opened.close()
     assert await client.ping()
     await client.aclose()
+
+
+def spy_on_routes(store: RedisBase, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each script call ``store`` sends from now on names its node."""
+    routed: list[bool] = []
+    route = store._route
+
+    def spy(command: plan.Command) -> dict[str, Any]:
+        found = route(command)
+        if command[0] in SCRIPT_CALLS:
+            routed.append("target_nodes" in found)
+        return found
+
+    monkeypatch.setattr(store, "_route", spy)
+    return routed
+
+
+def getkeys_calls(cluster: RedisCluster) -> int:
+    return sum(commands_called(node).get("command|getkeys", 0) for node in cluster.nodes)
+
+
+@pytest.mark.cluster
+async def test_both_stores_send_script_calls_to_their_node(
+    redis_cluster: RedisCluster, cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a cluster, either store names the node of each script call from its first key,
+    so no client asks the server for the call's keys (COMMAND GETKEYS) once per call."""
+    aio_store, sync_store = AsyncRedisStore(cluster_url), RedisStore(cluster_url)
+    try:
+        await aio_store.load(SID)  # an asyncio cluster client reads the slot map on first use
+        before = getkeys_calls(redis_cluster)
+        routed = {"aio": spy_on_routes(aio_store, monkeypatch)}
+        routed["sync"] = spy_on_routes(sync_store, monkeypatch)
+        ids = [f"{n}{SID[1:]}" for n in range(6)]
+        for sid in ids[:3]:
+            await aio_store.write([upsert(sid, created=True)], time.time())
+        for sid in ids[3:]:
+            sync_store.write([upsert(sid, created=True)], time.time())
+        assert set(await aio_store.load_user("alice")) == set(sync_store.load_user("alice"))
+        assert len(sync_store.load_user("alice")) == 6
+        assert all(routed["aio"]) and all(routed["sync"]) and len(routed["aio"]) >= 3
+        assert len(routed["sync"]) >= 3 and getkeys_calls(redis_cluster) == before
+    finally:
+        await aio_store.close()
+        sync_store.close()

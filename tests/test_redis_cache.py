@@ -14,7 +14,8 @@ import redis
 
 from pooled_sessions import SessionService
 from pooled_sessions.adapters.redis.events import next_node
-from pooled_sessions.adapters.redis.store import AsyncRedisStore, RedisStore
+from pooled_sessions.adapters.redis.store import RedisStore
+from pooled_sessions.adapters.redis.store_async import AsyncRedisStore
 from tests.redis_servers import RedisCluster, binary, unique_prefix
 
 

@@ -16,23 +16,24 @@ from pooled_sessions.adapters.url import StoreURL
 from pooled_sessions.config import Settings
 from pooled_sessions.errors import ConfigError
 
-_REDIS = "pooled_sessions.adapters.redis.store"
+_REDIS = "pooled_sessions.adapters.redis.store:RedisStore"
+_AIO_REDIS = "pooled_sessions.adapters.redis.store_async:AsyncRedisStore"
 SYNC_STORES: dict[str, str] = {
     "file": "pooled_sessions.adapters.file.store:JsonFileStore",
     "memory": "pooled_sessions.adapters.memory:MemoryStore",
-    "redis": f"{_REDIS}:RedisStore",
-    "rediss": f"{_REDIS}:RedisStore",
-    "unix": f"{_REDIS}:RedisStore",
-    "redis+cluster": f"{_REDIS}:RedisStore",
+    "redis": _REDIS,
+    "rediss": _REDIS,
+    "unix": _REDIS,
+    "redis+cluster": _REDIS,
 }
 ASYNC_STORES: dict[str, str] = {
     "aiofile": "pooled_sessions.adapters.file.store_async:AioFileStore",
     "file": "pooled_sessions.adapters.file.store_async:AioFileStore",
     "memory": "pooled_sessions.adapters.memory:AsyncMemoryStore",
-    "redis": f"{_REDIS}:AsyncRedisStore",
-    "rediss": f"{_REDIS}:AsyncRedisStore",
-    "unix": f"{_REDIS}:AsyncRedisStore",
-    "redis+cluster": f"{_REDIS}:AsyncRedisStore",
+    "redis": _AIO_REDIS,
+    "rediss": _AIO_REDIS,
+    "unix": _AIO_REDIS,
+    "redis+cluster": _AIO_REDIS,
 }
 
 

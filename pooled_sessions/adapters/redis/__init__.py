@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from pooled_sessions.adapters.redis.store import AsyncRedisStore, RedisStore
+from pooled_sessions.adapters.redis.store import RedisStore
+from pooled_sessions.adapters.redis.store_async import AsyncRedisStore
 
 __all__ = ["AsyncRedisStore", "RedisStore"]

@@ -1,0 +1,181 @@
+"""What the blocking and the asyncio Redis store share and that does no I/O.
+
+``store_async.py`` holds `AsyncRedisStore`; ``store.py`` (`RedisStore`) is written from it by
+``scripts/unasync.py``. Both build on `RedisBase`: options, keys, client, error translation
+and the routing of script calls, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pooled_sessions.adapters.redis import plan
+from pooled_sessions.adapters.redis.events import Callback, Subscription, next_node
+from pooled_sessions.adapters.redis.options import CLUSTER_SCHEME, RedisOptions
+from pooled_sessions.adapters.url import StoreURL, redact
+from pooled_sessions.codec import Operation, WriteResult
+from pooled_sessions.config import Settings
+from pooled_sessions.errors import (
+    ConfigError,
+    MissingDependencyError,
+    SessionError,
+    StoreError,
+    StoreUnavailableError,
+)
+
+INSTALL_HINT = 'pip install "pooled-sessions[redis]"'
+LOCK_POLL_SECONDS, LOCK_MIN_SECONDS = 0.005, 1.0
+SCRIPT_CALLS = ("EVALSHA", "EVAL")
+
+
+def _redis() -> Any:
+    try:
+        import redis
+        import redis.asyncio
+        import redis.asyncio.cluster
+        import redis.backoff
+        import redis.cluster
+        import redis.retry
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"the Redis store needs the redis package: {INSTALL_HINT}"
+        ) from exc
+    return redis
+
+
+def _package(name: str) -> Any:
+    """The client package ``name`` (``redis`` or ``redis.asyncio``), imported on first open."""
+    _redis()
+    return importlib.import_module(name)
+
+
+def _client_url(client: Any, clients: Any) -> str:
+    """A URL describing a ready client, for messages and `url`."""
+    if isinstance(client, clients.cluster.RedisCluster):
+        node = client.get_default_node()
+        return f"{CLUSTER_SCHEME}://{node.host}:{node.port}"
+    kwargs = client.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
+    host, port = kwargs.get("host", "localhost"), kwargs.get("port", 6379)
+    return f"redis://{host}:{port}/{kwargs.get('db', 0)}"
+
+
+def _build_client(options: RedisOptions, clients: Any) -> Any:
+    redis = _redis()
+    retry = clients.retry.Retry(
+        redis.backoff.ExponentialBackoff(cap=1.0, base=0.05), options.retries
+    )
+    kind = clients.cluster.RedisCluster if options.cluster else clients.Redis
+    try:
+        return kind.from_url(options.client_url, retry=retry, **options.client_kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot open {options}: {exc}") from None
+    except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
+        # a cluster client reads the slot map at once
+        raise StoreUnavailableError(f"redis {options} is unavailable: {exc}") from exc
+
+
+class RedisBase:
+    """What both stores share: options, keys, an origin token, error translation."""
+
+    def __init__(
+        self, url: StoreURL | str | None, settings: Settings | None, client: Any, clients: str
+    ) -> None:
+        """``clients`` names the client package: ``redis`` or ``redis.asyncio``."""
+        settings = settings or Settings()
+        if url is None:
+            if client is None:
+                raise SessionError("a Redis store needs a URL or a client")
+            url = _client_url(client, _package(clients))
+        parsed = url if isinstance(url, StoreURL) else StoreURL.parse(url)
+        self.options = RedisOptions.parse(parsed, settings)
+        self.url = parsed.text
+        self.keys = self.options.keys
+        self.where = f"redis {redact(parsed.text)}"
+        self._origin = secrets.token_hex(8)
+        self._owns_client = client is None
+        if client is None:
+            client = _build_client(self.options, _package(clients))
+        self._client = client
+        self._clients = _package(clients)
+        self._redis = _redis()
+        self._node_name = ""  # the cluster node the events listener subscribes through
+
+    def _failure(self, exc: Exception) -> SessionError:
+        """The error a caller sees: unavailable (retry later) or a plain store error."""
+        if isinstance(exc, SessionError):
+            return exc
+        errors = self._redis.exceptions
+        down = (
+            errors.ConnectionError,
+            errors.TimeoutError,
+            errors.ClusterError,
+            errors.RedisClusterException,
+            errors.TryAgainError,
+            errors.ReadOnlyError,
+            errors.BusyLoadingError,
+            OSError,
+        )
+        if isinstance(exc, down) or "LOADING" in str(exc) or "MASTERDOWN" in str(exc):
+            return StoreUnavailableError(f"{self.where} is unavailable: {exc}")
+        return StoreError(f"{self.where} failed: {type(exc).__name__}: {exc}")
+
+    def _route(self, command: plan.Command) -> dict[str, Any]:
+        """On a cluster, the node of a script call, from its first key: redis-py's blocking
+        cluster pipeline would otherwise ask the server (COMMAND GETKEYS) once per script
+        call. Before the client has read the slot map (an asyncio cluster client reads it
+        on first use), the client finds the node itself."""
+        if not self.options.cluster or command[0] not in SCRIPT_CALLS:
+            return {}
+        try:
+            return {"target_nodes": self._client.get_node_from_key(command[3])}
+        except self._redis.exceptions.SlotNotCoveredError:
+            return {}
+
+    def _write_plan(self, operations: Sequence[Operation], now: float) -> plan.Step[WriteResult]:
+        o = self.options
+        return plan.write(
+            self.keys, operations, now, self._origin, o.tombstone_ttl_ms, o.chunk_size, o.cluster
+        )
+
+    @property
+    def _wake(self) -> str:
+        """An event that carries no ids, from this store: every listener ignores it."""
+        return json.dumps({"o": self._origin})
+
+    def _subscription(self, callback: Callback) -> Subscription:
+        return Subscription(self._origin, callback, self.where)
+
+    def _lock_steps(
+        self, username: str, timeout: float
+    ) -> tuple[Callable[[], plan.Step[bool]], plan.Step[None], float]:
+        """The steps of `user_lock`: try (repeatable), release, and the deadline."""
+        token, keys = secrets.token_hex(16), self.keys
+        ttl_ms = int(max(timeout, LOCK_MIN_SECONDS) * 2000)
+        return (
+            lambda: plan.lock_user(keys, username, token, ttl_ms),
+            plan.unlock_user(keys, username, token),
+            time.monotonic() + timeout,
+        )
+
+    def _lock_timeout(self, username: str, timeout: float) -> StoreError:
+        return StoreError(
+            f"{self.where}: user {username[:40]!r} stayed locked by another server for {timeout} s"
+        )
+
+    def _events_node(self, default: Any, nodes: Sequence[Any]) -> Any:
+        """The cluster node to subscribe through: the default node, then, each time the
+        listener asks again (its subscription failed), the next one, so a node that died
+        is not tried forever. Classic pub/sub reaches every node, so any will do."""
+        node = default if not self._node_name else next_node(nodes, self._node_name)
+        self._node_name = str(node.name)
+        return node
+
+    def _subscribe_wait(self) -> float:
+        return float(self.options.client_kwargs.get("socket_connect_timeout", 2.0)) + 1.0

@@ -1,0 +1,168 @@
+# unasync: the source of store.py; after editing, run scripts/unasync.py
+"""``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://``: sessions as Redis hashes.
+
+The store runs the plans of `plan` over the keys of `keys`, through ``redis.asyncio``.
+Every server sharing a prefix shares the sessions, and `watch` tells a service which of its
+cached sessions another server ended or changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from pooled_sessions.adapters.redis import events, plan
+from pooled_sessions.adapters.redis.base import LOCK_POLL_SECONDS, RedisBase
+from pooled_sessions.adapters.url import StoreURL
+from pooled_sessions.codec import Operation, Record, WriteResult
+from pooled_sessions.config import Settings
+from pooled_sessions.errors import SessionError
+
+T = TypeVar("T")
+
+
+class AsyncRedisStore(RedisBase):
+    """The Redis store on ``redis.asyncio``; ``client=`` takes a ready client of it."""
+
+    def __init__(
+        self,
+        url: StoreURL | str | None = None,
+        settings: Settings | None = None,
+        *,
+        client: Any = None,
+    ) -> None:
+        super().__init__(url, settings, client, "redis.asyncio")
+        self._listener: events.AsyncEventListener | None = None
+        if True:  # unasync: the plain client of the cluster node `_events_client` chose
+            self._node: Any = None
+
+    async def _run(self, step: plan.Step[T]) -> T:
+        replies: Any = None
+        try:
+            while True:
+                commands = step.send(replies)
+                pipe = self._client.pipeline(transaction=False)
+                for command in commands:
+                    pipe.execute_command(*command, **self._route(command))
+                replies = await pipe.execute(raise_on_error=False)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+        except Exception as exc:
+            raise self._failure(exc) from exc
+        finally:
+            step.close()
+
+    async def load(self, session_id: str) -> Record | None:
+        return await self._run(plan.load(self.keys, session_id, self.where))
+
+    async def load_user(self, username: str) -> Mapping[str, Record]:
+        return await self._run(plan.load_user(self.keys, username, self.where))
+
+    async def ended(self, session_id: str) -> bool:
+        """True if ``session_id`` was ended, by any server (its tombstone is kept)."""
+        return await self._run(plan.ended(self.keys, session_id))
+
+    async def write(self, operations: Sequence[Operation], now: float) -> WriteResult:
+        return await self._run(self._write_plan(operations, now))
+
+    async def purge_expired(self, now: float) -> int:
+        return await self._run(plan.purge(self.keys, now))
+
+    async def poll(self) -> bool:
+        """Always False: changes by other servers arrive through `watch`."""
+        return False
+
+    async def scan(self) -> AsyncIterator[tuple[str, Record]]:
+        for shard in self.keys.all_shards():
+            cursor = 0
+            while True:
+                cursor, page = await self._run(plan.scan_page(self.keys, shard, cursor, self.where))
+                for item in page:
+                    yield item
+                if cursor == 0:
+                    break
+
+    async def count(self) -> int:
+        return await self._run(plan.count(self.keys, time.time()))
+
+    async def claim_slot(
+        self, session_id: str, expires_at: float, limit: int, replaces: Sequence[str] = ()
+    ) -> bool:
+        """Take one of ``limit`` live-session slots shared by every server (the pool's
+        ``max_total`` across servers); False when all are held. Needs a pool configured.
+
+        ``replaces``: sessions this server ended; the slot one of them still holds (its
+        end not written yet) is handed over to ``session_id``."""
+        step = plan.claim_slot(self.keys, session_id, expires_at, time.time(), limit, replaces)
+        return await self._run(step)
+
+    async def slots_in_use(self) -> int:
+        """Slots held by live sessions on every server."""
+        return await self._run(plan.slots_in_use(self.keys, time.time()))
+
+    @asynccontextmanager
+    async def user_lock(self, username: str, timeout: float = 5.0) -> AsyncIterator[None]:
+        """Hold ``username`` exclusively among every server sharing this store (a login).
+
+        Waits up to ``timeout`` seconds, then raises `StoreError`. The lock expires by
+        itself after twice that if its holder dies."""
+        attempt, release, deadline = self._lock_steps(username, timeout)
+        while not await self._run(attempt()):
+            if time.monotonic() >= deadline:
+                raise self._lock_timeout(username, timeout)
+            await asyncio.sleep(LOCK_POLL_SECONDS)
+        try:
+            yield
+        finally:
+            await self._run(release)
+
+    async def _events_client(self) -> Any:
+        """The client to subscribe with: on a cluster, one node's (see `_events_node`)."""
+        if not self.options.cluster:
+            return self._client
+        if True:  # unasync: the asyncio cluster client has no usable pub/sub: a plain client
+            # of the node is made here (its previous one closed); it reads nodes on first use
+            if self._node is None:
+                await self._client.initialize()
+            else:
+                await events.aquietly(lambda: self._node.aclose(close_connection_pool=True))
+            node = self._events_node(self._client.get_default_node(), self._client.get_nodes())
+            pool = self._clients.ConnectionPool(
+                connection_class=node.connection_class, **node.connection_kwargs
+            )
+            self._node = self._clients.Redis(connection_pool=pool)
+            return self._node
+        else:
+            node = self._events_node(self._client.get_default_node(), self._client.get_nodes())
+            return node.redis_connection
+
+    async def watch(self, callback: events.Callback) -> None:
+        """Call ``callback(ids, ended)`` when other servers end or change sessions (``ids``
+        None: anything may have changed), from the listener: a task in the loop's thread,
+        or a thread of its own for the blocking store; it must not block. Waits briefly for
+        the subscription; if Redis is down, the listener keeps trying in the background."""
+        if self._listener is not None:
+            raise SessionError(f"{self.where} is already watched")
+        subscription = self._subscription(callback)
+        self._listener = events.AsyncEventListener(
+            self._events_client, self.keys.channel, subscription
+        )
+        await self._listener.start(self._subscribe_wait())
+
+    async def close(self) -> None:
+        """Stop listening, then close the client if this store opened it."""
+        if self._listener is not None:
+            if True:  # unasync: a task is cancelled; a thread is woken by an event of our own
+                await self._listener.stop()
+                if self._node is not None:
+                    await self._node.aclose(close_connection_pool=True)
+                    self._node = None
+            else:
+                self._listener.stop(lambda: self._client.publish(self.keys.channel, self._wake))
+            self._listener = None
+        if self._owns_client:
+            await self._client.aclose()
