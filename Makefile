@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CORE := $(VENV)/.installed-core
 DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test lint bench bench-compare clean
+.PHONY: demo test test-fast cov lint format bench bench-compare clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,13 +23,32 @@ $(DEV): pyproject.toml | $(VENV)/bin/python
 demo: $(CORE)
 	$(BIN)/pooled-sessions demo
 
+SOURCES := pooled_sessions tests benchmarks scripts
+
 lint: $(DEV)
-	$(BIN)/ruff check pooled_sessions tests benchmarks scripts
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
 	$(BIN)/mypy
 	$(BIN)/python scripts/unasync.py --check
 
+# Rewrites what lint checks: formatting, import order, the generated blocking Redis store.
+format: $(DEV)
+	$(BIN)/python scripts/unasync.py
+	$(BIN)/ruff check --fix $(SOURCES)
+	$(BIN)/ruff format $(SOURCES)
+
 test: lint
 	$(BIN)/python -m pytest
+
+# No Redis and no slow tests: the inner loop of development (about a minute).
+test-fast: $(DEV)
+	$(BIN)/python -m pytest -m "not redis and not cluster and not slow"
+
+# The whole suite under coverage (branches), with the report in the terminal and htmlcov/.
+cov: $(DEV)
+	$(BIN)/python -m coverage run -m pytest
+	$(BIN)/python -m coverage report --skip-covered
+	$(BIN)/python -m coverage html
 
 bench: $(DEV)
 	$(BIN)/python benchmarks/bench_core.py
