@@ -7,7 +7,12 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest_plugins = ["tests.backends", "tests.redis_servers", "tests.aio_backends"]
+pytest_plugins = [
+    "pytester",
+    "tests.backends",
+    "tests.redis_servers",
+    "tests.aio_backends",
+]
 
 
 @pytest.fixture(autouse=True)
