@@ -27,7 +27,7 @@ from pooled_sessions.engine.logins import (
     decide_login,
     location_event,
 )
-from pooled_sessions.errors import ConfigError, PoolExhaustedError, SessionError
+from pooled_sessions.errors import ConfigError, IdInUseError, PoolExhaustedError
 from pooled_sessions.model import ClientInfo, Session, ValidationResult
 
 T = TypeVar("T")
@@ -148,8 +148,8 @@ class _Manager:
                 return sid
             except PoolExhaustedError:
                 return None
-            except SessionError as exc:
-                if candidate is None or type(exc) is not SessionError:  # only "id in use"
+            except IdInUseError:
+                if candidate is None:
                     raise
         return None
 

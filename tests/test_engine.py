@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pooled_sessions import BackPressureError, Reason, SessionDataError
+from pooled_sessions import BackPressureError, IdInUseError, Reason, SessionDataError
 from pooled_sessions.codec import Delete, Upsert
 from pooled_sessions.engine.engine import ENDED_MEMORY_SECONDS, Load, WaitForRoom
 from tests.enginekit import Rig
@@ -323,7 +323,7 @@ def test_an_ended_id_cannot_be_reused_nor_resurrected_by_a_late_load() -> None:
     assert rig.table.load(sid) is not None
     assert rig.run(rig.engine.validate(sid)).reason is Reason.NOT_FOUND
     assert rig.run(rig.engine.sessions_of("alice")) == []
-    with pytest.raises(Exception, match="already in use"):
+    with pytest.raises(IdInUseError, match="already in use"):
         rig.run(rig.engine.create("mallory", {}, None, session_id=sid))
     rig.flush()
     rig.clock.advance(ENDED_MEMORY_SECONDS + 1)

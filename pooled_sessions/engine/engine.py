@@ -43,7 +43,7 @@ from pooled_sessions.engine.requests import Request as Request
 from pooled_sessions.engine.requests import StoreOffers as StoreOffers
 from pooled_sessions.engine.requests import WaitForRoom as WaitForRoom
 from pooled_sessions.engine.requests import new_session_id as new_session_id
-from pooled_sessions.errors import BackPressureError, SessionError
+from pooled_sessions.errors import BackPressureError, IdInUseError
 from pooled_sessions.model import ClientInfo, Reason, Session, ValidationResult
 
 T = TypeVar("T")
@@ -379,9 +379,9 @@ class Engine:
         sid = check_id(session_id)
         ended = sid in self._ended
         if not ended and (sid in self._entries or (yield Load(sid)) is not None):
-            raise SessionError(f"session id {short_id(sid)} is already in use")
+            raise IdInUseError(f"session id {short_id(sid)} is already in use")
         if ended or (self.offers.ended and (yield Ended(sid))):
-            raise SessionError(
+            raise IdInUseError(
                 f"session id {short_id(sid)} is already in use: its session was ended, and an id "
                 "is never used twice (mint a new one)"
             )
