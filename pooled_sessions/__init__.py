@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pooled_sessions.client_ip import ClientIPResolver, client_ip
-from pooled_sessions.config import SessionPoolConfig, Settings
+from pooled_sessions.config import PoolLimits, SessionPoolConfig, Settings
 from pooled_sessions.engine.logins import LocationEvent, LocationPolicy, LoginPolicy
 from pooled_sessions.engine.pool_policy import PoolStats
 from pooled_sessions.errors import (
@@ -42,6 +42,7 @@ __all__ = [
     "LoginResult",
     "MissingDependencyError",
     "PoolExhaustedError",
+    "PoolLimits",
     "PoolStats",
     "PooledSession",
     "Reason",

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pooled_sessions import SessionPoolConfig, Settings
+from pooled_sessions import PoolLimits, Settings
 from pooled_sessions.adapters.redis import bulk as redis_bulk
 from pooled_sessions.adapters.redis import plan as plan
 from pooled_sessions.adapters.redis.keys import KeySchema
@@ -193,7 +193,7 @@ def test_mixed_batches_keep_every_write(store: RedisStore) -> None:
 
 
 def test_a_pool_counts_the_slots_of_bulk_written_sessions(base_url: str) -> None:
-    settings = Settings(pool=SessionPoolConfig(max_total=COUNT + 1, max_idle=1, min_idle=0))
+    settings = Settings(pool=PoolLimits(max_total=COUNT + 1))
     store = open_store(base_url, settings)
     try:
         store.write(creates(), time.time())
