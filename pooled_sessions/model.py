@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from pooled_sessions.codec import short_id
+
 MAX_USER_AGENT_LENGTH = 1024
 
 
@@ -134,7 +136,7 @@ class Session:
 
     def __repr__(self) -> str:
         return (
-            f"Session(session_id={self.session_id[:8]!r}…, username={self.username!r}, "
+            f"Session(session_id={short_id(self.session_id)!r}, username={self.username!r}, "
             f"attributes={self.attributes!r}, ip={self.ip!r}, expires_at={self.expires_at!r})"
         )
 

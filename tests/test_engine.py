@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pooled_sessions import BackPressureError, IdInUseError, Reason, SessionDataError
-from pooled_sessions.codec import Delete, Upsert
+from pooled_sessions.codec import Delete, Upsert, short_id
 from pooled_sessions.engine.engine import ENDED_MEMORY_SECONDS, Load, WaitForRoom
 from tests.enginekit import Rig
 
@@ -329,6 +329,19 @@ def test_an_ended_id_cannot_be_reused_nor_resurrected_by_a_late_load() -> None:
     rig.clock.advance(ENDED_MEMORY_SECONDS + 1)
     rig.engine.cleanup()
     assert rig.run(rig.engine.validate(sid)).reason is Reason.NOT_FOUND
+
+
+def test_an_id_is_shortened_alike_in_errors_and_reprs() -> None:
+    sid = "abcdefghijklmnop"
+    assert short_id(sid) == "abcdefgh…"
+    rig = Rig()
+    rig.run(rig.engine.create("alice", {}, None, session_id=sid))
+    with pytest.raises(IdInUseError) as refused:
+        rig.run(rig.engine.create("bob", {}, None, session_id=sid))
+    assert "abcdefgh…" in str(refused.value) and sid not in str(refused.value)
+    session = rig.run(rig.engine.get(sid))
+    assert session is not None and "session_id='abcdefgh…'" in repr(session)
+    assert sid not in repr(session)
 
 
 def test_an_unconfirmed_end_is_remembered_past_the_ended_memory() -> None:
