@@ -39,7 +39,18 @@ NOW = 1_700_000_000.0
 
 def fresh_entry(n: int) -> object:
     """What the engine does per login: one new slotted object."""
-    return Entry(f"sid{n}", "alice", {}, "203.0.113.7", "agent", NOW, NOW, NOW + TTL, None, 0.0)
+    return Entry(
+        session_id=f"sid{n}",
+        username="alice",
+        attributes={},
+        ip="203.0.113.7",
+        user_agent="agent",
+        created_at=NOW,
+        last_accessed_at=NOW,
+        expires_at=NOW + TTL,
+        absolute_expires_at=None,
+        stored_expires_at=0.0,
+    )
 
 
 def fresh_login(n: int) -> PooledSession:

@@ -37,7 +37,7 @@ class Record(TypedDict):
     absolute_expires_at: float | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Upsert:
     """Write one session: every attribute is carried, ``changed``/``removed`` say which moved.
 

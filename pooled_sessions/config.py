@@ -117,7 +117,7 @@ def service_limits(pool: object) -> PoolLimits:
     return PoolLimits(max_total=pool.max_total, max_wait=pool.max_wait)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """Every tunable of a service, validated once.
 

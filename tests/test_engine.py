@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pooled_sessions import BackPressureError, IdInUseError, Reason, SessionDataError
+from pooled_sessions import BackPressureError, IdInUseError, Reason, Session, SessionDataError
 from pooled_sessions.codec import Delete, Upsert, short_id
 from pooled_sessions.engine.engine import ENDED_MEMORY_SECONDS, Load, WaitForRoom
 from tests.enginekit import Rig
@@ -329,6 +329,28 @@ def test_an_ended_id_cannot_be_reused_nor_resurrected_by_a_late_load() -> None:
     rig.clock.advance(ENDED_MEMORY_SECONDS + 1)
     rig.engine.cleanup()
     assert rig.run(rig.engine.validate(sid)).reason is Reason.NOT_FOUND
+
+
+def test_a_snapshot_holds_the_fields_a_session_is_built_from() -> None:
+    rig = Rig(absolute_lifetime_minutes=60)
+    sid = rig.run(rig.engine.create("alice", {"cart": [3, 7]}, {"ip": "203.0.113.7"}))
+    result = rig.run(rig.engine.validate(sid))
+    snapshot = result.session
+    assert snapshot is not None
+    built = Session(
+        session_id=sid,
+        username="alice",
+        encoded_attributes={"cart": "[3,7]"},
+        ip="203.0.113.7",
+        user_agent=None,
+        created_at=snapshot.created_at,
+        last_accessed_at=snapshot.last_accessed_at,
+        expires_at=snapshot.expires_at,
+        absolute_expires_at=snapshot.created_at + 3600.0,
+    )
+    assert snapshot == built and snapshot.attributes == {"cart": [3, 7]}
+    snapshot.attributes["cart"].append(9)  # the caller's copy, not the engine's
+    assert rig.run(rig.engine.get(sid)) == built
 
 
 def test_an_id_is_shortened_alike_in_errors_and_reprs() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import inspect
 import pkgutil
 from pathlib import Path
 
@@ -108,3 +109,42 @@ def test_every_store_lives_under_adapters() -> None:
     top = {m.name for m in pkgutil.iter_modules([str(PACKAGE)])}
     assert not {name for name in top if "redis" in name or "file" in name or "store" in name}
     assert {"engine", "adapters", "tools", "service", "service_async"} <= top
+
+
+def test_records_of_many_fields_are_built_by_keyword() -> None:
+    """A long positional list swaps two floats or two ids silently; these take keywords only."""
+    from pooled_sessions import (
+        LocationEvent,
+        LoginPolicy,
+        LoginResult,
+        PoolLimits,
+        PoolStats,
+        Session,
+        SessionPoolConfig,
+        Settings,
+    )
+    from pooled_sessions.adapters.redis.options import RedisOptions
+    from pooled_sessions.adapters.url import StoreURL
+    from pooled_sessions.codec import Upsert
+    from pooled_sessions.engine.entry import Entry
+    from pooled_sessions.engine.pending import Dirty, FlushStats
+
+    records: list[type] = [
+        Dirty,
+        Entry,
+        FlushStats,
+        LocationEvent,
+        LoginPolicy,
+        LoginResult,
+        PoolLimits,
+        PoolStats,
+        RedisOptions,
+        Session,
+        SessionPoolConfig,
+        Settings,
+        StoreURL,
+        Upsert,
+    ]
+    for record in records:
+        kinds = {p.kind for p in inspect.signature(record).parameters.values()}
+        assert kinds == {inspect.Parameter.KEYWORD_ONLY}, record.__name__

@@ -44,12 +44,14 @@ def test_end_older_ends_only_the_sessions_from_elsewhere() -> None:
 
 
 def test_allow_keeps_everything_and_reports() -> None:
-    decision = decide_login(live(("b", CAFE, 2.0)), HOME, LoginPolicy(LocationPolicy.ALLOW))
+    decision = decide_login(
+        live(("b", CAFE, 2.0)), HOME, LoginPolicy(on_new_location=LocationPolicy.ALLOW)
+    )
     assert decision.allowed and decision.end == () and len(decision.elsewhere) == 1
 
 
 def test_refuse_refuses_a_login_from_elsewhere_only() -> None:
-    policy = LoginPolicy("refuse")  # type: ignore[arg-type]
+    policy = LoginPolicy(on_new_location="refuse")  # type: ignore[arg-type]
     assert not decide_login(live(("b", CAFE, 2.0)), HOME, policy).allowed
     assert decide_login(live(("b", CAFE, 2.0)), HOME, policy).reason == "other_location"
     assert decide_login(live(("a", HOME, 1.0)), HOME, policy).allowed
@@ -192,7 +194,9 @@ def test_allow_and_report(service: SessionService) -> None:
 
 def test_refuse_the_new_login(service: SessionService) -> None:
     told = Recorder()
-    manager = SessionManager(service, LoginPolicy(LocationPolicy.REFUSE), on_location_change=told)
+    manager = SessionManager(
+        service, LoginPolicy(on_new_location=LocationPolicy.REFUSE), on_location_change=told
+    )
     assert manager.login("alice", "sid-home", HOME)
     result = manager.sign_in("alice", "sid-cafe", CAFE)
     assert not result and result.reason == "other_location" and result.session_id is None

@@ -106,16 +106,16 @@ class Engine:
         yield from self.slots.claim(self._entries, now, sid, first_expiry)
         now = self._clock()
         entry = Entry(
-            sid,
-            username,
-            encoded,
-            info.ip,
-            info.user_agent,
-            now,
-            now,
-            0.0,
-            None if absolute is None else now + absolute * 60.0,
-            0.0,
+            session_id=sid,
+            username=username,
+            attributes=encoded,
+            ip=info.ip,
+            user_agent=info.user_agent,
+            created_at=now,
+            last_accessed_at=now,
+            expires_at=0.0,  # set by _extend below
+            absolute_expires_at=None if absolute is None else now + absolute * 60.0,
+            stored_expires_at=0.0,
         )
         self._extend(entry, now)
         self._entries.install(entry)
@@ -207,16 +207,16 @@ class Engine:
         if entry is None:
             return None
         clone = Entry(
-            new_id,
-            entry.username,
-            entry.attributes,
-            entry.ip,
-            entry.user_agent,
-            entry.created_at,
-            entry.last_accessed_at,
-            entry.expires_at,
-            entry.absolute_expires_at,
-            0.0,
+            session_id=new_id,
+            username=entry.username,
+            attributes=entry.attributes,
+            ip=entry.ip,
+            user_agent=entry.user_agent,
+            created_at=entry.created_at,
+            last_accessed_at=entry.last_accessed_at,
+            expires_at=entry.expires_at,
+            absolute_expires_at=entry.absolute_expires_at,
+            stored_expires_at=0.0,
         )
         self.slots.move(sid, clone)
         self._end(entry)

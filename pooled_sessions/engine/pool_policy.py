@@ -39,7 +39,7 @@ _GRANTED = SlotTicket(0.0)
 _GRANTED.granted = True  # shared by every request granted at once: it never waits
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PoolStats:
     """A consistent snapshot of the pool's counters (also readable as ``stats["active"]``).
 
