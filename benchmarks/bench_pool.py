@@ -23,7 +23,13 @@ import tracemalloc
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from pooled_sessions import PooledSession, SessionPool, SessionPoolConfig, SessionService
+from pooled_sessions import (
+    PooledSession,
+    PoolLimits,
+    SessionPool,
+    SessionPoolConfig,
+    SessionService,
+)
 from pooled_sessions.engine.entry import Entry
 from pooled_sessions.engine.pool_policy import SlotLedger
 
@@ -33,7 +39,18 @@ NOW = 1_700_000_000.0
 
 def fresh_entry(n: int) -> object:
     """What the engine does per login: one new slotted object."""
-    return Entry(f"sid{n}", "alice", {}, "203.0.113.7", "agent", NOW, NOW, NOW + TTL, None, 0.0)
+    return Entry(
+        session_id=f"sid{n}",
+        username="alice",
+        attributes={},
+        ip="203.0.113.7",
+        user_agent="agent",
+        created_at=NOW,
+        last_accessed_at=NOW,
+        expires_at=NOW + TTL,
+        absolute_expires_at=None,
+        stored_expires_at=0.0,
+    )
 
 
 def fresh_login(n: int) -> PooledSession:
@@ -132,7 +149,7 @@ def object_rows(live_count: int, steps: int, repeats: int) -> list[list[str]]:
     return rows
 
 
-def create_validate(pool: SessionPoolConfig | None, count: int) -> tuple[float, float]:
+def create_validate(pool: PoolLimits | None, count: int) -> tuple[float, float]:
     """create_session/s and validate_session/s on a fresh service."""
     with SessionService(
         "memory://", pool=pool, save_delay_seconds=60, batch_save_threshold=100_000
@@ -152,7 +169,7 @@ def create_validate(pool: SessionPoolConfig | None, count: int) -> tuple[float, 
         return creates, timed(count, validate_all)
 
 
-def end_create(pool: SessionPoolConfig | None, count: int) -> float:
+def end_create(pool: PoolLimits | None, count: int) -> float:
     """end+create pairs per second with 100 sessions live (the limit, when pooled)."""
     with SessionService(
         "memory://", pool=pool, save_delay_seconds=60, batch_save_threshold=100_000
@@ -169,7 +186,7 @@ def end_create(pool: SessionPoolConfig | None, count: int) -> float:
 
 def ledger_ns(count: int) -> float:
     """Nanoseconds the engine's pool bookkeeping adds to one session (claim, hold, release)."""
-    ledger = SlotLedger(SessionPoolConfig(max_total=count + 1), time.monotonic)
+    ledger = SlotLedger(PoolLimits(max_total=count + 1), time.monotonic)
     entries = [fresh_entry(n) for n in range(count)]
 
     def cycle() -> None:
@@ -184,8 +201,8 @@ def ledger_ns(count: int) -> float:
 
 
 def service_rows(count: int, repeats: int) -> list[list[str]]:
-    big = SessionPoolConfig(max_total=10_000_000, max_wait=0)
-    at_limit = SessionPoolConfig(max_total=100, max_wait=0)
+    big = PoolLimits(max_total=10_000_000, max_wait=0)
+    at_limit = PoolLimits(max_total=100, max_wait=0)
     pairs: dict[str, tuple[float, float]] = {}
     rates = best_of(
         repeats,

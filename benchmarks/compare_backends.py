@@ -227,18 +227,18 @@ def upserts(start: int, count: int, now: float, created: bool = True) -> list[Up
     changed = frozenset(attributes) if created else frozenset({"cart"})
     return [
         Upsert(
-            f"bench-{n:07d}",
-            f"user{n % 5000}",
-            attributes,
-            changed,
-            frozenset(),
-            CLIENT["ip"],
-            CLIENT["user_agent"],
-            now,
-            now,
-            now + 3600.0,
-            None,
-            created,
+            session_id=f"bench-{n:07d}",
+            username=f"user{n % 5000}",
+            attributes=attributes,
+            changed=changed,
+            removed=frozenset(),
+            ip=CLIENT["ip"],
+            user_agent=CLIENT["user_agent"],
+            created_at=now,
+            last_accessed_at=now,
+            expires_at=now + 3600.0,
+            absolute_expires_at=None,
+            created=created,
         )
         for n in range(start, start + count)
     ]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pooled_sessions.client_ip import ClientIPResolver, client_ip
-from pooled_sessions.config import SessionPoolConfig, Settings
+from pooled_sessions.config import PoolLimits, SessionPoolConfig, Settings
 from pooled_sessions.engine.logins import LocationEvent, LocationPolicy, LoginPolicy
 from pooled_sessions.engine.pool_policy import PoolStats
 from pooled_sessions.errors import (
     BackPressureError,
     ConfigError,
     CorruptStoreError,
+    IdInUseError,
     MissingDependencyError,
     PoolExhaustedError,
     ServiceClosedError,
@@ -34,12 +35,14 @@ __all__ = [
     "ClientInfo",
     "ConfigError",
     "CorruptStoreError",
+    "IdInUseError",
     "LocationEvent",
     "LocationPolicy",
     "LoginPolicy",
     "LoginResult",
     "MissingDependencyError",
     "PoolExhaustedError",
+    "PoolLimits",
     "PoolStats",
     "PooledSession",
     "Reason",

@@ -2,7 +2,8 @@
 
 A *record* is what a store keeps for one session: a JSON-ready dict whose attributes
 hold decoded values. Write operations carry attributes JSON-encoded, once, at the call
-that brought them, so bad data is refused there and never reaches a flush.
+that brought them, so bad data is refused there and never reaches a flush. The checks of
+session ids and user names, and the short form of an id for messages, live here too.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class Record(TypedDict):
     absolute_expires_at: float | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Upsert:
     """Write one session: every attribute is carried, ``changed``/``removed`` say which moved.
 
@@ -74,7 +75,8 @@ Operation = Upsert | Delete
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:
-    """What a store reports after a batch: ids it refused because they were ended."""
+    """What a store reports after a batch: ids it refused because they were ended, and
+    whether it ``reloaded`` other processes' writes on the way (cached sessions are stale)."""
 
     refused: frozenset[str] = frozenset()
     reloaded: bool = False
@@ -210,36 +212,40 @@ def check_record(session_id: object, record: object, where: str) -> Record:
     return record  # type: ignore[return-value]
 
 
-def encode_document(fragments: Iterable[tuple[str, str]], tombstones: Mapping[str, float]) -> str:
-    """The file document, from already-encoded session records."""
-    members = (member(sid, text) for sid, text in fragments)
+def encode_document(
+    encoded_records: Iterable[tuple[str, str]], tombstones: Mapping[str, float]
+) -> str:
+    """The file document, from (session id, `encode_record` text) pairs."""
+    members = (document_member(sid, text) for sid, text in encoded_records)
     return "".join(document_parts(members, tombstones))
 
 
-def member(session_id: str, text: str) -> str:
+def document_member(session_id: str, text: str) -> str:
     """One ``"id":value`` member of the document's sessions (or tombstones) object."""
     return f"{_encode(session_id)}:{text}"
 
 
 def document_parts(
-    members: Iterable[str], tombstones: Mapping[str, float], step: int = 128
+    members: Iterable[str], tombstones: Mapping[str, float], per_piece: int = 128
 ) -> Iterator[str]:
-    """The file document in pieces of at most ``step`` sessions (or tombstones) each.
+    """The file document in pieces of at most ``per_piece`` sessions (or tombstones) each.
 
-    ``members`` are the sessions as `member` texts (a table caches them, so a flush of a
-    large file mostly joins strings). Joined, the pieces are `encode_document`; a writer
-    that must not hold the CPU for long (an event loop) does other work between them.
+    ``members`` are the sessions as `document_member` texts (a table caches them, so a
+    flush of a large file mostly joins strings). Joined, the pieces are `encode_document`;
+    a writer that must not hold the CPU for long (an event loop) does other work between
+    them.
     """
     yield f'{{"format":"{FORMAT_NAME}","version":{FORMAT_VERSION},"sessions":{{'
-    yield from _joined(members, step)
+    yield from _joined(members, per_piece)
     yield '},"tombstones":{'
-    yield from _joined((member(sid, _encode(t)) for sid, t in tombstones.items()), step)
+    ended = (document_member(sid, _encode(t)) for sid, t in tombstones.items())
+    yield from _joined(ended, per_piece)
     yield "}}\n"
 
 
-def _joined(members: Iterable[str], step: int) -> Iterator[str]:
+def _joined(members: Iterable[str], per_piece: int) -> Iterator[str]:
     members, comma = iter(members), ""
-    while chunk := list(islice(members, step)):
+    while chunk := list(islice(members, per_piece)):
         yield comma + ",".join(chunk)
         comma = ","
 
@@ -257,14 +263,14 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _no_constant(name: str) -> float:
+def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number")
 
 
 def decode_document(data: bytes, where: str) -> tuple[dict[str, Record], dict[str, float]]:
     """Parse and check a file document; anything unexpected raises CorruptStoreError."""
     try:
-        document = json.loads(data, parse_float=_finite_float, parse_constant=_no_constant)
+        document = json.loads(data, parse_float=_finite_float, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:  # also bad UTF-8, huge integers, deep nesting
         raise CorruptStoreError(
             f"{where} is not valid JSON ({str(exc)[:200]}); it was left as it is"

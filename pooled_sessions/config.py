@@ -41,28 +41,20 @@ def parse_value(key: str, kind: str, text: str) -> bool | int | float | str | No
     return text
 
 
-@dataclass(frozen=True, slots=True)
-class SessionPoolConfig:
-    """Limits of the live-session pool, with the defaults of the Commons Pool design."""
+def _check_count(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"pool {name} must be an int >= {low}, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolLimits:
+    """What a service's pool enforces: ``max_total`` live sessions, a ``max_wait`` for a slot."""
 
     max_total: int = 100
-    max_idle: int = 20
-    min_idle: int = 5
     max_wait: float = 5.0
-    test_on_borrow: bool = True
-    test_on_return: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("max_total", "max_idle", "min_idle"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"pool {name} must be an int >= 0, got {value!r}")
-        if self.max_total < 1:
-            raise ConfigError(f"pool max_total must be >= 1, got {self.max_total}")
-        if self.min_idle > self.max_idle:
-            raise ConfigError(
-                f"pool min_idle ({self.min_idle}) must not exceed max_idle ({self.max_idle})"
-            )
+        _check_count("max_total", self.max_total, 1)
         wait = self.max_wait
         if (
             isinstance(wait, bool)
@@ -71,21 +63,61 @@ class SessionPoolConfig:
             or wait < 0
         ):
             raise ConfigError(f"pool max_wait must be a finite number >= 0, got {wait!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionPoolConfig(PoolLimits):
+    """A standalone `SessionPool`'s configuration: the limits, plus the idle list and the
+    validation of the Commons Pool design, with its defaults."""
+
+    max_idle: int = 20
+    min_idle: int = 5
+    test_on_borrow: bool = True
+    test_on_return: bool = True
+
+    def __post_init__(self) -> None:
+        PoolLimits.__post_init__(self)  # slots=True rebuilds the class: no bare super()
+        _check_count("max_idle", self.max_idle, 0)
+        _check_count("min_idle", self.min_idle, 0)
+        if self.min_idle > self.max_idle:
+            raise ConfigError(
+                f"pool min_idle ({self.min_idle}) must not exceed max_idle ({self.max_idle})"
+            )
         for name in ("test_on_borrow", "test_on_return"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"pool {name} must be a bool")
 
-    @staticmethod
-    def parse_env(key: str, text: str) -> Any:
-        """Convert one ``POOLED_SESSIONS_POOL_*`` variable to the field's type."""
-        name = key.rsplit("POOL_", 1)[1].lower()
-        kinds = {f.name: str(f.type) for f in fields(SessionPoolConfig)}
-        if name not in kinds:
-            raise ConfigError(f"unknown environment setting {key}")
-        return parse_value(key, kinds[name], text)
+
+_LIMIT_KINDS = {"max_total": "int", "max_wait": "float"}
+STANDALONE_ONLY = tuple(f.name for f in fields(SessionPoolConfig) if f.name not in _LIMIT_KINDS)
+"""Fields of `SessionPoolConfig` that only a standalone `SessionPool` uses."""
+_STANDALONE_NOTE = (
+    "only applies to a standalone SessionPool (a service's pool enforces max_total and "
+    "max_wait only)"
+)
 
 
-@dataclass(frozen=True, slots=True)
+def service_limits(pool: object) -> PoolLimits:
+    """The limits a service enforces, from a `PoolLimits` or a `SessionPoolConfig`.
+
+    A `SessionPoolConfig` that sets a field the services would ignore is refused.
+    """
+    if type(pool) is PoolLimits:
+        return pool
+    if not isinstance(pool, PoolLimits):
+        raise ConfigError(
+            f"pool must be a PoolLimits or a SessionPoolConfig, not {type(pool).__name__}"
+        )
+    if isinstance(pool, SessionPoolConfig):
+        defaults = SessionPoolConfig()
+        for name in STANDALONE_ONLY:
+            value = getattr(pool, name)
+            if value != getattr(defaults, name):
+                raise ConfigError(f"pool {name}={value!r} {_STANDALONE_NOTE}")
+    return PoolLimits(max_total=pool.max_total, max_wait=pool.max_wait)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """Every tunable of a service, validated once.
 
@@ -111,14 +143,14 @@ class Settings:
     tombstone_ttl_seconds: float = 24 * 3600.0
     sync_interval_seconds: float = 1.0
     key_prefix: str = "pooled_sessions"
-    pool: SessionPoolConfig | None = field(default=None)
+    pool: PoolLimits | None = field(default=None)
 
     def __post_init__(self) -> None:
         for f in fields(self):
             if f.name != "pool":
                 _check(f.name, getattr(self, f.name))
-        if self.pool is not None and not isinstance(self.pool, SessionPoolConfig):
-            raise ConfigError(f"pool must be a SessionPoolConfig, not {type(self.pool).__name__}")
+        if self.pool is not None:  # a SessionPoolConfig is narrowed to what is enforced
+            object.__setattr__(self, "pool", service_limits(self.pool))
         if self.touch_step_seconds is not None and self.touch_step_seconds >= self.idle_seconds:
             raise ConfigError(
                 f"touch_step_seconds ({self.touch_step_seconds}) must be shorter than the "
@@ -166,12 +198,24 @@ class Settings:
         return cls(**values)
 
 
-def _pool_from(mapping: Mapping[str, Any]) -> SessionPoolConfig:
-    """A pool configuration from a mapping, naming any key it does not know."""
-    unknown = set(mapping) - {f.name for f in fields(SessionPoolConfig)}
+def _pool_from(mapping: Mapping[str, Any]) -> PoolLimits:
+    """A service's pool limits from a mapping, naming any key it does not take."""
+    for name in STANDALONE_ONLY:
+        if name in mapping:
+            raise ConfigError(f"pool setting {name} {_STANDALONE_NOTE}")
+    unknown = set(mapping) - _LIMIT_KINDS.keys()
     if unknown:
         raise ConfigError(f"unknown pool setting(s): {', '.join(sorted(map(str, unknown)))}")
-    return SessionPoolConfig(**mapping)
+    return PoolLimits(**mapping)
+
+
+def _pool_env(key: str, name: str, text: str) -> Any:
+    """Convert variable ``key``, which sets pool field ``name``, to the field's type."""
+    if name in STANDALONE_ONLY:
+        raise ConfigError(f"{key} {_STANDALONE_NOTE}")
+    if name not in _LIMIT_KINDS:
+        raise ConfigError(f"unknown environment setting {key}")
+    return parse_value(key, _LIMIT_KINDS[name], text)
 
 
 _FIELD_NAMES = frozenset(f.name for f in fields(Settings))
@@ -231,7 +275,8 @@ def from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
     pool_prefix = ENV_PREFIX + "POOL_"
     for key, text in environ.items():
         if key.startswith(pool_prefix):
-            pool[key[len(pool_prefix) :].lower()] = SessionPoolConfig.parse_env(key, text)
+            name = key[len(pool_prefix) :].lower()
+            pool[name] = _pool_env(key, name, text)
         elif key.startswith(ENV_PREFIX):
             name = key[len(ENV_PREFIX) :].lower()
             if name not in _FIELD_NAMES or name == "pool":

@@ -39,6 +39,10 @@ class BackPressureError(StoreError):
     """
 
 
+class IdInUseError(SessionError):
+    """A session id given to `create_session` belongs, or belonged, to another session."""
+
+
 class PoolExhaustedError(SessionError):
     """No session slot became free within ``max_wait`` seconds."""
 

@@ -27,7 +27,7 @@ from pooled_sessions.engine.logins import (
     decide_login,
     location_event,
 )
-from pooled_sessions.errors import ConfigError, PoolExhaustedError, SessionError
+from pooled_sessions.errors import ConfigError, IdInUseError, PoolExhaustedError
 from pooled_sessions.model import ClientInfo, Session, ValidationResult
 
 T = TypeVar("T")
@@ -47,7 +47,7 @@ class Call(NamedTuple):
 Flow = Generator[Call, Any, T]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LoginResult:
     """The outcome of `SessionManager.sign_in`; truthy when the user is logged in.
 
@@ -99,6 +99,7 @@ class _Manager:
         self,
         user: str,
         session_id: str,
+        *,
         ip: str | None,
         user_agent: str | None,
         attributes: Mapping[str, Any] | None,
@@ -117,20 +118,41 @@ class _Manager:
         decision = decide_login(others, client.ip, self.policy)
         event = location_event(user, client.ip, decision, self.policy)
         if not decision.allowed:
-            return LoginResult(False, None, decision.reason, event=event)
+            return LoginResult(ok=False, session_id=None, reason=decision.reason, event=event)
         for sid in decision.end:
             yield Call("end_session", (sid,))
         if current is not None and current.username == user:
             new_id = yield Call("rotate_session", (session_id,))  # data kept: new id
             if new_id is not None:
-                return LoginResult(True, new_id, "ok", True, decision.end, event)
+                return LoginResult(
+                    ok=True,
+                    session_id=new_id,
+                    reason="ok",
+                    rotated=True,
+                    ended=decision.end,
+                    event=event,
+                )
         elif current is not None:
             yield Call("end_session", (session_id,))  # never hand one user's data to another
         wanted = session_id if current is None else None
         sid = yield from self._create(user, attributes, client, wanted)
         if sid is None:
-            return LoginResult(False, None, "pool_exhausted", False, decision.end, event)
-        return LoginResult(True, sid, "ok", sid != session_id, decision.end, event)
+            return LoginResult(
+                ok=False,
+                session_id=None,
+                reason="pool_exhausted",
+                rotated=False,
+                ended=decision.end,
+                event=event,
+            )
+        return LoginResult(
+            ok=True,
+            session_id=sid,
+            reason="ok",
+            rotated=sid != session_id,
+            ended=decision.end,
+            event=event,
+        )
 
     def _create(
         self,
@@ -148,8 +170,8 @@ class _Manager:
                 return sid
             except PoolExhaustedError:
                 return None
-            except SessionError as exc:
-                if candidate is None or type(exc) is not SessionError:  # only "id in use"
+            except IdInUseError:
+                if candidate is None:
                     raise
         return None
 
@@ -243,7 +265,9 @@ class SessionManager(_Manager):
     ) -> LoginResult:
         """`login` with the full outcome: the id to use, what ended, the location event."""
         with self._locks[self._stripe(user)], _exclusive(self.service, user):
-            result = self._run(self._sign_in(user, session_id, ip, user_agent, attributes))
+            result = self._run(
+                self._sign_in(user, session_id, ip=ip, user_agent=user_agent, attributes=attributes)
+            )
         self._report(result)
         return result
 
@@ -299,7 +323,9 @@ class AsyncSessionManager(_Manager):
     ) -> LoginResult:
         """See `SessionManager.sign_in`; an async listener is awaited."""
         async with self._locks[self._stripe(user)], _exclusive(self.service, user):
-            result = await self._run(self._sign_in(user, session_id, ip, user_agent, attributes))
+            result = await self._run(
+                self._sign_in(user, session_id, ip=ip, user_agent=user_agent, attributes=attributes)
+            )
         outcome = self._report(result)
         if inspect.isawaitable(outcome):
             try:

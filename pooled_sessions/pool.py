@@ -1,6 +1,6 @@
 """The session pool: `SessionPool`, a thread-safe bounded pool (its configuration is in `config`).
 
-The rules (limits, waiter order, idle list, statistics) live in `poolpolicy`, shared with
+The rules (limits, waiter order, idle list, statistics) live in `engine.pool_policy`, shared with
 the services' engine; `SessionPool` only adds a lock and blocking waits.
 """
 
@@ -164,7 +164,9 @@ class SessionPool(Generic[P]):
         self.config = config or SessionPoolConfig()
         self._factory: Callable[[], P] = factory
         self._clock, self._mono = clock, monotonic
-        self._policy: PoolPolicy[P] = PoolPolicy(self.config)
+        self._policy: PoolPolicy[P] = PoolPolicy(
+            self.config, max_idle=self.config.max_idle, min_idle=self.config.min_idle
+        )
         self._lock = threading.Lock()
         self._lent: dict[int, P] = {}
         self._evicted: dict[int, P] = {}

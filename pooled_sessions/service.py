@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from pooled_sessions.adapters import Store
+from pooled_sessions.codec import short_id
 from pooled_sessions.engine.engine import AcquireSlot, Flush, Op, WaitForRoom
 from pooled_sessions.errors import StoreError
 from pooled_sessions.model import ClientInfo, Session, ShutdownReport, ValidationResult
@@ -26,7 +27,6 @@ from pooled_sessions.service_base import (
     after_call,
     dispatch,
     flush_failed,
-    short,
     validate_cached,
 )
 
@@ -74,7 +74,7 @@ class SessionService(ServiceBase[Store]):
         sid = self._call(
             self._engine.create(username, attributes, client_info, session_id), writes=True
         )
-        logger.debug("created session %s for %r", short(sid), username)
+        logger.debug("created session %s for %r", short_id(sid), username)
         return sid
 
     def validate_session(self, session_id: str, client_info: ClientLike = None) -> ValidationResult:
@@ -112,7 +112,7 @@ class SessionService(ServiceBase[Store]):
         """End a session everywhere; True if a live session ended."""
         ended = self._call(self._engine.end(session_id), writes=True)
         if ended:
-            logger.debug("ended session %s", short(session_id))
+            logger.debug("ended session %s", short_id(session_id))
         return ended
 
     def force_save(self) -> int:

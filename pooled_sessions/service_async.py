@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from pooled_sessions import service_base as driver
 from pooled_sessions.adapters import AsyncStore
+from pooled_sessions.codec import short_id
 from pooled_sessions.engine.engine import AcquireSlot, Op, WaitForRoom
 from pooled_sessions.errors import SessionError, StoreError
 from pooled_sessions.model import ClientInfo, Session, ShutdownReport, ValidationResult
@@ -70,7 +71,7 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
         """Start a session for ``username``; returns its id (``session_id`` if given)."""
         op = self._engine.create(username, attributes, client_info, session_id)
         sid = await self._call(op, writes=True)
-        logger.debug("created session %s for %r", driver.short(sid), username)
+        logger.debug("created session %s for %r", short_id(sid), username)
         return sid
 
     async def validate_session(
@@ -112,7 +113,7 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
     async def end_session(self, session_id: str) -> bool:
         """End a session everywhere; True if a live session ended."""
         if ended := await self._call(self._engine.end(session_id), writes=True):
-            logger.debug("ended session %s", driver.short(session_id))
+            logger.debug("ended session %s", short_id(session_id))
         return ended
 
     async def force_save(self) -> int:

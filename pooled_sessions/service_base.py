@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Generic, NamedTuple, TypeVar, cast
 
 from pooled_sessions.adapters import check_kind, open_async_store, open_store
+from pooled_sessions.codec import short_id
 from pooled_sessions.config import Settings, resolve_settings
 from pooled_sessions.engine.engine import (
     AcquireSlot,
@@ -75,11 +76,6 @@ class ServiceBase(Generic[StoreT]):
     def _check_open(self) -> None:
         if self._closed:
             raise ServiceClosedError("the session service was shut down")
-
-
-def short(session_id: str) -> str:
-    """A session id cut short for logs: enough to correlate, useless to an attacker."""
-    return session_id[:6] + "…"
 
 
 def offers(store: object) -> StoreOffers:
@@ -232,7 +228,7 @@ class FinalFlush:
 
     def pause(self, engine: Engine) -> float | None:
         """Seconds to wait before the next attempt, or None when shutdown should report now."""
-        self.unsaved = tuple(short(sid) for sid in engine.pending.ids())
+        self.unsaved = tuple(short_id(sid) for sid in engine.pending.ids())
         if not self.unsaved or time.monotonic() >= self.deadline:
             return None
         return min(FINAL_RETRY_SECONDS, self.remaining())

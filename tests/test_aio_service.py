@@ -20,6 +20,7 @@ import pytest
 from pooled_sessions import (
     AsyncSessionService,
     ConfigError,
+    IdInUseError,
     Reason,
     ServiceClosedError,
     SessionError,
@@ -96,7 +97,7 @@ async def test_the_whole_api(url: str) -> None:
         assert stats["pending_changes"] == 0 and stats["flushes"] >= 1
         assert stats["live_sessions"] == 1 and stats["closed"] is False
         assert (await svc.validate_session("not an id")).reason is Reason.INVALID_ID
-        with pytest.raises(SessionError, match="already in use"):
+        with pytest.raises(IdInUseError, match="already in use"):
             await svc.create_session("bob", session_id=new)
     assert (await svc.stats())["closed"] is True
     async with AsyncSessionService(url) as again:

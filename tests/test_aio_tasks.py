@@ -131,7 +131,7 @@ async def test_shutdown_time_limit_cancels_a_hung_write_and_reports_it() -> None
     report = await svc.shutdown(timeout=0.2)
     assert time.monotonic() - started < 2.0
     assert not report.complete and report.written == 0
-    assert sorted(report.unsaved) == sorted(sid[:6] + "…" for sid in ids)
+    assert sorted(report.unsaved) == sorted(sid[:8] + "…" for sid in ids)
     assert report.error is not None and "time limit" in report.error
     assert (await svc.stats())["pending_sessions"] == 3, "kept, not dropped"
 

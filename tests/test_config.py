@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pooled_sessions import ConfigError, SessionPoolConfig, SessionService, Settings
+from pooled_sessions import ConfigError, PoolLimits, SessionPoolConfig, SessionService, Settings
 from pooled_sessions.config import resolve_settings
 
 
@@ -73,15 +73,82 @@ def test_settings_object_plus_overrides(tmp_path: Path) -> None:
 
 def test_pool_from_environment_and_mapping() -> None:
     settings = Settings.load(
-        environ={
-            "POOLED_SESSIONS_POOL_MAX_TOTAL": "50",
-            "POOLED_SESSIONS_POOL_MAX_WAIT": "0.5",
-            "POOLED_SESSIONS_POOL_TEST_ON_BORROW": "false",
-        }
+        environ={"POOLED_SESSIONS_POOL_MAX_TOTAL": "50", "POOLED_SESSIONS_POOL_MAX_WAIT": "0.5"}
     )
-    assert settings.pool == SessionPoolConfig(max_total=50, max_wait=0.5, test_on_borrow=False)
-    mapped = Settings.load({"pool": {"max_total": 7, "max_idle": 3, "min_idle": 1}})
-    assert mapped.pool == SessionPoolConfig(max_total=7, max_idle=3, min_idle=1)
+    assert settings.pool == PoolLimits(max_total=50, max_wait=0.5)
+    mapped = Settings.load({"pool": {"max_total": 7}})
+    assert mapped.pool == PoolLimits(max_total=7, max_wait=5.0)
+
+
+def test_a_session_pool_config_given_to_a_service_becomes_its_limits(tmp_path: Path) -> None:
+    config = SessionPoolConfig(max_total=500, max_wait=2.0)
+    for settings in (
+        Settings(pool=config),
+        Settings.load(pool=config),
+        Settings().replace(pool=config),
+        Settings(pool=SessionPoolConfig(max_total=500, max_wait=2.0, max_idle=20, min_idle=5)),
+    ):
+        assert settings.pool == PoolLimits(max_total=500, max_wait=2.0)
+        assert type(settings.pool) is PoolLimits
+    with SessionService(tmp_path / "s.json", pool=config) as svc:
+        assert svc.settings.pool == PoolLimits(max_total=500, max_wait=2.0)
+
+
+STANDALONE_VALUES: list[tuple[str, Any]] = [
+    ("max_idle", 30),
+    ("min_idle", 0),
+    ("test_on_borrow", False),
+    ("test_on_return", False),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), STANDALONE_VALUES)
+def test_a_pool_field_the_services_ignore_is_refused(name: str, value: Any, tmp_path: Path) -> None:
+    config = SessionPoolConfig(**{name: value})
+    needle = f"pool {name}={value!r} only applies to a standalone SessionPool"
+    with pytest.raises(ConfigError, match=needle):
+        Settings(pool=config)
+    with pytest.raises(ConfigError, match=needle):
+        SessionService(tmp_path / "s.json", pool=config)
+    with pytest.raises(ConfigError, match=f"pool setting {name} only applies to a standalone"):
+        Settings.load({"pool": {"max_total": 5, name: getattr(SessionPoolConfig(), name)}})
+    variable = f"POOLED_SESSIONS_POOL_{name.upper()}"
+    with pytest.raises(ConfigError, match=f"{variable} only applies to a standalone SessionPool"):
+        Settings.load(environ={variable: str(value)})
+
+
+@pytest.mark.parametrize(
+    ("config", "needle"),
+    [
+        ({"max_total": 0}, "max_total must be an int >= 1"),
+        ({"max_total": True}, "max_total"),
+        ({"max_total": 2.5}, "max_total"),
+        ({"max_wait": -1}, "max_wait must be a finite number >= 0"),
+        ({"max_wait": float("nan")}, "max_wait"),
+        ({"max_wait": "5"}, "max_wait"),
+    ],
+)
+def test_bad_pool_limits_are_refused(config: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        PoolLimits(**config)
+    with pytest.raises(ConfigError, match=needle):
+        SessionPoolConfig(**config)
+    with pytest.raises(ConfigError, match=needle):
+        Settings.load({"pool": config})
+
+
+@pytest.mark.parametrize(
+    ("config", "needle"),
+    [
+        ({"max_idle": -1}, "max_idle must be an int >= 0"),
+        ({"min_idle": 3, "max_idle": 2}, r"min_idle \(3\) must not exceed max_idle \(2\)"),
+        ({"test_on_borrow": "yes"}, "test_on_borrow must be a bool"),
+        ({"test_on_return": 1}, "test_on_return must be a bool"),
+    ],
+)
+def test_bad_session_pool_config_is_refused(config: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        SessionPoolConfig(**config)
 
 
 BAD_VALUES: list[tuple[str, Any]] = [

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from pooled_sessions import ClientInfo, Reason, ServiceClosedError, SessionError
+from pooled_sessions import ClientInfo, IdInUseError, Reason, ServiceClosedError, SessionError
 from tests.backends import ServiceFactory
 
 ID_RE = re.compile(r"[A-Za-z0-9_-]{43,}")
@@ -290,16 +290,17 @@ def test_custom_session_id(make_service: ServiceFactory) -> None:
 def test_custom_session_id_collision(
     make_service: ServiceFactory, make_peer: ServiceFactory
 ) -> None:
+    assert issubclass(IdInUseError, SessionError), "a caller catching the base still does"
     svc = make_service()
     svc.create_session("alice", {"mine": 1}, session_id="taken")
-    with pytest.raises(SessionError, match="already in use"):
+    with pytest.raises(IdInUseError, match="already in use"):
         svc.create_session("mallory", session_id="taken")
     svc.force_save()
     peer = make_peer()
-    with pytest.raises(SessionError, match="already in use"):
+    with pytest.raises(IdInUseError, match="already in use"):
         peer.create_session("mallory", session_id="taken")
     assert svc.end_session("taken")
-    with pytest.raises(SessionError, match="already in use"):
+    with pytest.raises(IdInUseError, match="already in use"):
         svc.create_session("mallory", session_id="taken")
     session = peer.get_session("taken")
     assert session is None or session.username == "alice"
@@ -469,7 +470,7 @@ def test_an_ended_custom_id_is_refused_everywhere(
     assert svc.end_session("minted-0001")
     svc.force_save()
     for service in (peer, make_peer(), svc):
-        with pytest.raises(SessionError, match="minted-0.*was ended.*never used twice"):
+        with pytest.raises(IdInUseError, match="minted-0.*was ended.*never used twice"):
             service.create_session("mallory", session_id="minted-0001")
         assert not service.validate_session("minted-0001")
     assert peer.sessions_of("mallory") == [] and peer.sessions_of("alice") == []

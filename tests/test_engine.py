@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pooled_sessions import BackPressureError, Reason, SessionDataError
-from pooled_sessions.codec import Delete, Upsert
+from pooled_sessions import BackPressureError, IdInUseError, Reason, Session, SessionDataError
+from pooled_sessions.codec import Delete, Upsert, short_id
 from pooled_sessions.engine.engine import ENDED_MEMORY_SECONDS, Load, WaitForRoom
 from tests.enginekit import Rig
 
@@ -323,12 +323,47 @@ def test_an_ended_id_cannot_be_reused_nor_resurrected_by_a_late_load() -> None:
     assert rig.table.load(sid) is not None
     assert rig.run(rig.engine.validate(sid)).reason is Reason.NOT_FOUND
     assert rig.run(rig.engine.sessions_of("alice")) == []
-    with pytest.raises(Exception, match="already in use"):
+    with pytest.raises(IdInUseError, match="already in use"):
         rig.run(rig.engine.create("mallory", {}, None, session_id=sid))
     rig.flush()
     rig.clock.advance(ENDED_MEMORY_SECONDS + 1)
     rig.engine.cleanup()
     assert rig.run(rig.engine.validate(sid)).reason is Reason.NOT_FOUND
+
+
+def test_a_snapshot_holds_the_fields_a_session_is_built_from() -> None:
+    rig = Rig(absolute_lifetime_minutes=60)
+    sid = rig.run(rig.engine.create("alice", {"cart": [3, 7]}, {"ip": "203.0.113.7"}))
+    result = rig.run(rig.engine.validate(sid))
+    snapshot = result.session
+    assert snapshot is not None
+    built = Session(
+        session_id=sid,
+        username="alice",
+        encoded_attributes={"cart": "[3,7]"},
+        ip="203.0.113.7",
+        user_agent=None,
+        created_at=snapshot.created_at,
+        last_accessed_at=snapshot.last_accessed_at,
+        expires_at=snapshot.expires_at,
+        absolute_expires_at=snapshot.created_at + 3600.0,
+    )
+    assert snapshot == built and snapshot.attributes == {"cart": [3, 7]}
+    snapshot.attributes["cart"].append(9)  # the caller's copy, not the engine's
+    assert rig.run(rig.engine.get(sid)) == built
+
+
+def test_an_id_is_shortened_alike_in_errors_and_reprs() -> None:
+    sid = "abcdefghijklmnop"
+    assert short_id(sid) == "abcdefgh…"
+    rig = Rig()
+    rig.run(rig.engine.create("alice", {}, None, session_id=sid))
+    with pytest.raises(IdInUseError) as refused:
+        rig.run(rig.engine.create("bob", {}, None, session_id=sid))
+    assert "abcdefgh…" in str(refused.value) and sid not in str(refused.value)
+    session = rig.run(rig.engine.get(sid))
+    assert session is not None and "session_id='abcdefgh…'" in repr(session)
+    assert sid not in repr(session)
 
 
 def test_an_unconfirmed_end_is_remembered_past_the_ended_memory() -> None:

@@ -272,18 +272,18 @@ def test_cached_document_text_always_matches_the_records(changed: int) -> None:
     def upsert(n: int, value: int) -> Upsert:
         attributes = encode_attributes({"v": value})
         return Upsert(
-            f"s{n}",
-            "alice",
-            attributes,
-            frozenset({"v"}),
-            frozenset(),
-            None,
-            None,
-            EPOCH,
-            EPOCH,
-            4e9,
-            None,
-            True,
+            session_id=f"s{n}",
+            username="alice",
+            attributes=attributes,
+            changed=frozenset({"v"}),
+            removed=frozenset(),
+            ip=None,
+            user_agent=None,
+            created_at=EPOCH,
+            last_accessed_at=EPOCH,
+            expires_at=4e9,
+            absolute_expires_at=None,
+            created=True,
         )
 
     table = RecordTable()

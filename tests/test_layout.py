@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import inspect
 import pkgutil
 import subprocess
 import sys
@@ -119,3 +120,42 @@ def test_the_redis_stores_import_redis_only_when_opened() -> None:
     code = f"import sys, {modules}\nprint([m for m in sys.modules if m.split('.')[0] == 'redis'])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout == "[]\n"
+
+
+def test_records_of_many_fields_are_built_by_keyword() -> None:
+    """A long positional list swaps two floats or two ids silently; these take keywords only."""
+    from pooled_sessions import (
+        LocationEvent,
+        LoginPolicy,
+        LoginResult,
+        PoolLimits,
+        PoolStats,
+        Session,
+        SessionPoolConfig,
+        Settings,
+    )
+    from pooled_sessions.adapters.redis.options import RedisOptions
+    from pooled_sessions.adapters.url import StoreURL
+    from pooled_sessions.codec import Upsert
+    from pooled_sessions.engine.entry import Entry
+    from pooled_sessions.engine.pending import Dirty, FlushStats
+
+    records: list[type] = [
+        Dirty,
+        Entry,
+        FlushStats,
+        LocationEvent,
+        LoginPolicy,
+        LoginResult,
+        PoolLimits,
+        PoolStats,
+        RedisOptions,
+        Session,
+        SessionPoolConfig,
+        Settings,
+        StoreURL,
+        Upsert,
+    ]
+    for record in records:
+        kinds = {p.kind for p in inspect.signature(record).parameters.values()}
+        assert kinds == {inspect.Parameter.KEYWORD_ONLY}, record.__name__

@@ -17,7 +17,7 @@ from pooled_sessions.engine.logins import (
     LoginPolicy,
     decide_login,
 )
-from pooled_sessions.errors import ConfigError
+from pooled_sessions.errors import ConfigError, IdInUseError, SessionError
 from pooled_sessions.manager import AsyncSessionManager, SessionManager
 from tests.backends import ServiceFactory
 
@@ -44,12 +44,14 @@ def test_end_older_ends_only_the_sessions_from_elsewhere() -> None:
 
 
 def test_allow_keeps_everything_and_reports() -> None:
-    decision = decide_login(live(("b", CAFE, 2.0)), HOME, LoginPolicy(LocationPolicy.ALLOW))
+    decision = decide_login(
+        live(("b", CAFE, 2.0)), HOME, LoginPolicy(on_new_location=LocationPolicy.ALLOW)
+    )
     assert decision.allowed and decision.end == () and len(decision.elsewhere) == 1
 
 
 def test_refuse_refuses_a_login_from_elsewhere_only() -> None:
-    policy = LoginPolicy("refuse")  # type: ignore[arg-type]
+    policy = LoginPolicy(on_new_location="refuse")  # type: ignore[arg-type]
     assert not decide_login(live(("b", CAFE, 2.0)), HOME, policy).allowed
     assert decide_login(live(("b", CAFE, 2.0)), HOME, policy).reason == "other_location"
     assert decide_login(live(("a", HOME, 1.0)), HOME, policy).allowed
@@ -192,7 +194,9 @@ def test_allow_and_report(service: SessionService) -> None:
 
 def test_refuse_the_new_login(service: SessionService) -> None:
     told = Recorder()
-    manager = SessionManager(service, LoginPolicy(LocationPolicy.REFUSE), on_location_change=told)
+    manager = SessionManager(
+        service, LoginPolicy(on_new_location=LocationPolicy.REFUSE), on_location_change=told
+    )
     assert manager.login("alice", "sid-home", HOME)
     result = manager.sign_in("alice", "sid-cafe", CAFE)
     assert not result and result.reason == "other_location" and result.session_id is None
@@ -245,6 +249,31 @@ def test_a_login_that_keeps_data_rotates_the_id(service: SessionService) -> None
     assert not manager.is_valid_session("alice", "sid-before-login")
     assert manager.login("alice", "sid-before-login", HOME) is True  # a used id is not reused
     assert service.get_session("sid-before-login") is None
+
+
+class RefusingIds:
+    """A service whose ``create_session`` refuses every id handed to it with ``error``."""
+
+    def __init__(self, service: SessionService, error: Exception) -> None:
+        self.service, self.error = service, error
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.service, name)
+
+    def create_session(self, *args: Any, session_id: str | None = None, **kwargs: Any) -> str:
+        if session_id is not None:
+            raise self.error
+        return self.service.create_session(*args, **kwargs)
+
+
+def test_only_an_id_in_use_sends_a_login_to_a_fresh_id(service: SessionService) -> None:
+    taken = SessionManager(RefusingIds(service, IdInUseError("session id sid-x… is in use")))
+    result = taken.sign_in("alice", "sid-x", HOME)
+    assert result and result.session_id not in (None, "sid-x") and result.rotated
+    broken = SessionManager(RefusingIds(service, SessionError("the store said no")))
+    with pytest.raises(SessionError, match="the store said no"):
+        broken.sign_in("bob", "sid-y", HOME)
+    assert service.sessions_of("bob") == []
 
 
 def test_another_users_session_is_never_inherited(service: SessionService) -> None:

@@ -9,7 +9,13 @@ from typing import Any
 
 import pytest
 
-from pooled_sessions import PoolExhaustedError, SessionPool, SessionPoolConfig, SessionService
+from pooled_sessions import (
+    PoolExhaustedError,
+    PoolLimits,
+    SessionPool,
+    SessionPoolConfig,
+    SessionService,
+)
 from pooled_sessions.engine.pool_policy import AcquireSlot, PoolPolicy, PoolStats, acquire
 from pooled_sessions.errors import ServiceClosedError
 from pooled_sessions.pool import PooledSession
@@ -67,7 +73,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 def test_policy_serves_waiters_first_come_first_served() -> None:
-    policy: PoolPolicy[None] = PoolPolicy(SessionPoolConfig(max_total=1, min_idle=0))
+    policy: PoolPolicy[None] = PoolPolicy(PoolLimits(max_total=1))
     first = policy.request(0.0)
     waiters = [policy.request(float(i)) for i in range(1, 4)]
     assert first.granted and not any(t.granted for t in waiters)
@@ -88,7 +94,7 @@ def test_policy_serves_waiters_first_come_first_served() -> None:
 
 
 def test_policy_gives_back_a_slot_granted_to_a_waiter_that_left() -> None:
-    policy: PoolPolicy[None] = PoolPolicy(SessionPoolConfig(max_total=1, max_idle=1, min_idle=0))
+    policy: PoolPolicy[None] = PoolPolicy(PoolLimits(max_total=1))
     policy.request(0.0)
     gone, next_one = policy.request(0.0), policy.request(0.0)
     policy.release(1.0)
@@ -98,13 +104,22 @@ def test_policy_gives_back_a_slot_granted_to_a_waiter_that_left() -> None:
 
 
 def test_policy_refuses_a_release_it_never_granted() -> None:
-    policy: PoolPolicy[None] = PoolPolicy(SessionPoolConfig(max_total=1, max_idle=1, min_idle=0))
+    policy: PoolPolicy[None] = PoolPolicy(PoolLimits(max_total=1))
     with pytest.raises(RuntimeError, match="released more often"):
         policy.release(0.0)
 
 
+def test_policy_keeps_idle_objects_only_up_to_its_bounds() -> None:
+    services: PoolPolicy[object] = PoolPolicy(PoolLimits(max_total=2))
+    assert not services.push_idle(object()) and services.idle_shortfall() == 0
+    standalone: PoolPolicy[object] = PoolPolicy(PoolLimits(max_total=2), max_idle=1, min_idle=1)
+    assert standalone.idle_shortfall() == 1
+    assert standalone.push_idle(object()) and not standalone.push_idle(object())
+    assert standalone.idle_shortfall() == 0 and standalone.stats().idle == 1
+
+
 def test_acquire_generator_withdraws_when_abandoned_or_timed_out() -> None:
-    config = SessionPoolConfig(max_total=1, max_idle=1, min_idle=0, max_wait=0.25)
+    config = PoolLimits(max_total=1, max_wait=0.25)
     policy: PoolPolicy[None] = PoolPolicy(config)
     policy.request(0.0)
     op = acquire(policy, lambda: 0.0, config.max_wait)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pooled_sessions import SessionPoolConfig, Settings
+from pooled_sessions import PoolLimits, Settings
 from pooled_sessions.adapters.redis import bulk as redis_bulk
 from pooled_sessions.adapters.redis import plan as plan
 from pooled_sessions.adapters.redis.keys import KeySchema
@@ -72,18 +72,18 @@ def creates(count: int = COUNT, now: float | None = None) -> list[Upsert]:
         attributes = encode_attributes({"n": n, "tags": ["a", n]})
         batch.append(
             Upsert(
-                f"bulk{n:039d}",
-                f"user{n % 5}",
-                attributes,
-                frozenset(attributes),
-                frozenset(),
-                "203.0.113.7",
-                "UA/1",
-                CREATED,
-                now - 1.0,
-                now + 600.0 + n,
-                None,
-                True,
+                session_id=f"bulk{n:039d}",
+                username=f"user{n % 5}",
+                attributes=attributes,
+                changed=frozenset(attributes),
+                removed=frozenset(),
+                ip="203.0.113.7",
+                user_agent="UA/1",
+                created_at=CREATED,
+                last_accessed_at=now - 1.0,
+                expires_at=now + 600.0 + n,
+                absolute_expires_at=None,
+                created=True,
             )
         )
     return batch
@@ -193,7 +193,7 @@ def test_mixed_batches_keep_every_write(store: RedisStore) -> None:
 
 
 def test_a_pool_counts_the_slots_of_bulk_written_sessions(base_url: str) -> None:
-    settings = Settings(pool=SessionPoolConfig(max_total=COUNT + 1, max_idle=1, min_idle=0))
+    settings = Settings(pool=PoolLimits(max_total=COUNT + 1))
     store = open_store(base_url, settings)
     try:
         store.write(creates(), time.time())
@@ -247,7 +247,7 @@ def test_on_a_cluster_each_call_holds_one_hash_slot() -> None:
     from redis.crc import key_slot
 
     keys = KeySchema("p", shards=16)
-    calls = redis_bulk.calls(keys, creates(300), 1, 500, cluster=True)
+    calls = redis_bulk.calls(keys, creates(300), 1, size=500, cluster=True)
     for command, group in calls:
         count = command[2]
         slots = {key_slot(k.encode()) for k in command[3 : 3 + count]}

@@ -104,11 +104,11 @@ def test_the_user_lock_is_exclusive_and_times_out(url: str) -> None:
 
 
 def test_pool_slots_are_shared_by_every_server(url: str) -> None:
-    from pooled_sessions import SessionPoolConfig
+    from pooled_sessions import PoolLimits
     from pooled_sessions.codec import Delete
     from tests.test_redis_store import upsert
 
-    settings = Settings(pool=SessionPoolConfig(max_total=3, max_idle=1, min_idle=0))
+    settings = Settings(pool=PoolLimits(max_total=3))
     stores = [RedisStore(url, settings), RedisStore(url, settings)]
     try:
         ids = [f"{n:043d}" for n in range(10)]

@@ -18,7 +18,7 @@ import pytest
 from pooled_sessions import (
     AsyncSessionService,
     PoolExhaustedError,
-    SessionPoolConfig,
+    PoolLimits,
     SessionService,
     Settings,
 )
@@ -32,8 +32,8 @@ def url(any_redis_url: str) -> str:
     return any_redis_url
 
 
-def pool(max_total: int, max_wait: float) -> SessionPoolConfig:
-    return SessionPoolConfig(max_total=max_total, max_idle=1, min_idle=0, max_wait=max_wait)
+def pool(max_total: int, max_wait: float) -> PoolLimits:
+    return PoolLimits(max_total=max_total, max_wait=max_wait)
 
 
 @pytest.fixture
@@ -144,9 +144,9 @@ async def test_asyncio_services_share_the_limit(redis_url: str) -> None:
 
 CHILD = """
 import json, sys
-from pooled_sessions import PoolExhaustedError, SessionPoolConfig, SessionService
+from pooled_sessions import PoolExhaustedError, PoolLimits, SessionService
 url, name, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-config = SessionPoolConfig(max_total=8, max_idle=1, min_idle=0, max_wait=0)
+config = PoolLimits(max_total=8, max_wait=0)
 made = refused = 0
 sys.stdin.readline()  # start together
 with SessionService(url, pool=config) as service:

@@ -45,18 +45,18 @@ def upsert(
     now = time.time()
     encoded = encode_attributes(attrs or {})
     return Upsert(
-        sid,
-        user,
-        encoded,
-        frozenset(encoded if changed is None else changed),
-        removed,
-        "203.0.113.7",
-        "UA/1",
-        now,
-        accessed or now,
-        expires or now + 600,
-        None,
-        created,
+        session_id=sid,
+        username=user,
+        attributes=encoded,
+        changed=frozenset(encoded if changed is None else changed),
+        removed=removed,
+        ip="203.0.113.7",
+        user_agent="UA/1",
+        created_at=now,
+        last_accessed_at=accessed or now,
+        expires_at=expires or now + 600,
+        absolute_expires_at=None,
+        created=created,
     )
 
 

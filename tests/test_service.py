@@ -27,7 +27,7 @@ from pooled_sessions import (
 )
 from pooled_sessions.adapters.memory import MemoryStore
 from pooled_sessions.adapters.url import StoreURL
-from pooled_sessions.codec import Operation, Record, WriteResult
+from pooled_sessions.codec import Operation, Record, WriteResult, short_id
 from tests.backends import ServiceFactory
 
 
@@ -200,7 +200,7 @@ def test_logs_never_hold_a_whole_session_id(
         svc.force_save()
     assert caplog.records, "the service logs its work"
     assert all(sid not in record.getMessage() for record in caplog.records)
-    assert any(sid[:6] in record.getMessage() for record in caplog.records)
+    assert any(short_id(sid) in record.getMessage() for record in caplog.records)
 
 
 # -- lifecycle -------------------------------------------------------------------------------------
@@ -287,7 +287,7 @@ def test_shutdown_reports_what_it_could_not_write(service_on: Any, flaky: FlakyS
     report = svc.shutdown(timeout=0.3)
     assert time.monotonic() - started < 2.0, "the time limit is kept"
     assert not report.complete
-    assert sorted(report.unsaved) == sorted(sid[:6] + "…" for sid in ids)
+    assert sorted(report.unsaved) == sorted(sid[:8] + "…" for sid in ids)
     assert report.error is not None and "No space left" in report.error
     assert all(sid not in " ".join(report.unsaved) for sid in ids), "ids are shortened"
 

@@ -13,10 +13,10 @@ from pooled_sessions.codec import (
     Operation,
     Record,
     WriteResult,
+    document_member,
     document_parts,
     encode_record,
     is_expired,
-    member,
     merge,
 )
 
@@ -94,7 +94,7 @@ class RecordTable:
         must not hold the CPU long does it in steps); True while some are left."""
         text, records, unencoded = self._text, self.records, self._unencoded
         for sid in list(islice(unencoded, limit)):
-            text[sid] = member(sid, encode_record(records[sid]))
+            text[sid] = document_member(sid, encode_record(records[sid]))
             del unencoded[sid]
         return bool(unencoded)
 
@@ -106,13 +106,13 @@ class RecordTable:
         text, records, unencoded = self._text, self.records, self._unencoded
         if len(unencoded) <= ENCODE_AT_ONCE:  # the usual flush: a few changed records
             for sid in unencoded:
-                text[sid] = member(sid, encode_record(records[sid]))
+                text[sid] = document_member(sid, encode_record(records[sid]))
             unencoded.clear()
             yield from text.values()
             return
         for sid, record in records.items():  # a freshly read file: encode as the pieces go
             if sid in unencoded:
-                text[sid] = member(sid, encode_record(record))
+                text[sid] = document_member(sid, encode_record(record))
             yield text[sid]
         unencoded.clear()
 

@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from pooled_sessions.errors import ConfigError
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StoreURL:
     """A store location: ``scheme://host:port/path?query``, or a plain file path."""
 
@@ -32,7 +32,7 @@ class StoreURL:
         if not text.strip():
             raise ConfigError("the store URL is empty")
         if "://" not in text:
-            return cls(text, "file", path=os.path.abspath(text))
+            return cls(text=text, scheme="file", path=os.path.abspath(text))
         try:
             parts = urlsplit(text)
             port = parts.port
@@ -43,12 +43,12 @@ class StoreURL:
             raise ConfigError(f"store URL {redact(text)!r} has no scheme")
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         return cls(
-            text,
-            scheme,
-            unquote(parts.hostname or ""),
-            port,
-            unquote(parts.path),
-            MappingProxyType(query),
+            text=text,
+            scheme=scheme,
+            host=unquote(parts.hostname or ""),
+            port=port,
+            path=unquote(parts.path),
+            query=MappingProxyType(query),
         )
 
     def __str__(self) -> str:

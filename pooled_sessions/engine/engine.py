@@ -43,7 +43,7 @@ from pooled_sessions.engine.requests import Request as Request
 from pooled_sessions.engine.requests import StoreOffers as StoreOffers
 from pooled_sessions.engine.requests import WaitForRoom as WaitForRoom
 from pooled_sessions.engine.requests import new_session_id as new_session_id
-from pooled_sessions.errors import BackPressureError, SessionError
+from pooled_sessions.errors import BackPressureError, IdInUseError
 from pooled_sessions.model import ClientInfo, Reason, Session, ValidationResult
 
 T = TypeVar("T")
@@ -106,16 +106,16 @@ class Engine:
         yield from self.slots.claim(self._entries, now, sid, first_expiry)
         now = self._clock()
         entry = Entry(
-            sid,
-            username,
-            encoded,
-            info.ip,
-            info.user_agent,
-            now,
-            now,
-            0.0,
-            None if absolute is None else now + absolute * 60.0,
-            0.0,
+            session_id=sid,
+            username=username,
+            attributes=encoded,
+            ip=info.ip,
+            user_agent=info.user_agent,
+            created_at=now,
+            last_accessed_at=now,
+            expires_at=0.0,  # set by _extend below
+            absolute_expires_at=None if absolute is None else now + absolute * 60.0,
+            stored_expires_at=0.0,
         )
         self._extend(entry, now)
         self._entries.install(entry)
@@ -207,16 +207,16 @@ class Engine:
         if entry is None:
             return None
         clone = Entry(
-            new_id,
-            entry.username,
-            entry.attributes,
-            entry.ip,
-            entry.user_agent,
-            entry.created_at,
-            entry.last_accessed_at,
-            entry.expires_at,
-            entry.absolute_expires_at,
-            0.0,
+            session_id=new_id,
+            username=entry.username,
+            attributes=entry.attributes,
+            ip=entry.ip,
+            user_agent=entry.user_agent,
+            created_at=entry.created_at,
+            last_accessed_at=entry.last_accessed_at,
+            expires_at=entry.expires_at,
+            absolute_expires_at=entry.absolute_expires_at,
+            stored_expires_at=0.0,
         )
         self.slots.move(sid, clone)
         self._end(entry)
@@ -379,9 +379,9 @@ class Engine:
         sid = check_id(session_id)
         ended = sid in self._ended
         if not ended and (sid in self._entries or (yield Load(sid)) is not None):
-            raise SessionError(f"session id {short_id(sid)} is already in use")
+            raise IdInUseError(f"session id {short_id(sid)} is already in use")
         if ended or (self.offers.ended and (yield Ended(sid))):
-            raise SessionError(
+            raise IdInUseError(
                 f"session id {short_id(sid)} is already in use: its session was ended, and an id "
                 "is never used twice (mint a new one)"
             )

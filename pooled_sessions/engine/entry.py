@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pooled_sessions.codec import Record, Upsert, encode_attributes
-from pooled_sessions.model import Session
+from pooled_sessions.model import Session, snapshot
 
 
 class Entry:
@@ -29,6 +29,7 @@ class Entry:
 
     def __init__(
         self,
+        *,
         session_id: str,
         username: str,
         attributes: dict[str, str],
@@ -56,32 +57,32 @@ class Entry:
     def from_record(cls, session_id: str, record: Record) -> Entry:
         """An entry for a session read from a store."""
         return cls(
-            session_id,
-            record["username"],
-            encode_attributes(record["attributes"]),
-            record["ip"],
-            record["user_agent"],
-            record["created_at"],
-            record["last_accessed_at"],
-            record["expires_at"],
-            record["absolute_expires_at"],
-            record["expires_at"],
+            session_id=session_id,
+            username=record["username"],
+            attributes=encode_attributes(record["attributes"]),
+            ip=record["ip"],
+            user_agent=record["user_agent"],
+            created_at=record["created_at"],
+            last_accessed_at=record["last_accessed_at"],
+            expires_at=record["expires_at"],
+            absolute_expires_at=record["absolute_expires_at"],
+            stored_expires_at=record["expires_at"],
         )
 
     @classmethod
     def from_upsert(cls, op: Upsert) -> Entry:
         """An entry rebuilt from a write that is still owed to the store."""
         return cls(
-            op.session_id,
-            op.username,
-            dict(op.attributes),
-            op.ip,
-            op.user_agent,
-            op.created_at,
-            op.last_accessed_at,
-            op.expires_at,
-            op.absolute_expires_at,
-            op.expires_at if not op.created else 0.0,
+            session_id=op.session_id,
+            username=op.username,
+            attributes=dict(op.attributes),
+            ip=op.ip,
+            user_agent=op.user_agent,
+            created_at=op.created_at,
+            last_accessed_at=op.last_accessed_at,
+            expires_at=op.expires_at,
+            absolute_expires_at=op.absolute_expires_at,
+            stored_expires_at=op.expires_at if not op.created else 0.0,
         )
 
     def expired(self, now: float) -> bool:
@@ -91,33 +92,23 @@ class Entry:
 
     def snapshot(self) -> Session:
         """A read-only copy for a caller."""
-        return Session(
-            self.session_id,
-            self.username,
-            self.attributes,
-            self.ip,
-            self.user_agent,
-            self.created_at,
-            self.last_accessed_at,
-            self.expires_at,
-            self.absolute_expires_at,
-        )
+        return snapshot(self)
 
     def upsert(self, changed: set[str], removed: set[str], created: bool) -> Upsert:
         """The write that brings the store up to this entry."""
         return Upsert(
-            self.session_id,
-            self.username,
-            self.attributes,
-            frozenset(changed),
-            frozenset(removed),
-            self.ip,
-            self.user_agent,
-            self.created_at,
-            self.last_accessed_at,
-            self.expires_at,
-            self.absolute_expires_at,
-            created,
+            session_id=self.session_id,
+            username=self.username,
+            attributes=self.attributes,
+            changed=frozenset(changed),
+            removed=frozenset(removed),
+            ip=self.ip,
+            user_agent=self.user_agent,
+            created_at=self.created_at,
+            last_accessed_at=self.last_accessed_at,
+            expires_at=self.expires_at,
+            absolute_expires_at=self.absolute_expires_at,
+            created=created,
         )
 
     def overlay(self, local: Entry, changed: set[str], removed: set[str]) -> None:

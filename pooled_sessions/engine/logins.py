@@ -28,7 +28,7 @@ class LocationPolicy(StrEnum):
 LimitPolicy = Literal["end_oldest", "refuse"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LoginPolicy:
     """The rules of `decide_login`.
 
@@ -119,7 +119,7 @@ def decide_login(live: Sequence[LiveLogin], ip: str | None, policy: LoginPolicy)
     return LoginDecision(True, tuple(end), elsewhere, "ok")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LocationEvent:
     """A login from another place while the user had live sessions, and what was done.
 
@@ -147,4 +147,6 @@ def location_event(
     else:
         action = "allowed"
     ids = tuple(s.session_id for s in decision.elsewhere)
-    return LocationEvent(username, ip, old_ips, ids, action)
+    return LocationEvent(
+        username=username, new_ip=ip, old_ips=old_ips, session_ids=ids, action=action
+    )

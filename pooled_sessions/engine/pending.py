@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pooled_sessions.config import Settings
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Dirty:
     """What changed in one session since its last write."""
 
@@ -30,7 +30,7 @@ class Dirty:
         self.created = self.created or newer.created
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class FlushStats:
     """Counters in the spirit of Commons Pool's statistics."""
 
@@ -102,7 +102,9 @@ class PendingBuffer:
         inflight, pending = self._inflight.get(session_id), self._dirty.get(session_id)
         if inflight is None or pending is None:
             return inflight or pending
-        combined = Dirty(set(inflight.changed), set(inflight.removed), inflight.created)
+        combined = Dirty(
+            changed=set(inflight.changed), removed=set(inflight.removed), created=inflight.created
+        )
         combined.absorb(pending)
         return combined
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
-from pooled_sessions.config import SessionPoolConfig
+from pooled_sessions.config import PoolLimits
 from pooled_sessions.errors import PoolExhaustedError
 
 T = TypeVar("T")
@@ -39,7 +39,7 @@ _GRANTED = SlotTicket(0.0)
 _GRANTED.granted = True  # shared by every request granted at once: it never waits
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PoolStats:
     """A consistent snapshot of the pool's counters (also readable as ``stats["active"]``).
 
@@ -78,10 +78,12 @@ class PoolPolicy(Generic[T]):
 
     Slots bound the objects out on loan (``max_total``). A request that finds none free
     queues behind earlier ones (no barging); each freed slot goes to the oldest waiter.
+    Returned objects are kept idle up to ``max_idle`` (the engine keeps none).
     """
 
-    def __init__(self, config: SessionPoolConfig) -> None:
-        self.config = config
+    def __init__(self, limits: PoolLimits, *, max_idle: int = 0, min_idle: int = 0) -> None:
+        self.limits = limits
+        self.max_idle, self.min_idle = max_idle, min_idle
         self._waiters: deque[SlotTicket] = deque()
         self._idle: deque[T] = deque()
         self.active = 0
@@ -92,13 +94,13 @@ class PoolPolicy(Generic[T]):
     @property
     def full(self) -> bool:
         """True when every slot is taken."""
-        return self.active >= self.config.max_total
+        return self.active >= self.limits.max_total
 
     # -- slots -------------------------------------------------------------------------
 
     def request(self, mono: float) -> SlotTicket:
         """Ask for a slot: granted at once if one is free and nobody waits, else queued."""
-        if not self._waiters and self.active < self.config.max_total:
+        if not self._waiters and self.active < self.limits.max_total:
             self.active += 1  # the hot path: no wait to record, no ticket to build
             self.borrowed += 1
             return _GRANTED
@@ -154,20 +156,20 @@ class PoolPolicy(Generic[T]):
 
     def push_idle(self, obj: T) -> bool:
         """Keep a returned object for reuse; False (the caller discards it) past ``max_idle``."""
-        if len(self._idle) >= self.config.max_idle:
+        if len(self._idle) >= self.max_idle:
             return False
         self._idle.append(obj)
         return True
 
     def trim_idle(self) -> list[T]:
         """Idle objects beyond ``max_idle``, oldest first; the caller discards them."""
-        excess = len(self._idle) - self.config.max_idle
+        excess = len(self._idle) - self.max_idle
         return [self._idle.popleft() for _ in range(max(0, excess))]
 
     def idle_shortfall(self) -> int:
         """Objects to create to bring the idle list up to ``min_idle``, within ``max_total``."""
-        room = self.config.max_total - self.active - len(self._idle)
-        return max(0, min(self.config.min_idle - len(self._idle), room))
+        room = self.limits.max_total - self.active - len(self._idle)
+        return max(0, min(self.min_idle - len(self._idle), room))
 
     def drain_idle(self) -> list[T]:
         """Remove and return every idle object (the pool is closing)."""
@@ -178,7 +180,7 @@ class PoolPolicy(Generic[T]):
     def stats(self) -> PoolStats:
         """A snapshot of every counter."""
         return PoolStats(
-            max_total=self.config.max_total,
+            max_total=self.limits.max_total,
             created=self.created,
             borrowed=self.borrowed,
             returned=self.returned,
@@ -284,7 +286,7 @@ def await_ticket(
         raise
     if not ticket.granted:
         policy.withdraw(ticket, monotonic())
-        raise exhausted(policy.config.max_total, timeout)
+        raise exhausted(policy.limits.max_total, timeout)
 
 
 class SlotLedger:
@@ -300,12 +302,12 @@ class SlotLedger:
 
     def __init__(
         self,
-        config: SessionPoolConfig | None,
+        limits: PoolLimits | None,
         monotonic: Callable[[], float],
         *,
         shared: bool = False,
     ) -> None:
-        self.policy: PoolPolicy[None] | None = None if config is None else PoolPolicy(config)
+        self.policy: PoolPolicy[None] | None = None if limits is None else PoolPolicy(limits)
         self.shared = shared
         self._mono = monotonic
         self._holders: dict[str, Expiring] = {}
@@ -328,7 +330,7 @@ class SlotLedger:
         policy = self.policy
         if policy is None:
             return
-        limit, wait = policy.config.max_total, policy.config.max_wait
+        limit, wait = policy.limits.max_total, policy.limits.max_wait
         deadline = self._mono() + wait
         pause, longest = SHARED_RETRY_SECONDS
         timeout = wait

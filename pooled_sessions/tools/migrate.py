@@ -72,17 +72,17 @@ def upsert_of(session_id: str, record: Record) -> Upsert:
     except SessionDataError as exc:
         raise CorruptStoreError(f"session {short_id(session_id)} cannot be copied: {exc}") from None
     return Upsert(
-        session_id,
-        record["username"],
-        attributes,
-        frozenset(attributes),
-        frozenset(),
-        record["ip"],
-        record["user_agent"],
-        record["created_at"],
-        record["last_accessed_at"],
-        record["expires_at"],
-        record["absolute_expires_at"],
+        session_id=session_id,
+        username=record["username"],
+        attributes=attributes,
+        changed=frozenset(attributes),
+        removed=frozenset(),
+        ip=record["ip"],
+        user_agent=record["user_agent"],
+        created_at=record["created_at"],
+        last_accessed_at=record["last_accessed_at"],
+        expires_at=record["expires_at"],
+        absolute_expires_at=record["absolute_expires_at"],
         created=True,
     )
 
@@ -104,7 +104,7 @@ def migrate(
     progress.start("checking source", None)
     found = survey(source, clock(), tick=progress.advance)
     progress.finish()
-    report = MigrationReport(source.url, target.url, found, dry_run)
+    report = MigrationReport(source=source.url, target=target.url, found=found, dry_run=dry_run)
     if not dry_run:
         grow = parse(target.url).scheme in FILE_SCHEMES
         started = time.perf_counter()

@@ -44,7 +44,7 @@ def split(ops: Sequence[Operation]) -> tuple[list[Upsert], list[Operation]] | No
 
 
 def calls(
-    keys: KeySchema, creates: Sequence[Upsert], now_ms: int, size: int, cluster: bool
+    keys: KeySchema, creates: Sequence[Upsert], now_ms: int, *, size: int, cluster: bool
 ) -> list[tuple[Command, list[Upsert]]]:
     """`BULK_CREATE` calls for ``creates``, each with the sessions it writes, in order.
 

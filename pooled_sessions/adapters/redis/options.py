@@ -57,7 +57,7 @@ OPTIONS: Mapping[str, Option] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RedisOptions:
     """Everything a Redis store needs from its URL and settings."""
 
@@ -102,14 +102,14 @@ class RedisOptions:
             if option.for_client and name != "retries" and get(name) is not None
         }
         return cls(
-            url.text,
-            _client_url(url, rest, cluster),
-            cluster,
-            keys,
-            get("chunk_size"),
-            get("retries"),
-            client_kwargs,
-            int(settings.tombstone_ttl_seconds * 1000),
+            url=url.text,
+            client_url=_client_url(url, rest, cluster),
+            cluster=cluster,
+            keys=keys,
+            chunk_size=get("chunk_size"),
+            retries=get("retries"),
+            client_kwargs=client_kwargs,
+            tombstone_ttl_ms=int(settings.tombstone_ttl_seconds * 1000),
         )
 
     def __str__(self) -> str:

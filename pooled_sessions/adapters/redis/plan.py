@@ -187,7 +187,7 @@ def _bulk(batch: Batch, creates: Sequence[Upsert], size: int, cluster: bool) -> 
     On a cluster the index updates go in the same pipeline and are undone for refused ids.
     """
     now_ms = batch.head[0]
-    calls = bulk.calls(batch.keys, creates, now_ms, size, cluster)
+    calls = bulk.calls(batch.keys, creates, now_ms, size=size, cluster=cluster)
     alive = [op for op in creates if ms(op.expires_at) > now_ms]  # what the script writes
     indexes = batch.indexes(alive) if cluster else []
     replies = yield from run([command for command, _ in calls] + indexes)
