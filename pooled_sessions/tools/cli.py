@@ -26,11 +26,13 @@ from pooled_sessions.tools.migrate import DEFAULT_BATCH_SIZE, MigrationReport, m
 from pooled_sessions.tools.progress import for_stream
 from pooled_sessions.tools.stores import (
     FILE_SCHEMES,
+    Source,
     open_source,
     open_target,
     parse,
     require_file,
     same_location,
+    size_hint,
 )
 
 EXIT_OK, EXIT_DIFFERENT, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_CORRUPT = 0, 1, 2, 3, 4
@@ -95,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     look.add_argument("url", metavar="URL", help=URL_HELP)
     look.add_argument("--json", action="store_true", help="print one JSON object")
+    look.add_argument("--quiet", action="store_true", help="no progress output (on stderr)")
     look.set_defaults(run=_inspect)
     sweep = commands.add_parser(
         "cleanup",
@@ -103,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("url", metavar="URL", help=URL_HELP)
     sweep.add_argument("--dry-run", action="store_true", help="count what would be removed")
+    sweep.add_argument("--quiet", action="store_true", help="no progress output (on stderr)")
     sweep.set_defaults(run=_cleanup)
     return parser
 
@@ -251,7 +255,7 @@ def _inspect(args: argparse.Namespace) -> int:
     their size. Only reads."""
     source = open_source(parse(args.url), Settings.load())
     try:
-        found = survey(source, time.time(), detail=True)
+        found = _surveyed(source, "inspecting", args.quiet, detail=True)
     finally:
         source.close()
     if args.json:
@@ -259,6 +263,16 @@ def _inspect(args: argparse.Namespace) -> int:
     else:
         _print_inventory(found)
     return EXIT_OK
+
+
+def _surveyed(source: Source, label: str, quiet: bool, *, detail: bool = False) -> Inventory:
+    """One pass over ``source``, its progress on stderr: stdout carries the result."""
+    progress = for_stream(sys.stderr, quiet=quiet)
+    progress.start(label, size_hint(source))
+    try:
+        return survey(source, time.time(), detail=detail, tick=progress.advance)
+    finally:
+        progress.finish()
 
 
 def _print_inventory(found: Inventory) -> None:
@@ -285,7 +299,7 @@ def _cleanup(args: argparse.Namespace) -> int:
     if args.dry_run:
         source = open_source(url, settings)
         try:
-            found = survey(source, time.time())
+            found = _surveyed(source, "counting", args.quiet)
         finally:
             source.close()
         print(

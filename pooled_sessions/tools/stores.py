@@ -162,6 +162,12 @@ async def _loaded(store: AsyncStore, session_ids: Sequence[str]) -> dict[str, Re
     return {sid: await store.load(sid) for sid in session_ids}
 
 
+def size_hint(source: Source) -> int | None:
+    """The sessions a pass over ``source`` will read, when its store can say at once (its
+    count); None for a sessions file, which only a full read counts."""
+    return source.store.count() if isinstance(source, StoreSource) else None
+
+
 def require_file(path: str) -> None:
     """Refuse a sessions file that does not exist (a typo, not an empty store)."""
     if not os.path.exists(path):
