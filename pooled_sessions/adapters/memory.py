@@ -39,6 +39,10 @@ class MemoryStore:
         with self._lock:
             return self._table.load(session_id)
 
+    def load_many(self, session_ids: Sequence[str]) -> dict[str, Record | None]:
+        with self._lock:
+            return self._table.load_many(session_ids)
+
     def load_user(self, username: str) -> Mapping[str, Record]:
         with self._lock:
             return self._table.load_user(username)
@@ -90,6 +94,9 @@ class AsyncMemoryStore:
 
     async def load(self, session_id: str) -> Record | None:
         return self._store.load(session_id)
+
+    async def load_many(self, session_ids: Sequence[str]) -> dict[str, Record | None]:
+        return self._store.load_many(session_ids)
 
     async def load_user(self, username: str) -> Mapping[str, Record]:
         return self._store.load_user(username)

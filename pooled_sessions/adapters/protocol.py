@@ -88,6 +88,25 @@ class AsyncTombstoneStore(AsyncStore, Protocol):
 
 
 @runtime_checkable
+class BulkLoadStore(Store, Protocol):
+    """A store that reads many sessions at once (optional ``load_many``).
+
+    ``load_many(ids)`` maps each id to what ``load(id)`` returns, for one refresh or round
+    trip in place of one per id (the command-line tools check a migrated copy a batch at
+    a time).
+    """
+
+    def load_many(self, session_ids: Sequence[str]) -> dict[str, Record | None]: ...
+
+
+@runtime_checkable
+class AsyncBulkLoadStore(AsyncStore, Protocol):
+    """The asyncio twin of `BulkLoadStore`."""
+
+    async def load_many(self, session_ids: Sequence[str]) -> dict[str, Record | None]: ...
+
+
+@runtime_checkable
 class SlotStore(Store, Protocol):
     """A store that counts live-session slots for every app server sharing it (Redis).
 
@@ -144,11 +163,13 @@ class AsyncWatchableStore(AsyncStore, Protocol):
 
 
 __all__ = [
+    "AsyncBulkLoadStore",
     "AsyncIteratorOfRecords",
     "AsyncSlotStore",
     "AsyncStore",
     "AsyncTombstoneStore",
     "AsyncWatchableStore",
+    "BulkLoadStore",
     "Invalidate",
     "Iterator",
     "SlotStore",

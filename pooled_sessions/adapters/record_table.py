@@ -45,6 +45,11 @@ class RecordTable:
         """The record of one session, or None."""
         return self.records.get(session_id)
 
+    def load_many(self, session_ids: Sequence[str]) -> dict[str, Record | None]:
+        """The record of each session, or None."""
+        records = self.records
+        return {sid: records.get(sid) for sid in session_ids}
+
     def load_user(self, username: str) -> dict[str, Record]:
         """Every record of one user."""
         return {sid: self.records[sid] for sid in self._by_user.get(username, ())}

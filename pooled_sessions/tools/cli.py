@@ -1,8 +1,6 @@
 """The ``pooled-sessions`` command: migrate, inspect and clean up stores; run the demo.
 
-Exit codes: 0 done; 1 ``--verify`` found differences; 2 bad usage, URL, setting or a
-missing optional dependency; 3 a store cannot be reached, read or written; 4 a store's
-data is corrupt (it is left as it is); 130 interrupted (run the same command again).
+`build_parser` holds the help text every ``--help`` prints: plain text, no markup.
 """
 
 from __future__ import annotations
@@ -15,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 
+from pooled_sessions import __version__
 from pooled_sessions.config import Settings
 from pooled_sessions.errors import (
     ConfigError,
@@ -27,20 +26,43 @@ from pooled_sessions.tools.migrate import DEFAULT_BATCH_SIZE, MigrationReport, m
 from pooled_sessions.tools.progress import for_stream
 from pooled_sessions.tools.stores import (
     FILE_SCHEMES,
+    Source,
     open_source,
     open_target,
     parse,
     require_file,
     same_location,
+    size_hint,
 )
 
 EXIT_OK, EXIT_DIFFERENT, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_CORRUPT = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED = 130
+DESCRIPTION = """\
+Migrate, inspect and clean up session stores; run a demo.
+
+Run "pooled-sessions COMMAND --help" for the options of a command."""
+EPILOG = """\
+store URLs:
+  sessions.json, file:///abs/path.json   the JSON file store (a plain path is one)
+  aiofile:///abs/path.json               the same file, through aiofiles
+  redis://host:port/db                   Redis, one server (also rediss://, unix:///path)
+  redis+cluster://host:port              Redis Cluster
+  memory://                              in this process only (for tests)
+settings come from POOLED_SESSIONS_* variables and the Redis URL (?prefix=app).
+
+exit codes:
+  0    done
+  1    migrate --verify found differences
+  2    bad usage, URL or setting, or a missing optional dependency
+  3    a store cannot be reached, read or written
+  4    a store's data is corrupt (it is left as it is)
+  130  interrupted (run the same command again to finish)"""
+URL_HELP = "store URL (see pooled-sessions --help)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; returns the process exit code."""
-    parser = _parser()
+    parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
         from pooled_sessions.tools import demo
@@ -52,16 +74,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _guarded(command, args)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The command's parser, with one sub-parser per command (demo parses its own)."""
     parser = argparse.ArgumentParser(
         prog="pooled-sessions",
-        description=__doc__,
+        description=DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}", help="print the version"
+    )
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="one of:"
+    )
     commands.add_parser(
         "demo", help="a short simulated web workload on a JSON file store", add_help=False
     )
+    _add_migrate(commands)
+    look = commands.add_parser(
+        "inspect", help="count sessions, users, ages and bytes", description=_inspect.__doc__
+    )
+    look.add_argument("url", metavar="URL", help=URL_HELP)
+    look.add_argument("--json", action="store_true", help="print one JSON object")
+    look.add_argument("--quiet", action="store_true", help="no progress output (on stderr)")
+    look.set_defaults(run=_inspect)
+    sweep = commands.add_parser(
+        "cleanup",
+        help="remove expired sessions and stale index entries",
+        description=_cleanup.__doc__,
+    )
+    sweep.add_argument("url", metavar="URL", help=URL_HELP)
+    sweep.add_argument("--dry-run", action="store_true", help="count what would be removed")
+    sweep.add_argument("--quiet", action="store_true", help="no progress output (on stderr)")
+    sweep.set_defaults(run=_cleanup)
+    return parser
+
+
+def _add_migrate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     move = commands.add_parser(
         "migrate", help="copy live sessions from one store to another", description=_migrate.__doc__
     )
@@ -81,25 +131,11 @@ def _parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=_positive,
         default=DEFAULT_BATCH_SIZE,
-        help=f"sessions per store write (default {DEFAULT_BATCH_SIZE})",
+        metavar="N",
+        help=f"sessions per store write (default {DEFAULT_BATCH_SIZE:,})",
     )
     move.add_argument("--quiet", action="store_true", help="no progress output")
     move.set_defaults(run=_migrate)
-    look = commands.add_parser(
-        "inspect", help="count sessions, users, ages and bytes", description=_inspect.__doc__
-    )
-    look.add_argument("url", metavar="URL")
-    look.add_argument("--json", action="store_true", help="print one JSON object")
-    look.set_defaults(run=_inspect)
-    sweep = commands.add_parser(
-        "cleanup",
-        help="remove expired sessions and stale index entries",
-        description=_cleanup.__doc__,
-    )
-    sweep.add_argument("url", metavar="URL")
-    sweep.add_argument("--dry-run", action="store_true", help="count what would be removed")
-    sweep.set_defaults(run=_cleanup)
-    return parser
 
 
 def _positive(text: str) -> int:
@@ -219,7 +255,7 @@ def _inspect(args: argparse.Namespace) -> int:
     their size. Only reads."""
     source = open_source(parse(args.url), Settings.load())
     try:
-        found = survey(source, time.time(), detail=True)
+        found = _surveyed(source, "inspecting", args.quiet, detail=True)
     finally:
         source.close()
     if args.json:
@@ -227,6 +263,16 @@ def _inspect(args: argparse.Namespace) -> int:
     else:
         _print_inventory(found)
     return EXIT_OK
+
+
+def _surveyed(source: Source, label: str, quiet: bool, *, detail: bool = False) -> Inventory:
+    """One pass over ``source``, its progress on stderr: stdout carries the result."""
+    progress = for_stream(sys.stderr, quiet=quiet)
+    progress.start(label, size_hint(source))
+    try:
+        return survey(source, time.time(), detail=detail, tick=progress.advance)
+    finally:
+        progress.finish()
 
 
 def _print_inventory(found: Inventory) -> None:
@@ -253,7 +299,7 @@ def _cleanup(args: argparse.Namespace) -> int:
     if args.dry_run:
         source = open_source(url, settings)
         try:
-            found = survey(source, time.time())
+            found = _surveyed(source, "counting", args.quiet)
         finally:
             source.close()
         print(

@@ -12,13 +12,25 @@ from collections.abc import Sequence
 from pooled_sessions.service import SessionService
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The demo's own parser (``pooled-sessions demo`` hands it its arguments)."""
+    parser = argparse.ArgumentParser(prog="pooled-sessions demo", description=run.__doc__)
+    parser.add_argument(
+        "--path", help="sessions file to write (default: one in a temporary directory)"
+    )
+    parser.add_argument("--users", type=int, default=500, help="users logged in (default 500)")
+    parser.add_argument(
+        "--requests", type=int, default=20_000, help="requests served (default 20,000)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=7, help="random seed: the same seed, the same run (default 7)"
+    )
+    return parser
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Log users in, serve requests (89% validate, 10% update, 1% logout), report the writes."""
-    parser = argparse.ArgumentParser(prog="pooled-sessions demo", description=run.__doc__)
-    parser.add_argument("--path", help="sessions file (default: a temporary directory)")
-    parser.add_argument("--users", type=int, default=500)
-    parser.add_argument("--requests", type=int, default=20_000)
-    parser.add_argument("--seed", type=int, default=7)
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.users < 1 or args.requests < 1:
         parser.error("--users and --requests must be positive")

@@ -10,6 +10,9 @@ from typing import Any
 from pooled_sessions.codec import encode_record, is_expired
 from pooled_sessions.tools.stores import FileSource, Source
 
+TICK_EVERY = 1000
+"""Records read between two calls of a survey's ``tick``."""
+
 
 @dataclass(slots=True)
 class Inventory:
@@ -49,8 +52,8 @@ def survey(
     seen = 0
     for _sid, record in source.records():
         seen += 1
-        if tick is not None and seen % 1000 == 0:
-            tick(1000)
+        if tick is not None and seen % TICK_EVERY == 0:
+            tick(TICK_EVERY)
         if is_expired(record, now):
             found.expired += 1
             continue
@@ -60,8 +63,8 @@ def survey(
             size += len(encode_record(record).encode())
             oldest = min(oldest, record["created_at"])
             newest = max(newest, record["created_at"])
-    if tick is not None and seen % 1000:
-        tick(seen % 1000)
+    if tick is not None and seen % TICK_EVERY:
+        tick(seen % TICK_EVERY)
     found.tombstones = len(source.tombstones())
     if detail:
         found.users, found.bytes = len(users), size

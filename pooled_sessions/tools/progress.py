@@ -34,9 +34,9 @@ class Silent:
 class Lines:
     """A line every few seconds and at each tenth of the total, then one at the end."""
 
-    def __init__(self, stream: TextIO, every: float = LINE_EVERY_SECONDS) -> None:
+    def __init__(self, stream: TextIO, every: float | None = None) -> None:
         self._stream = stream
-        self._every = every
+        self._every = LINE_EVERY_SECONDS if every is None else every
         self._label = ""
         self._total: int | None = None
         self._done = 0

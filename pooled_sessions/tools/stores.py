@@ -22,6 +22,7 @@ from pooled_sessions.adapters import (
     open_store,
 )
 from pooled_sessions.adapters.file.stream import DocumentStream
+from pooled_sessions.adapters.protocol import AsyncBulkLoadStore
 from pooled_sessions.adapters.url import StoreURL
 from pooled_sessions.codec import Operation, Record, WriteResult
 from pooled_sessions.config import Settings
@@ -105,6 +106,10 @@ class BridgedStore:
     def load(self, session_id: str) -> Record | None:
         return self._run(self._store.load(session_id))
 
+    def load_many(self, session_ids: Sequence[str]) -> dict[str, Record | None]:
+        """Several sessions in one turn of the loop (one call where the store has one)."""
+        return self._run(_loaded(self._store, session_ids))
+
     def load_user(self, username: str) -> Mapping[str, Record]:
         return self._run(self._store.load_user(username))
 
@@ -149,6 +154,18 @@ async def _opened(url: StoreURL, settings: Settings) -> AsyncStore:
 
 async def _awaited(step: Awaitable[T]) -> T:
     return await step
+
+
+async def _loaded(store: AsyncStore, session_ids: Sequence[str]) -> dict[str, Record | None]:
+    if isinstance(store, AsyncBulkLoadStore):
+        return await store.load_many(session_ids)
+    return {sid: await store.load(sid) for sid in session_ids}
+
+
+def size_hint(source: Source) -> int | None:
+    """The sessions a pass over ``source`` will read, when its store can say at once (its
+    count); None for a sessions file, which only a full read counts."""
+    return source.store.count() if isinstance(source, StoreSource) else None
 
 
 def require_file(path: str) -> None:

@@ -182,6 +182,12 @@ class JsonFileStore:
             self._refresh_if_stale()
             return self._mirror.table.load(session_id)
 
+    def load_many(self, session_ids: Sequence[str]) -> dict[str, Record | None]:
+        """Records of several sessions (None for each one gone), the file checked once."""
+        with self._mutex:
+            self._refresh_if_stale()
+            return self._mirror.table.load_many(session_ids)
+
     def load_user(self, username: str) -> Mapping[str, Record]:
         with self._mutex:
             self._refresh_if_stale()

@@ -59,6 +59,11 @@ class AioFileStore:
         await self._fresh()
         return self._mirror.table.load(session_id)
 
+    async def load_many(self, session_ids: Sequence[str]) -> dict[str, Record | None]:
+        """Records of several sessions (None for each one gone), the file checked once."""
+        await self._fresh()
+        return self._mirror.table.load_many(session_ids)
+
     async def load_user(self, username: str) -> Mapping[str, Record]:
         await self._fresh()
         return self._mirror.table.load_user(username)

@@ -24,13 +24,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pooled_sessions.codec import Record, Upsert, check_record, short_id
+from pooled_sessions.codec import Record, Upsert, check_record, encode_attributes, short_id
 from pooled_sessions.errors import ConfigError, CorruptStoreError
 
 LAYOUT_VERSION = "1"
 VERSION, USER, IP, AGENT = "@v", "@user", "@ip", "@ua"
 CREATED, ACCESSED, EXPIRES, ABSOLUTE = "@created", "@accessed", "@expires", "@absolute"
 ATTRIBUTE = "."  # prefix of attribute fields, so a name never meets a metadata field
+_RAW = {text: text.encode() for text in (VERSION, LAYOUT_VERSION, USER, IP, AGENT)}
+_RAW.update({text: text.encode() for text in (CREATED, ACCESSED, EXPIRES, ABSOLUTE)})
 
 
 def _escape_tag(text: str) -> str:
@@ -122,6 +124,35 @@ def upsert_fields(op: Upsert, full: bool) -> dict[str, str]:
     if op.user_agent is not None:
         fields[AGENT] = op.user_agent
     return fields
+
+
+def record_hash(record: Record) -> dict[bytes, bytes]:
+    """The hash a full write of ``record`` leaves, as Redis returns it: what a faithful
+    copy of it holds, field for field, in one order for equal records (attributes by name).
+
+    Text Redis cannot hold (a lone surrogate) gives bytes no hash holds.
+    """
+    absolute, ip, agent = record["absolute_expires_at"], record["ip"], record["user_agent"]
+    fields = {
+        _RAW[VERSION]: _RAW[LAYOUT_VERSION],
+        _RAW[USER]: _utf8(record["username"]),
+        _RAW[CREATED]: repr(record["created_at"]).encode(),
+        _RAW[ABSOLUTE]: b"" if absolute is None else repr(absolute).encode(),
+        _RAW[ACCESSED]: repr(record["last_accessed_at"]).encode(),
+        _RAW[EXPIRES]: repr(record["expires_at"]).encode(),
+    }
+    attributes = encode_attributes(record["attributes"])
+    for name in sorted(attributes):
+        fields[_utf8(ATTRIBUTE + name)] = _utf8(attributes[name])
+    if ip is not None:
+        fields[_RAW[IP]] = _utf8(ip)
+    if agent is not None:
+        fields[_RAW[AGENT]] = _utf8(agent)
+    return fields
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
 
 
 def removed_fields(op: Upsert) -> list[str]:

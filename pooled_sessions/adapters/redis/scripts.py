@@ -232,3 +232,16 @@ if #slotted > 0 then many('ZADD', KEYS[nshards + 1], 'GT', slotted) end
 return status
 """
 )
+
+
+# Read many session hashes in one call, on one server (a script may not cross the slots
+# of a cluster). KEYS: the hashes. Returns each hash as HGETALL does (empty when gone).
+# Why a script: a pipeline of HGETALL costs the client a command packed and a reply
+# turned into a dict per session; one call carries every key and one nested reply.
+LOAD_HASHES = Script(
+    """
+local found = {}
+for k = 1, #KEYS do found[k] = redis.call('HGETALL', KEYS[k]) end
+return found
+"""
+)
