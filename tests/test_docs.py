@@ -52,6 +52,15 @@ PRELUDES = {
         '    print("location changed:", event)\n'
     ),
     "redis-client": 'import redis\nmy_redis = redis.Redis.from_url("redis://127.0.0.1:6379/0")\n',
+    "my-store": (  # a third-party store package, for docs/stores.md
+        "import pathlib\n"
+        'pathlib.Path("my_package").mkdir(exist_ok=True)\n'
+        'pathlib.Path("my_package/__init__.py").write_text("")\n'
+        'pathlib.Path("my_package/store.py").write_text(\n'
+        '    "from pooled_sessions.adapters.memory import MemoryStore\\n"\n'
+        '    "class MyStore(MemoryStore):\\n    pass\\n"\n'
+        ")\n"
+    ),
     "sessions-file": "",  # for commands: a sessions.json with a few sessions is made first
 }
 RUNNER = """\

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pooled_sessions.adapters.protocol import BulkLoadStore, Store
-from pooled_sessions.adapters.redis import RedisStore, plan
+from pooled_sessions.adapters.redis import RedisStore
 from pooled_sessions.adapters.redis.keys import decode_hash, record_hash
 from pooled_sessions.codec import Record
 
@@ -54,7 +54,7 @@ class Target:
 def target_of(store: Store) -> Target:
     """How to check copies in ``store``."""
     if isinstance(store, RedisStore):
-        hashes = _redis_hashes(store)
+        hashes = store.load_hashes
         return Target(
             record_hash, lambda batch: _judged(batch, hashes([s for s, _, _ in batch]), store.where)
         )
@@ -81,15 +81,6 @@ def canonical(record: Mapping[str, Any]) -> str:
 def json_form(record: Record) -> Fields:
     """The form of a session as one field: its canonical JSON."""
     return {_JSON: canonical(record).encode("utf-8", "surrogatepass")}
-
-
-def _redis_hashes(store: RedisStore) -> Callable[[Sequence[str]], list[dict[Any, Any]]]:
-    """The store's session hashes, undecoded, for a batch of ids.
-
-    The store runs the plan with its pipeline runner: it has no public method for this read.
-    """
-    cluster = store.options.cluster
-    return lambda ids: store._run(plan.load_hashes(store.keys, ids, cluster))
 
 
 def _judged(batch: Batch, hashes: list[dict[Any, Any]], where: str) -> list[Copy]:

@@ -59,6 +59,10 @@ class RedisStore(RedisBase):
     def load_user(self, username: str) -> Mapping[str, Record]:
         return self._run(plan.load_user(self.keys, username, self.where))
 
+    def load_hashes(self, session_ids: Sequence[str]) -> list[dict[Any, Any]]:
+        """Several sessions' hashes as stored, undecoded, in one round trip (for verify)."""
+        return self._run(plan.load_hashes(self.keys, session_ids, self.options.cluster))
+
     def ended(self, session_id: str) -> bool:
         """True if ``session_id`` was ended, by any server (its tombstone is kept)."""
         return self._run(plan.ended(self.keys, session_id))
