@@ -42,7 +42,7 @@ class SessionService(ServiceBase[Store]):
         )
         self._thread.start()
 
-    # -- the public API ----------------------------------------------------------------
+    # -- the public API (create_session ... end_session: ServiceBase, `Published`) ------
 
     def force_save(self) -> int:
         """Write every pending change now; returns sessions written, raises if the store fails."""

@@ -50,7 +50,7 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
         self._tasks: set[asyncio.Task[int]] = set()  # flushes callers await (shielded)
         self._done = asyncio.Event()
 
-    # -- the public API ----------------------------------------------------------------
+    # -- the public API (create_session ... end_session: ServiceBase, `Published`) ------
 
     async def force_save(self) -> int:
         """Write every pending change now; returns sessions written, raises if the store fails.

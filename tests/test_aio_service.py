@@ -29,6 +29,7 @@ from pooled_sessions import (
 )
 from pooled_sessions.adapters.memory import AsyncMemoryStore, MemoryStore
 from pooled_sessions.adapters.url import StoreURL
+from pooled_sessions.clock import FastForwardClock
 from tests.aiokit import GatedStore, WatchedStore, eventually, holds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,13 +120,12 @@ async def test_shutdown_is_idempotent_and_closes_the_service(url: str) -> None:
         await svc.force_save()
 
 
-async def test_changes_are_written_behind_by_the_flusher_task() -> None:
+async def test_changes_are_written_behind_by_the_flusher_task(clock: FastForwardClock) -> None:
     store = GatedStore()
-    async with AsyncSessionService(
-        store=store, save_delay_seconds=0.05, batch_save_threshold=1000
-    ) as svc:
+    async with AsyncSessionService(store=store, batch_save_threshold=1000, clock=clock) as svc:
         ids = [await svc.create_session(f"u{n}") for n in range(20)]
         assert store.writes == 0, "nothing is written per change"
+        clock.advance(svc.settings.save_delay_seconds)
         assert await eventually(lambda: holds(store.writes == 1))
         assert all([await store.inner.load(sid) is not None for sid in ids])
         for n in range(1000):
