@@ -43,13 +43,13 @@ class Rig:
         self.room = True
         self.requests: list[object] = []
 
-    def run(self, op: Flow[T]) -> T:
+    def run(self, flow: Flow[T]) -> T:
         """Run one engine operation, answering its requests from the table (a flush it
         asks for is written to the table at once)."""
         reply: Any = None
         while True:
             try:
-                request = op.send(reply)
+                request = flow.send(reply)
             except StopIteration as stop:
                 result: T = stop.value
                 return result

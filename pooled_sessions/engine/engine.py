@@ -302,13 +302,13 @@ class Engine:
         if not len(self.pending):
             return None
         taken = self.pending.take()
-        ops: list[Operation] = []
+        operations: list[Operation] = []
         for sid, dirty in taken.items():
             if dirty.ended_at is not None:
-                ops.append(Delete(sid, dirty.username, dirty.ended_at))
+                operations.append(Delete(sid, dirty.username, dirty.ended_at))
             elif (entry := self._entries.get(sid)) is not None:
-                ops.append(entry.upsert(dirty.changed, dirty.removed, dirty.created))
-        return Flush(ops, taken)
+                operations.append(entry.upsert(dirty.changed, dirty.removed, dirty.created))
+        return Flush(operations, taken)
 
     def flush_succeeded(self, flush: Flush, result: WriteResult, seconds: float) -> None:
         """The store holds ``flush``; note what it refused or reloaded."""

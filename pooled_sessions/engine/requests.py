@@ -3,7 +3,7 @@
 A flow is a generator: the engine's operations (`Engine.create`, ...) and the services'
 own flushes and chores (service_base.py) are flows. Each yields one of these requests and
 is sent the answer; a failed answer is thrown into it. `SessionService` and
-`AsyncSessionService` answer them, blocking or awaiting (`ServiceBase.answer`).
+`AsyncSessionService` answer them, blocking or awaiting (`ServiceBase._answer`).
 """
 
 from __future__ import annotations
