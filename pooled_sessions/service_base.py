@@ -1,41 +1,56 @@
-"""What both service drivers share: every step around the engine that is not waiting or I/O.
+"""What both services share: every step around the engine that is not waiting or I/O.
 
 `SessionService` (a lock and a flusher thread) and `AsyncSessionService` (one event loop
-and a flusher task) differ only in how they wait and how they reach the store. How an
-engine request is routed, what a finished call asks for, how a failed flush is recorded,
-which chores a background round does, and what shutdown reports are decided here, once.
+and a flusher task) differ only in how they run a flow (``_drive``: blocking, or
+awaiting) and in their primitives for waiting and waking. The public operations, the
+flush, the flusher's rounds and shutdown's last flushes are written here once, as flows;
+how each request is answered, what watching a shared store means and what ``exclusive``
+holds are decided here too.
 """
 
 from __future__ import annotations
 
-import enum
+import atexit
+import contextlib
+import functools
 import logging
 import os
-import time
-from collections.abc import Callable
-from typing import Any, ClassVar, Generic, NamedTuple, TypeVar, cast
+import weakref
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from pooled_sessions.adapters import check_kind, open_async_store, open_store
+from pooled_sessions.clock import REAL_TIME, Clock
 from pooled_sessions.codec import short_id
 from pooled_sessions.config import Settings, resolve_settings
-from pooled_sessions.engine.engine import (
+from pooled_sessions.engine.engine import Engine
+from pooled_sessions.engine.requests import (
+    POLL,
     AcquireSlot,
     ClaimSlot,
     Ended,
-    Engine,
+    Flow,
     Flush,
+    FlushNow,
     Load,
     LoadUser,
+    Pause,
+    Poll,
+    Purge,
     Request,
     StoreOffers,
     WaitForRoom,
+    WakeFlusher,
+    Write,
 )
 from pooled_sessions.errors import ServiceClosedError, StoreError, StoreUnavailableError
-from pooled_sessions.model import ShutdownReport, ValidationResult
+from pooled_sessions.model import ClientInfo, Session, ValidationResult
+from pooled_sessions.service_api import Published, UserHold
+from pooled_sessions.service_schedule import FinalFlush, Schedule
 
 StoreT = TypeVar("StoreT")
 logger = logging.getLogger("session_service")
-FINAL_RETRY_SECONDS = 0.1
+ClientLike = ClientInfo | Mapping[str, Any] | None
 
 
 class ServiceBase(Generic[StoreT]):
@@ -43,7 +58,9 @@ class ServiceBase(Generic[StoreT]):
 
     The first argument is a path or a store URL (the same as ``backend=``); ``settings``
     a `Settings`; ``store`` a ready store object of the service's kind (blocking or
-    asyncio; the other kind is refused); any other keyword is a `Settings` field.
+    asyncio; the other kind is refused); ``clock`` the time the service reads (a
+    `pooled_sessions.clock.Clock`; real time by default); any other keyword is a
+    `Settings` field.
     """
 
     asynchronous: ClassVar[bool]
@@ -55,6 +72,7 @@ class ServiceBase(Generic[StoreT]):
         *,
         settings: Settings | None = None,
         store: StoreT | None = None,
+        clock: Clock = REAL_TIME,
         **options: Any,
     ) -> None:
         self.settings = resolve_settings(backend, settings, options)
@@ -64,18 +82,253 @@ class ServiceBase(Generic[StoreT]):
             opened = cast(StoreT, opener(self.settings.backend, self.settings))
         check_kind(opened, asynchronous=self.asynchronous)
         self._store: StoreT = opened
-        self._engine = Engine(self.settings, offers=offers(opened))
-        self._schedule = Schedule(self.settings)
+        self._url = str(cast(Any, opened).url)
+        self._clock = clock
+        self._engine = Engine(
+            self.settings, clock=clock.time, monotonic=clock.monotonic, offers=offers(opened)
+        )
+        self._schedule = Schedule(self.settings, clock)
         self._closed = self._stopping = False
         self._prepare()
+        self._unwatch_clock = clock.watch(self._time_jumped)
+        self._exit_hook = functools.partial(type(self)._at_exit, weakref.ref(self))
+        atexit.register(self._exit_hook)
+
+    # -- the public operations, as flows (each service presents them its way) ----------
+
+    @Published
+    def create_session(
+        self,
+        username: str,
+        attributes: Mapping[str, Any] | None = None,
+        client_info: ClientLike = None,
+        *,
+        session_id: str | None = None,
+    ) -> Flow[str]:
+        """Start a session for ``username``; returns its id (``session_id`` if given)."""
+        sid = yield from self._engine.create(username, attributes, client_info, session_id)
+        logger.debug("created session %s for %r", short_id(sid), username)
+        return sid
+
+    def _validate_cached(
+        self, session_id: str, client_info: ClientLike = None
+    ) -> ValidationResult | None:
+        return self._engine.validate_cached(session_id, client_info)
+
+    @Published.with_fast_path(_validate_cached)
+    def validate_session(
+        self, session_id: str, client_info: ClientLike = None
+    ) -> Flow[ValidationResult]:
+        """Check a session for a request and touch it; the result says why if it is invalid."""
+        return self._engine.validate(session_id, client_info)
+
+    @Published
+    def update_session(
+        self, session_id: str, attributes: Mapping[str, Any], *, remove: Collection[str] = ()
+    ) -> Flow[bool]:
+        """Merge ``attributes`` into a live session, dropping ``remove``; False if not live."""
+        return self._engine.update(session_id, attributes, remove)
+
+    @Published
+    def get_session(self, session_id: str) -> Flow[Session | None]:
+        """A live session's snapshot, without touching it."""
+        return self._engine.get(session_id)
+
+    @Published
+    def rotate_session(self, session_id: str) -> Flow[str | None]:
+        """Give a live session a new id (after login or a privilege change); None if not live."""
+        return self._engine.rotate(session_id)
+
+    @Published
+    def sessions_of(self, username: str) -> Flow[list[str]]:
+        """Ids of ``username``'s live sessions, oldest first."""
+        return self._engine.sessions_of(username)
+
+    @Published
+    def end_session(self, session_id: str) -> Flow[bool]:
+        """End a session everywhere; True if a live session ended."""
+        ended = yield from self._engine.end(session_id)
+        if ended:
+            logger.debug("ended session %s", short_id(session_id))
+        return ended
+
+    # -- the service's own flows -------------------------------------------------------
+
+    def _flushing(self) -> Flow[int]:
+        """One flush of everything pending; returns the sessions written.
+
+        A failed (or cancelled) write keeps its batch pending and raises the store's own
+        error, or `StoreUnavailableError` with the original as its cause.
+        """
+        engine, clock = self._engine, self._clock
+        flush = engine.take_flush()
+        if flush is None:
+            return 0
+        started = clock.monotonic()
+        try:
+            result = yield Write(flush.operations, clock.time())
+        except BaseException as exc:
+            error = flush_failed(engine, flush, exc, self._url)
+            self._notify()
+            if error is exc:
+                raise
+            raise error from exc
+        engine.flush_succeeded(flush, result, clock.monotonic() - started)
+        self._notify()
+        return len(flush.operations)
+
+    def _round(self) -> Flow[None]:
+        """One round of the flusher: the flush, cleanup and poll of the store that are due."""
+        engine = self._engine
+        chores = self._schedule.chores(engine)
+        if chores.flush:
+            with contextlib.suppress(Exception):  # kept pending and logged; retried later
+                yield FlushNow(background=True)
+        if chores.cleanup:
+            evicted = engine.cleanup()
+            self._schedule.cleaned(evicted, (yield Purge(self._clock.time())))
+        if chores.poll and (yield POLL):
+            engine.invalidate(None)
+
+    def _finishing(self, final: FinalFlush) -> Flow[None]:
+        """Shutdown's last flushes: retried until nothing is pending or the time is up."""
+        while True:
+            try:
+                final.written += yield FlushNow(background=True, limit=final.remaining())
+            except TimeoutError:
+                final.timed_out()
+            except Exception as exc:
+                final.failed(exc)
+            pause = final.pause(self._engine)
+            if pause is None:
+                return
+            yield Pause(pause)
+
+    def _rest(self) -> float:
+        """Seconds the flusher may sleep before its next round (0: a flush is due now)."""
+        if self._engine.flush_due():
+            return 0.0
+        return max(0.0, self._schedule.wake_at(self._engine) - self._clock.monotonic())
+
+    # -- answering a flow ----------------------------------------------------------------
+
+    def _answer(self, request: Request) -> Any:
+        """Answer one request with the store's call or the driver's own wait, wake or flush.
+
+        For an asyncio service the answer is an awaitable of it.
+        """
+        store: Any = self._store
+        if isinstance(request, Load):
+            return store.load(request.session_id)
+        if isinstance(request, LoadUser):
+            return store.load_user(request.username)
+        if isinstance(request, Write):
+            return store.write(request.operations, request.now)
+        if isinstance(request, WakeFlusher):
+            return self._wake_flusher()
+        if isinstance(request, FlushNow):
+            return self._flush_now(request)
+        if isinstance(request, WaitForRoom):
+            return self._wait_for_room(request.session_id)
+        if isinstance(request, AcquireSlot):
+            return self._acquire_slot(request)
+        if isinstance(request, ClaimSlot):
+            return store.claim_slot(*request)
+        if isinstance(request, Ended):
+            return store.ended(request.session_id)
+        if isinstance(request, Purge):
+            return store.purge_expired(request.now)
+        if isinstance(request, Poll):
+            return store.poll()
+        return self._pause(request.seconds)
+
+    # -- what each driver supplies -------------------------------------------------------
+
+    _guard: contextlib.AbstractContextManager[Any]
+    """Held while the engine is touched outside a flow (a lock, or nothing on one loop)."""
 
     def _prepare(self) -> None:
-        """Build the driver's own parts (lock and thread, or events); the last step of init."""
+        """Build the driver's own parts (lock and thread, or events); a step of init."""
         raise NotImplementedError
+
+    def _notify(self) -> None:
+        """Wake the flusher and every caller waiting for room (``_guard`` held)."""
+        raise NotImplementedError
+
+    def _time_jumped(self) -> None:
+        """The clock jumped (any thread): the flusher re-reads it."""
+        raise NotImplementedError
+
+    def _wake_flusher(self) -> Any:
+        raise NotImplementedError
+
+    def _flush_now(self, request: FlushNow) -> Any:
+        raise NotImplementedError
+
+    def _wait_for_room(self, session_id: str) -> Any:
+        raise NotImplementedError
+
+    def _acquire_slot(self, request: AcquireSlot) -> Any:
+        raise NotImplementedError
+
+    def _pause(self, seconds: float) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def _publish(
+        cls, build: Callable[..., Flow[Any]], cached: Callable[..., Any] | None
+    ) -> Callable[..., Any]:
+        """The method of this service for a `Published` operation: runs ``build``'s flow."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _at_exit(ref: weakref.ref[Any]) -> None:
+        """Interpreter exit without shutdown: write what is pending."""
+        raise NotImplementedError
+
+    # -- wired once --------------------------------------------------------------------
 
     def _check_open(self) -> None:
         if self._closed:
             raise ServiceClosedError("the session service was shut down")
+
+    def _watch_store(self) -> Any:
+        """On a store shared with other servers (it has ``watch``): hear their ends and
+        changes, and write ends at once so they hear ours. Returns what ``watch`` returns
+        (an awaitable for an asyncio store), or None."""
+        watch = getattr(self._store, "watch", None)
+        if watch is None:
+            return None
+        self._engine.pending.prompt_ends = True
+        return watch(self._invalidated)
+
+    def _invalidated(self, session_ids: Collection[str] | None, ended: bool) -> None:
+        """Store callback: other servers ended or changed these sessions (None: any)."""
+        with self._guard:
+            self._engine.invalidate(session_ids, ended=ended)
+            self._notify()
+
+    def _user_hold(self, username: str, timeout: float, save: Callable[[], Any]) -> Any:
+        """What `exclusive` holds (see `UserHold`); nothing on a store without ``user_lock``."""
+        lock = getattr(self._store, "user_lock", None)
+        if lock is None:
+            return contextlib.nullcontext()
+        return UserHold(lock(username, timeout), save)
+
+    def _stats(self) -> dict[str, Any]:
+        with self._guard:
+            return self._schedule.stats(self._engine, self._url, closed=self._closed)
+
+    def _begin_shutdown(self, timeout: float | None) -> FinalFlush | None:
+        """Close the service and stop its flusher; None if it was already closed."""
+        with self._guard:
+            if self._closed:
+                return None
+            self._closed = self._stopping = True
+            self._notify()
+        atexit.unregister(self._exit_hook)
+        self._unwatch_clock()
+        return FinalFlush(self.settings, self._clock, timeout)
 
 
 def offers(store: object) -> StoreOffers:
@@ -84,69 +337,6 @@ def offers(store: object) -> StoreOffers:
         ended=callable(getattr(store, "ended", None)),
         claim_slot=callable(getattr(store, "claim_slot", None)),
     )
-
-
-def dispatch(
-    request: Request,
-    store: Any,
-    *,
-    acquire_slot: Callable[[AcquireSlot], Any],
-    wait_for_room: Callable[[WaitForRoom], Any],
-    pause: Callable[[float], Any],
-) -> Any:
-    """Route one engine request: store calls to the store, waits to the driver's own
-    primitives (``pause`` is ``time.sleep`` or ``asyncio.sleep``).
-
-    Returns what the route returns: the answer, or for an asyncio driver an awaitable.
-    """
-    if isinstance(request, Load):
-        return store.load(request.session_id)
-    if isinstance(request, LoadUser):
-        return store.load_user(request.username)
-    if isinstance(request, AcquireSlot):
-        return acquire_slot(request)
-    if isinstance(request, WaitForRoom):
-        return wait_for_room(request)
-    if isinstance(request, ClaimSlot):
-        return store.claim_slot(*request)
-    if isinstance(request, Ended):
-        return store.ended(request.session_id)
-    return pause(request.seconds)
-
-
-class After(enum.Enum):
-    """What a driver does once an engine operation returned."""
-
-    NOTHING = enum.auto()
-    WAKE = enum.auto()  # a flush is due: wake the flusher
-    FLUSH = enum.auto()  # write-through: flush in the caller, a store error is left to retries
-    FLUSH_OR_RAISE = enum.auto()  # write-through and the call changed a session: raise
-
-
-def after_call(engine: Engine, *, writes: bool, changes_before: int) -> After:
-    """Decide `After` from the engine's state; ``writes``: the call may change a session."""
-    changed = writes and engine.pending.stats.changes != changes_before
-    due = engine.flush_due()
-    if not engine.settings.write_through:
-        return After.WAKE if due else After.NOTHING
-    if changed:
-        return After.FLUSH_OR_RAISE
-    return After.FLUSH if due else After.NOTHING
-
-
-def validate_cached(
-    engine: Engine, session_id: str, client_info: Any
-) -> tuple[ValidationResult | None, After]:
-    """The fast path of `validate_session`: a cached live session, no store request.
-
-    Returns the result and what the driver does next; a None result sends the driver
-    to the full operation (`Engine.validate`).
-    """
-    before = engine.pending.stats.changes
-    result = engine.validate_cached(session_id, client_info)
-    if result is None or engine.pending.stats.changes == before:
-        return result, After.NOTHING
-    return result, after_call(engine, writes=False, changes_before=before)
 
 
 def flush_failed(engine: Engine, flush: Flush, error: BaseException, url: str) -> BaseException:
@@ -162,86 +352,3 @@ def flush_failed(engine: Engine, flush: Flush, error: BaseException, url: str) -
     if isinstance(error, Exception) and not isinstance(error, StoreError):
         return StoreUnavailableError(f"store {url} failed: {error}")
     return error
-
-
-class Chores(NamedTuple):
-    """What one round of background work does."""
-
-    flush: bool
-    cleanup: bool
-    poll: bool
-
-
-class Schedule:
-    """When the background flusher wakes, what it does then, and the store-side counters."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._interval = settings.sync_interval_seconds
-        self._next_sync = time.monotonic() + self._interval
-        self.purged = 0
-
-    def wake_at(self, engine: Engine) -> float:
-        """Monotonic time of the next round (a flush, a cleanup or a poll of the store)."""
-        return min(engine.next_deadline(), self._next_sync)
-
-    def chores(self, engine: Engine) -> Chores:
-        """The chores due now; a poll is counted as done from here."""
-        poll = time.monotonic() >= self._next_sync
-        if poll:
-            self._next_sync = time.monotonic() + self._interval
-        return Chores(engine.flush_due(), engine.cleanup_due(), poll)
-
-    def cleaned(self, evicted: int, purged: int) -> None:
-        """Count and log one cleanup."""
-        self.purged += purged
-        logger.info("cleanup: %d expired session(s) evicted, %d purged", evicted, purged)
-
-    def stats(self, engine: Engine, url: str, *, closed: bool) -> dict[str, Any]:
-        """`stats()` of a service: the engine's counters and the store's."""
-        stats = engine.stats()
-        stats.update(store=url, store_purged=self.purged, closed=closed)
-        return stats
-
-
-class FinalFlush:
-    """Shutdown's last flushes: retried until nothing is pending or the time is up."""
-
-    def __init__(self, settings: Settings, timeout: float | None) -> None:
-        limit = settings.shutdown_timeout_seconds if timeout is None else timeout
-        self.deadline = time.monotonic() + limit
-        self.written = 0
-        self.error: str | None = None
-        self.unsaved: tuple[str, ...] = ()
-
-    def remaining(self) -> float:
-        """Seconds left before the deadline (never negative)."""
-        return max(0.0, self.deadline - time.monotonic())
-
-    def failed(self, error: BaseException) -> None:
-        """Note a failed flush attempt."""
-        self.error = f"{type(error).__name__}: {error}"
-
-    def timed_out(self) -> None:
-        """Note an attempt cut short by the deadline (after any earlier failure)."""
-        note = "the write outlasted the shutdown time limit"
-        self.error = note if self.error is None else f"{self.error}; then {note}"
-
-    def pause(self, engine: Engine) -> float | None:
-        """Seconds to wait before the next attempt, or None when shutdown should report now."""
-        self.unsaved = tuple(short_id(sid) for sid in engine.pending.ids())
-        if not self.unsaved or time.monotonic() >= self.deadline:
-            return None
-        return min(FINAL_RETRY_SECONDS, self.remaining())
-
-    def report(self) -> ShutdownReport:
-        """What shutdown wrote, and what it could not (logged as an error)."""
-        if self.unsaved and self.error is None:
-            self.error = "the shutdown time limit passed before everything was written"
-        if self.unsaved:
-            logger.error(
-                "shutdown could not write %d session(s) (%s): %s",
-                len(self.unsaved),
-                self.error,
-                ", ".join(self.unsaved[:20]),
-            )
-        return ShutdownReport(self.written, self.unsaved, self.error)

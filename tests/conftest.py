@@ -1,4 +1,5 @@
-"""Shared fixtures: a clean environment for every test, and store URLs to run suites on."""
+"""Shared fixtures: a clean environment for every test, store URLs to run suites on, and a
+clock that tests move forward."""
 
 from __future__ import annotations
 
@@ -7,12 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest_plugins = [
-    "pytester",
-    "tests.backends",
-    "tests.redis_servers",
-    "tests.aio_backends",
-]
+from pooled_sessions.clock import FastForwardClock
+
+pytest_plugins = ["pytester", "tests.backends", "tests.redis_servers", "tests.aio_backends"]
 
 
 @pytest.fixture(autouse=True)
@@ -22,3 +20,10 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         if key.startswith("POOLED_SESSIONS_"):
             monkeypatch.delenv(key)
     yield
+
+
+@pytest.fixture
+def clock() -> FastForwardClock:
+    """Real time that the test moves forward with ``clock.advance(seconds)``: give it to a
+    service (``clock=clock``) and a wait it skips costs nothing."""
+    return FastForwardClock()

@@ -7,7 +7,8 @@ from typing import Any, TypeVar
 from pooled_sessions.adapters.record_table import RecordTable
 from pooled_sessions.codec import WriteResult
 from pooled_sessions.config import Settings
-from pooled_sessions.engine.engine import Engine, Flush, Load, LoadUser, Op, WaitForRoom
+from pooled_sessions.engine.engine import Engine, Flow, Flush, Load, LoadUser, WaitForRoom
+from pooled_sessions.engine.requests import FlushNow, WakeFlusher
 
 T = TypeVar("T")
 EPOCH = 1_700_000_000.0
@@ -42,12 +43,13 @@ class Rig:
         self.room = True
         self.requests: list[object] = []
 
-    def run(self, op: Op[T]) -> T:
-        """Run one engine operation, answering its requests from the table."""
+    def run(self, flow: Flow[T]) -> T:
+        """Run one engine operation, answering its requests from the table (a flush it
+        asks for is written to the table at once)."""
         reply: Any = None
         while True:
             try:
-                request = op.send(reply)
+                request = flow.send(reply)
             except StopIteration as stop:
                 result: T = stop.value
                 return result
@@ -56,6 +58,11 @@ class Rig:
                 reply = self.table.load(request.session_id)
             elif isinstance(request, LoadUser):
                 reply = self.table.load_user(request.username)
+            elif isinstance(request, FlushNow):
+                reply = len(self.engine.pending)
+                self.flush()
+            elif isinstance(request, WakeFlusher):
+                reply = None
             else:
                 assert isinstance(request, WaitForRoom)
                 reply = self.room

@@ -169,7 +169,7 @@ async def test_a_corrupt_file_is_refused_and_left_as_it_is(path: Path, content: 
         with pytest.raises(CorruptStoreError):
             await svc.get_session(session_id(1))
         await svc.create_session("alice")
-        report = await svc.shutdown(timeout=0.3)
+        report = await svc.shutdown(timeout=0.1)
         assert not report.complete and "CorruptStoreError" in str(report.error)
     assert path.read_bytes() == content
 
@@ -200,9 +200,10 @@ async def test_a_lock_held_elsewhere_is_waited_for_while_the_loop_runs(path: Pat
     held.wait(5)
     ticker = Ticker()
     write = asyncio.create_task(store.write(upserts(0, 5), time.time()))
-    await asyncio.sleep(0.2)
+    while ticker.ticks < 20 and not write.done():  # the loop keeps running meanwhile
+        await asyncio.sleep(0.005)
     assert not write.done(), "the write waits for the lock"
-    assert ticker.stop() >= 20, "and the loop keeps running meanwhile"
+    assert ticker.stop() >= 20
     release.set()
     await asyncio.wait_for(write, 5)
     holder.join(5)

@@ -30,6 +30,7 @@ from pooled_sessions import (
 )
 from pooled_sessions.adapters.memory import AsyncMemoryStore, MemoryStore
 from pooled_sessions.adapters.url import StoreURL
+from pooled_sessions.clock import FastForwardClock
 from tests.aiokit import GatedStore, WatchedStore, eventually, holds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +45,8 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def test_every_method_of_the_sync_service_is_a_coroutine_with_its_signature() -> None:
-    names = {n for n, v in vars(SessionService).items() if callable(v) and not n.startswith("_")}
+    public = [n for n in dir(SessionService) if not n.startswith("_")]
+    names = {n for n in public if callable(getattr(SessionService, n))}
     assert names >= {"create_session", "validate_session", "shutdown", "force_save", "stats"}
     for name in names:
         method = getattr(AsyncSessionService, name)
@@ -119,13 +121,12 @@ async def test_shutdown_is_idempotent_and_closes_the_service(url: str) -> None:
         await svc.force_save()
 
 
-async def test_changes_are_written_behind_by_the_flusher_task() -> None:
+async def test_changes_are_written_behind_by_the_flusher_task(clock: FastForwardClock) -> None:
     store = GatedStore()
-    async with AsyncSessionService(
-        store=store, save_delay_seconds=0.05, batch_save_threshold=1000
-    ) as svc:
+    async with AsyncSessionService(store=store, batch_save_threshold=1000, clock=clock) as svc:
         ids = [await svc.create_session(f"u{n}") for n in range(20)]
         assert store.writes == 0, "nothing is written per change"
+        clock.advance(svc.settings.save_delay_seconds)
         assert await eventually(lambda: holds(store.writes == 1))
         assert all([await store.inner.load(sid) is not None for sid in ids])
         for n in range(1000):

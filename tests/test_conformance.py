@@ -1,33 +1,24 @@
 """The public SessionService API, run on every backend of tests/backends.py.
 
 Every store passes the same suite (dogpile.cache style): a backend only names itself in
-`BACKENDS`. Expiry uses fractional ``expire_minutes`` and real time, kept to a few
-hundred milliseconds per test.
+`BACKENDS`. Time that must pass (expiry, touches) is skipped with the services' clock
+(``clock.advance``), so no test sleeps for it.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
 
 import pytest
 
 from pooled_sessions import ClientInfo, IdInUseError, Reason, ServiceClosedError, SessionError
+from pooled_sessions.clock import FastForwardClock
 from tests.backends import ServiceFactory
+from tests.waiting import wait_until
 
 ID_RE = re.compile(r"[A-Za-z0-9_-]{43,}")
 ALICE = {"ip": "203.0.113.7", "user_agent": "Firefox/128"}
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` passes; its last answer."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return predicate()
-        time.sleep(0.02)
-    return True
 
 
 # -- create / validate / get -----------------------------------------------------------
@@ -75,11 +66,11 @@ def test_snapshot_is_detached_from_the_store(make_service: ServiceFactory) -> No
     assert again is not None and again.attributes == {"cart": [1]}
 
 
-def test_get_does_not_touch(make_service: ServiceFactory) -> None:
-    svc = make_service()
+def test_get_does_not_touch(make_service: ServiceFactory, clock: FastForwardClock) -> None:
+    svc = make_service(clock=clock)
     sid = svc.create_session("alice")
     first = svc.get_session(sid)
-    time.sleep(0.02)
+    clock.advance(10)
     second = svc.get_session(sid)
     assert first is not None and second is not None
     assert second.last_accessed_at == first.last_accessed_at
@@ -88,11 +79,11 @@ def test_get_does_not_touch(make_service: ServiceFactory) -> None:
     assert svc.get_session("not valid!") is None
 
 
-def test_validate_touches(make_service: ServiceFactory) -> None:
-    svc = make_service()
+def test_validate_touches(make_service: ServiceFactory, clock: FastForwardClock) -> None:
+    svc = make_service(clock=clock)
     sid = svc.create_session("alice")
     first = svc.get_session(sid)
-    time.sleep(0.02)
+    clock.advance(10)
     touched = svc.validate_session(sid).session
     assert first is not None and touched is not None
     assert touched.last_accessed_at > first.last_accessed_at
@@ -168,15 +159,17 @@ def test_sessions_of_lists_live_sessions_oldest_first(make_service: ServiceFacto
 # -- expiry ------------------------------------------------------------------------------
 
 
-def test_idle_expiry_with_fractional_minutes(make_service: ServiceFactory) -> None:
-    svc = make_service(expire_minutes=0.005)  # 0.3 s
+def test_idle_expiry_with_fractional_minutes(
+    make_service: ServiceFactory, clock: FastForwardClock
+) -> None:
+    svc = make_service(expire_minutes=0.5, save_delay_seconds=60, clock=clock)  # 30 s
     sid = svc.create_session("alice", {"a": 1})
-    kept = svc.create_session("alice")
+    kept = svc.create_session("alice")  # expires before it is written
     session = svc.get_session(sid)
     assert session is not None
-    assert session.expires_at - session.last_accessed_at == pytest.approx(0.3, abs=0.01)
+    assert session.expires_at - session.last_accessed_at == pytest.approx(30, abs=0.01)
     assert svc.validate_session(sid)
-    time.sleep(0.4)
+    clock.advance(31)
     result = svc.validate_session(sid)
     assert not result and result.reason is Reason.EXPIRED
     assert svc.get_session(sid) is None
@@ -186,38 +179,42 @@ def test_idle_expiry_with_fractional_minutes(make_service: ServiceFactory) -> No
     assert svc.validate_session(kept).reason is Reason.EXPIRED
 
 
-def test_sliding_expiry_keeps_an_active_session(make_service: ServiceFactory) -> None:
-    svc = make_service(expire_minutes=0.01)  # 0.6 s
+def test_sliding_expiry_keeps_an_active_session(
+    make_service: ServiceFactory, clock: FastForwardClock
+) -> None:
+    svc = make_service(expire_minutes=1, clock=clock)
     sid = svc.create_session("alice")
-    for _ in range(5):  # 1 s in all, each step well inside the idle window
-        time.sleep(0.2)
+    for _ in range(5):  # 100 s in all, each step well inside the idle window
+        clock.advance(20)
         assert svc.validate_session(sid), "an active session must not expire"
     svc.force_save()
-    time.sleep(0.7)
+    clock.advance(61)
     assert svc.validate_session(sid).reason is Reason.EXPIRED
 
 
-def test_absolute_lifetime_ends_even_an_active_session(make_service: ServiceFactory) -> None:
-    svc = make_service(expire_minutes=1, absolute_lifetime_minutes=0.01)  # 0.6 s
+def test_absolute_lifetime_ends_even_an_active_session(
+    make_service: ServiceFactory, clock: FastForwardClock
+) -> None:
+    svc = make_service(expire_minutes=1, absolute_lifetime_minutes=0.5, clock=clock)  # 30 s
     sid = svc.create_session("alice")
     session = svc.get_session(sid)
     assert session is not None and session.absolute_expires_at is not None
-    assert session.absolute_expires_at == pytest.approx(session.created_at + 0.6, abs=0.01)
+    assert session.absolute_expires_at == pytest.approx(session.created_at + 30, abs=0.01)
     assert session.expires_at <= session.absolute_expires_at
-    time.sleep(0.3)
+    clock.advance(15)
     assert svc.validate_session(sid)
-    time.sleep(0.4)
+    clock.advance(16)
     assert svc.validate_session(sid).reason is Reason.EXPIRED
 
 
 def test_expired_sessions_stay_expired_for_a_peer(
-    make_service: ServiceFactory, make_peer: ServiceFactory
+    make_service: ServiceFactory, make_peer: ServiceFactory, clock: FastForwardClock
 ) -> None:
-    svc = make_service(expire_minutes=0.005)
+    svc = make_service(expire_minutes=0.5, clock=clock)
     sid = svc.create_session("alice")
     svc.force_save()
-    time.sleep(0.4)
-    peer = make_peer()
+    clock.advance(31)
+    peer = make_peer(clock=clock)
     assert not peer.validate_session(sid)
     assert peer.get_session(sid) is None
 

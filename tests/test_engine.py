@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TypeVar
+
 import pytest
 
-from pooled_sessions import BackPressureError, IdInUseError, Reason, Session, SessionDataError
+from pooled_sessions import (
+    BackPressureError,
+    IdInUseError,
+    Reason,
+    Session,
+    SessionDataError,
+    StoreUnavailableError,
+)
 from pooled_sessions.codec import Delete, Upsert, short_id
-from pooled_sessions.engine.engine import ENDED_MEMORY_SECONDS, Load, WaitForRoom
+from pooled_sessions.engine.engine import ENDED_MEMORY_SECONDS, Flow, Load, WaitForRoom
+from pooled_sessions.engine.requests import FLUSH_NOW, WAKE_FLUSHER, FlushNow, WakeFlusher
 from tests.enginekit import Rig
+
+T = TypeVar("T")
 
 
 def upserts(rig: Rig) -> dict[str, Upsert]:
@@ -140,10 +153,54 @@ def test_write_through_settings_flush_every_change() -> None:
     rig = Rig(batch_save_threshold=1, save_delay_seconds=0)
     assert rig.settings.write_through
     sid = rig.run(rig.engine.create("alice", {}, None))
-    assert rig.engine.flush_due()
-    rig.flush()
+    assert rig.requests[-1] == FLUSH_NOW, "the operation asks for its write itself"
+    assert not len(rig.engine.pending) and rig.table.load(sid) is not None
     rig.run(rig.engine.update(sid, {"a": 1}))
-    assert rig.engine.flush_due()
+    assert rig.requests[-1] == FLUSH_NOW
+    stored = rig.table.load(sid)
+    assert stored is not None and stored["attributes"] == {"a": 1}
+
+
+# -- what follows an operation -----------------------------------------------------------------
+
+
+def finish(flow: Flow[T], answers: Mapping[type, object], throw: BaseException | None) -> T:
+    """Run ``flow``, answering by request type; ``throw`` is thrown at its `FlushNow`."""
+    reply: object = None
+    request = flow.send(None)
+    while True:
+        try:
+            if isinstance(request, FlushNow) and throw is not None:
+                request = flow.throw(throw)
+            else:
+                request = flow.send(answers.get(type(request), reply))
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+
+
+def test_a_change_wakes_the_flusher_only_when_a_flush_is_due() -> None:
+    rig = Rig(batch_save_threshold=3)
+    sid = rig.run(rig.engine.create("alice", {}, None))
+    rig.run(rig.engine.update(sid, {"a": 1}))
+    assert not any(isinstance(r, WakeFlusher | FlushNow) for r in rig.requests)
+    rig.run(rig.engine.update(sid, {"a": 2}))
+    assert rig.requests == [WAKE_FLUSHER], "the third change reached the batch threshold"
+    assert rig.run(rig.engine.update("G" * 43, {"a": 1})) is False
+    assert rig.requests[1:] == [Load("G" * 43)], "no change: nothing follows"
+
+
+def test_write_through_raises_a_failed_write_of_a_change_but_not_of_a_touch() -> None:
+    rig = Rig(save_delay_seconds=0, expire_minutes=30)
+    down = StoreUnavailableError("store down")
+    with pytest.raises(StoreUnavailableError):
+        finish(rig.engine.create("alice", {}, None), {}, down)
+    sid = rig.engine.pending.ids()[0]
+    rig.flush()
+    rig.clock.advance(61)  # the next touch is past the step: it is written
+    result = finish(rig.engine.validate(sid), {}, down)
+    assert result.valid, "a read does not fail because its touch could not be written"
+    assert rig.engine.pending.ids() == [sid], "the touch stays pending for the retries"
 
 
 # -- failures: backoff and restore ------------------------------------------------------------
@@ -535,14 +592,20 @@ def test_validate_cached_answers_only_for_cached_live_sessions() -> None:
     assert rig.run(rig.engine.validate(sid)).reason is Reason.EXPIRED
 
 
-def test_validate_cached_touches_like_validate() -> None:
+def test_validate_cached_touches_and_leaves_a_written_touch_to_validate() -> None:
     rig = Rig(expire_minutes=30)
     sid = rig.run(rig.engine.create("alice", {}, None))
     rig.flush()
-    rig.clock.advance(61)
+    rig.clock.advance(30)
     result = rig.engine.validate_cached(sid)
     assert result is not None and result.session is not None
-    assert result.session.expires_at == rig.clock.now + 1800
+    assert result.session.expires_at == rig.clock.now + 1800, "touched in memory"
+    assert not rig.engine.pending.ids(), "within the step nothing is written"
+    rig.clock.advance(31)
+    assert rig.engine.validate_cached(sid) is None, "past the step: the full check writes it"
+    assert not rig.engine.pending.ids()
+    result = rig.run(rig.engine.validate(sid))
+    assert result.session is not None and result.session.expires_at == rig.clock.now + 1800
     assert rig.engine.pending.ids() == [sid], "past the step the touch is queued"
 
 

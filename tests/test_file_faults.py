@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,9 @@ import pytest
 
 from pooled_sessions import SessionService, StoreUnavailableError
 from pooled_sessions.adapters.file import fsio
+from pooled_sessions.clock import FastForwardClock
 from tests.filekit import temp_files
+from tests.waiting import wait_until
 
 
 class Fault:
@@ -129,16 +131,21 @@ def test_a_failed_flush_keeps_its_changes_and_recovers(
     assert_file_holds(path, expected)
 
 
-def test_the_flusher_retries_with_backoff_until_the_disk_has_room(path: Path) -> None:
+def test_the_flusher_retries_with_backoff_until_the_disk_has_room(
+    path: Path, clock: FastForwardClock
+) -> None:
     with pytest.MonkeyPatch.context() as patch:
         fault = Fault(patch, "write_all", errno.ENOSPC, times=3)
         with SessionService(
-            path, save_delay_seconds=0.01, retry_initial_seconds=0.02, retry_max_seconds=0.2
+            path, save_delay_seconds=1, retry_initial_seconds=1, retry_max_seconds=2, clock=clock
         ) as svc:
             expected = {svc.create_session(f"u{n}", {"n": n}): {"n": n} for n in range(4)}
-            deadline = time.monotonic() + 10
-            while unsettled(svc) and time.monotonic() < deadline:
-                time.sleep(0.01)
+            for failures in (1, 2, 3):  # past the save delay, then past each backoff
+                clock.advance(2)
+                assert wait_until(partial(lambda n: svc.stats()["flush_failures"] == n, failures))
+                assert unsettled(svc) == 4
+            clock.advance(2)
+            assert wait_until(lambda: not unsettled(svc))
             stats = svc.stats()
             assert stats["pending_sessions"] == 0 and fault.left == 0
             assert stats["flush_failures"] == 3 and stats["flush_retries"] == 3
@@ -230,7 +237,7 @@ def test_shutdown_on_a_full_disk_reports_the_unsaved(service: SessionService, pa
     saved = path.read_bytes()
     with pytest.MonkeyPatch.context() as patch:
         Fault(patch, "write_all", errno.ENOSPC)
-        report = service.shutdown(timeout=0.3)
+        report = service.shutdown(timeout=0.1)
     assert not report.complete and len(report.unsaved) == 3
     assert report.error is not None and "disk full" in report.error
     assert path.read_bytes() == saved

@@ -14,7 +14,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pooled_sessions import CorruptStoreError, SessionService, StoreUnavailableError
+from pooled_sessions.clock import FastForwardClock
 from tests.filekit import EPOCH, document, mode_of, record, temp_files, write_document
+from tests.waiting import wait_until
 
 
 def test_document_format_and_modes(tmp_path: Path) -> None:
@@ -117,7 +119,9 @@ def test_a_directory_in_place_of_the_file(tmp_path: Path) -> None:
         SessionService(tmp_path / "sessions.json")
 
 
-def test_tombstones_and_expired_sessions_are_purged_by_cleanup(tmp_path: Path) -> None:
+def test_tombstones_and_expired_sessions_are_purged_by_cleanup(
+    tmp_path: Path, clock: FastForwardClock
+) -> None:
     path = tmp_path / "sessions.json"
     write_document(
         path,
@@ -126,13 +130,14 @@ def test_tombstones_and_expired_sessions_are_purged_by_cleanup(tmp_path: Path) -
             tombstones={"s-ancient": EPOCH, "s-recent": time.time()},
         ),
     )
-    with SessionService(path, cleanup_interval_minutes=0.002, tombstone_ttl_seconds=3600):
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            body = json.loads(path.read_bytes())
-            if "s-old" not in body["sessions"] and "s-ancient" not in body["tombstones"]:
-                break
-            time.sleep(0.05)
+
+    def purged() -> bool:
+        body = json.loads(path.read_bytes())
+        return "s-old" not in body["sessions"] and "s-ancient" not in body["tombstones"]
+
+    with SessionService(path, tombstone_ttl_seconds=3600, clock=clock) as svc:
+        clock.advance(svc.settings.cleanup_interval_minutes * 60)
+        assert wait_until(purged)
     body = json.loads(path.read_bytes())
     assert set(body["sessions"]) == {"s-live"}
     assert set(body["tombstones"]) == {"s-recent"}

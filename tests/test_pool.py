@@ -482,13 +482,13 @@ def test_service_without_a_pool_configuration_does_not_cap(make_service: Service
 
 
 def test_service_create_past_max_total_waits_then_raises(make_service: ServiceFactory) -> None:
-    service = make_service(pool=SessionPoolConfig(max_total=3, max_wait=0.2))
+    service = make_service(pool=SessionPoolConfig(max_total=3, max_wait=0.05))
     ids = [service.create_session("alice") for _ in range(3)]
     service.force_save()  # a finished request keeps its session: the slots stay taken
     started = time.monotonic()
-    with pytest.raises(PoolExhaustedError, match=r"all 3 live-session slots.*0\.2 s"):
+    with pytest.raises(PoolExhaustedError, match=r"all 3 live-session slots.*0\.05 s"):
         service.create_session("bob")
-    assert time.monotonic() - started >= 0.19
+    assert time.monotonic() - started >= 0.049
     assert all(service.validate_session(sid) for sid in ids)
     stats = pool_stats(service)
     assert (stats["active"], stats["borrowed"], stats["timeouts"]) == (3, 3, 1)

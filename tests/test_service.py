@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,10 @@ from pooled_sessions import (
 )
 from pooled_sessions.adapters.memory import MemoryStore
 from pooled_sessions.adapters.url import StoreURL
+from pooled_sessions.clock import FastForwardClock
 from pooled_sessions.codec import Operation, Record, WriteResult, short_id
 from tests.backends import ServiceFactory
+from tests.waiting import wait_until
 
 
 class FlakyStore:
@@ -90,15 +93,6 @@ def service_on(flaky: FlakyStore) -> Iterator[Any]:
     for svc in made:
         flaky.down = False
         svc.shutdown(timeout=2)
-
-
-def wait_until(predicate: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return bool(predicate())
-        time.sleep(0.01)
-    return True
 
 
 def settled(svc: SessionService) -> bool:
@@ -284,7 +278,7 @@ def test_shutdown_reports_what_it_could_not_write(service_on: Any, flaky: FlakyS
     for sid in ids:
         assert svc.update_session(sid, {"late": True})
     started = time.monotonic()
-    report = svc.shutdown(timeout=0.3)
+    report = svc.shutdown(timeout=0.1)
     assert time.monotonic() - started < 2.0, "the time limit is kept"
     assert not report.complete
     assert sorted(report.unsaved) == sorted(sid[:8] + "…" for sid in ids)
@@ -292,26 +286,34 @@ def test_shutdown_reports_what_it_could_not_write(service_on: Any, flaky: FlakyS
     assert all(sid not in " ".join(report.unsaved) for sid in ids), "ids are shortened"
 
 
-def test_a_failed_flush_keeps_everything_and_recovers(service_on: Any, flaky: FlakyStore) -> None:
-    svc = service_on(save_delay_seconds=0.01, batch_save_threshold=1)
+def test_a_failed_flush_keeps_everything_and_recovers(
+    service_on: Any, flaky: FlakyStore, clock: FastForwardClock
+) -> None:
+    svc = service_on(
+        batch_save_threshold=1, retry_initial_seconds=1, retry_max_seconds=2, clock=clock
+    )
     flaky.down = True
     sid = svc.create_session("alice", {"a": 1})
     with pytest.raises(StoreError, match="No space left"):
         svc.force_save()
     assert svc.update_session(sid, {"b": 2})
-    assert wait_until(lambda: flaky.failed >= 3), "the flusher keeps retrying"
+    for failures in (2, 3):
+        assert flaky.failed == failures - 1, "no retry before the backoff has passed"
+        clock.advance(2)
+        assert wait_until(partial(lambda n: flaky.failed >= n, failures)), "it keeps retrying"
     stats = svc.stats()
     assert stats["flush_failures"] >= 3 and stats["flush_retries"] >= 2
     assert "No space left" in stats["last_error"]
     assert svc.validate_session(sid), "reads are served while the store is down"
     flaky.down = False
+    clock.advance(2)
     assert wait_until(lambda: settled(svc))
     record = flaky.load(sid)
     assert record is not None and record["attributes"] == {"a": 1, "b": 2}
 
 
 def test_back_pressure_then_recovery_loses_nothing(service_on: Any, flaky: FlakyStore) -> None:
-    svc = service_on(max_pending_sessions=5, backpressure_timeout_seconds=0.2)
+    svc = service_on(max_pending_sessions=5, backpressure_timeout_seconds=0.1)
     flaky.down = True
     accepted = {svc.create_session(f"user{n}", {"n": n}): n for n in range(5)}
     with pytest.raises(StoreError):
@@ -319,7 +321,7 @@ def test_back_pressure_then_recovery_loses_nothing(service_on: Any, flaky: Flaky
     started = time.monotonic()
     with pytest.raises(BackPressureError, match="5 sessions are waiting"):
         svc.create_session("one-too-many")
-    assert time.monotonic() - started >= 0.2, "the caller waited backpressure_timeout_seconds"
+    assert time.monotonic() - started >= 0.1, "the caller waited backpressure_timeout_seconds"
     for sid in accepted:
         assert svc.update_session(sid, {"more": True}), "pending sessions still take changes"
     assert svc.stats()["pending_sessions"] <= 5

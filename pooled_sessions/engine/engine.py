@@ -1,17 +1,20 @@
 """The engine: every session decision, with no I/O, no threads and no asyncio.
 
-Each public operation is a generator. It yields a request when it needs the store
-(`Load`, `LoadUser`, and, when the store offers them, `Ended` and `ClaimSlot`) or the
-driver's patience (`WaitForRoom`, `AcquireSlot`, `Pause`), receives the answer, and
-returns its result. `SessionService` and `AsyncSessionService` only run these
-generators and do the I/O they ask for, so the policy exists once.
+Each public operation is a flow (`requests.Flow`). It yields a request when it needs the
+store (`Load`, `LoadUser`, and, when the store offers them, `Ended` and `ClaimSlot`) or
+the driver's patience (`WaitForRoom`, `AcquireSlot`, `Pause`), receives the answer, and
+returns its result. An operation that changed a session says itself what must follow:
+in write-through mode the write (`FlushNow`, whose failure it raises or, for a touch,
+leaves to the retries), otherwise a wake-up of the flusher when a flush is due
+(`WakeFlusher`). `SessionService` and `AsyncSessionService` only run these flows and do
+what they ask, so the policy exists once.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 from pooled_sessions.codec import (
     Delete,
@@ -30,24 +33,25 @@ from pooled_sessions.engine.binding import ClientBinding
 from pooled_sessions.engine.entry import Entry, EntryIndex
 from pooled_sessions.engine.pending import Dirty, PendingBuffer
 from pooled_sessions.engine.pool_policy import SlotLedger
+from pooled_sessions.engine.requests import FLUSH_NOW, WAKE_FLUSHER
 from pooled_sessions.engine.requests import NO_OFFERS as NO_OFFERS
 from pooled_sessions.engine.requests import AcquireSlot as AcquireSlot
 from pooled_sessions.engine.requests import ClaimSlot as ClaimSlot
 from pooled_sessions.engine.requests import Ended as Ended
+from pooled_sessions.engine.requests import Flow as Flow
 from pooled_sessions.engine.requests import Flush as Flush
 from pooled_sessions.engine.requests import Load as Load
 from pooled_sessions.engine.requests import LoadUser as LoadUser
-from pooled_sessions.engine.requests import Op as Op
 from pooled_sessions.engine.requests import Pause as Pause
 from pooled_sessions.engine.requests import Request as Request
 from pooled_sessions.engine.requests import StoreOffers as StoreOffers
 from pooled_sessions.engine.requests import WaitForRoom as WaitForRoom
 from pooled_sessions.engine.requests import new_session_id as new_session_id
-from pooled_sessions.errors import BackPressureError, IdInUseError
+from pooled_sessions.errors import BackPressureError, IdInUseError, StoreError
 from pooled_sessions.model import ClientInfo, Reason, Session, ValidationResult
 
-T = TypeVar("T")
 ENDED_MEMORY_SECONDS = 300.0
+ClientLike = ClientInfo | Mapping[str, Any] | None
 
 
 def _id_or_none(session_id: object) -> str | None:
@@ -88,9 +92,9 @@ class Engine:
         self,
         username: str,
         attributes: Mapping[str, Any] | None,
-        client: ClientInfo | Mapping[str, Any] | None,
+        client: ClientLike,
         session_id: str | None = None,
-    ) -> Op[str]:
+    ) -> Flow[str]:
         """Start a session; returns its id."""
         check_username(username)
         encoded = encode_attributes({} if attributes is None else attributes)
@@ -121,11 +125,10 @@ class Engine:
         self._entries.install(entry)
         self.slots.hold(entry)
         self.pending.mark(sid, self._mono(), Dirty(changed=set(encoded), created=True))
+        yield from self._follow(raising=True)
         return sid
 
-    def validate(
-        self, session_id: str, client: ClientInfo | Mapping[str, Any] | None = None
-    ) -> Op[ValidationResult]:
+    def validate(self, session_id: str, client: ClientLike = None) -> Flow[ValidationResult]:
         """Check a session for a request, and touch it when it is valid."""
         sid = _id_or_none(session_id)
         if sid is None:
@@ -139,12 +142,16 @@ class Engine:
             if entry is None:
                 # A store that drops expired records itself (Redis) must not change the reason.
                 return ValidationResult(False, Reason.EXPIRED if lapsed else reason)
-        return self._validated(entry, info, now)
+        result = self._validated(entry, info, now)
+        if result.valid and self._touch_written(entry):
+            yield from self._follow(raising=False)
+        return result
 
     def validate_cached(
-        self, session_id: object, client: ClientInfo | Mapping[str, Any] | None = None
+        self, session_id: object, client: ClientLike = None
     ) -> ValidationResult | None:
-        """`validate` of a cached live session, with no store request; None otherwise.
+        """`validate` of a cached live session whose touch is not written: no request, and
+        nothing follows. None otherwise.
 
         The drivers' fast path for the most common call: None sends them to `validate`.
         """
@@ -154,16 +161,22 @@ class Engine:
         now = self._clock()
         if entry.expired(now):
             return None
-        return self._validated(entry, None if client is None else self._binding.coerce(client), now)
+        result = self._validated(
+            entry, None if client is None else self._binding.coerce(client), now
+        )
+        if result.valid and self._touch_pending(entry):
+            return None  # `validate` writes the touch (or wakes the flusher)
+        return result
 
     def _validated(self, entry: Entry, info: ClientInfo | None, now: float) -> ValidationResult:
         changed = info is not None and self._binding.differs(entry, info)
         if changed and self.settings.client_binding == "strict":
             return ValidationResult(False, Reason.CLIENT_MISMATCH)
-        self._touch(entry, now)
+        entry.last_accessed_at = now
+        self._extend(entry, now)
         return ValidationResult(True, Reason.OK, entry.snapshot(), changed)
 
-    def get(self, session_id: str) -> Op[Session | None]:
+    def get(self, session_id: str) -> Flow[Session | None]:
         """A live session's snapshot, without touching it."""
         sid = _id_or_none(session_id)
         if sid is None:
@@ -173,7 +186,7 @@ class Engine:
 
     def update(
         self, session_id: str, attributes: Mapping[str, Any], remove: Collection[str] = ()
-    ) -> Op[bool]:
+    ) -> Flow[bool]:
         """Merge attributes into a live session (and drop ``remove``); False if it is not live."""
         encoded = encode_attributes(attributes)
         if isinstance(remove, str) or not all(isinstance(k, str) for k in remove):
@@ -194,9 +207,10 @@ class Engine:
         self._extend(entry, now)
         removed = {k for k in remove if k not in encoded}
         self.pending.mark(sid, self._mono(), Dirty(changed=set(encoded), removed=removed))
+        yield from self._follow(raising=True)
         return True
 
-    def rotate(self, session_id: str) -> Op[str | None]:
+    def rotate(self, session_id: str) -> Flow[str | None]:
         """Move a live session to a new id (same data); the old id ends. None if not live."""
         sid = _id_or_none(session_id)
         if sid is None:
@@ -222,9 +236,10 @@ class Engine:
         self._end(entry)
         self._entries.install(clone)
         self.pending.mark(new_id, self._mono(), Dirty(changed=set(clone.attributes), created=True))
+        yield from self._follow(raising=True)
         return new_id
 
-    def end(self, session_id: str) -> Op[bool]:
+    def end(self, session_id: str) -> Flow[bool]:
         """End a session everywhere; True if a live session ended.
 
         Ends are accepted past the pending bound: refusing a logout is worse than memory.
@@ -236,9 +251,10 @@ class Engine:
         if entry is None:
             return False
         self._end(entry)
+        yield from self._follow(raising=True)
         return True
 
-    def sessions_of(self, username: str) -> Op[list[str]]:
+    def sessions_of(self, username: str) -> Flow[list[str]]:
         """Ids of one user's live sessions, oldest first.
 
         The store's list is the truth for what this engine had written: a cached session
@@ -286,13 +302,13 @@ class Engine:
         if not len(self.pending):
             return None
         taken = self.pending.take()
-        ops: list[Operation] = []
+        operations: list[Operation] = []
         for sid, dirty in taken.items():
             if dirty.ended_at is not None:
-                ops.append(Delete(sid, dirty.username, dirty.ended_at))
+                operations.append(Delete(sid, dirty.username, dirty.ended_at))
             elif (entry := self._entries.get(sid)) is not None:
-                ops.append(entry.upsert(dirty.changed, dirty.removed, dirty.created))
-        return Flush(ops, taken)
+                operations.append(entry.upsert(dirty.changed, dirty.removed, dirty.created))
+        return Flush(operations, taken)
 
     def flush_succeeded(self, flush: Flush, result: WriteResult, seconds: float) -> None:
         """The store holds ``flush``; note what it refused or reloaded."""
@@ -374,7 +390,7 @@ class Engine:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _unused(self, session_id: str) -> Op[str]:
+    def _unused(self, session_id: str) -> Flow[str]:
         """``session_id`` (minted by a web framework) if no session has it or ever had it."""
         sid = check_id(session_id)
         ended = sid in self._ended
@@ -387,7 +403,7 @@ class Engine:
             )
         return sid
 
-    def _room(self, session_id: str) -> Op[None]:
+    def _room(self, session_id: str) -> Flow[None]:
         if not self.pending.has_room(session_id) and not (yield WaitForRoom(session_id)):
             limit = self.settings.max_pending_sessions
             raise BackPressureError(
@@ -395,13 +411,13 @@ class Engine:
                 f"them ({self.pending.stats.last_error}); try again later"
             )
 
-    def _live(self, sid: str) -> Op[tuple[Entry | None, Reason]]:
+    def _live(self, sid: str) -> Flow[tuple[Entry | None, Reason]]:
         entry = self._entries.get(sid)
         if entry is not None and not entry.stale and not entry.expired(self._clock()):
             return entry, Reason.OK
         return (yield from self._fetch(sid))
 
-    def _fetch(self, sid: str) -> Op[tuple[Entry | None, Reason]]:
+    def _fetch(self, sid: str) -> Flow[tuple[Entry | None, Reason]]:
         if sid in self._ended:
             return None, Reason.NOT_FOUND
         record: Record | None = yield Load(sid)
@@ -442,16 +458,40 @@ class Engine:
         if expires > entry.expires_at:
             entry.expires_at = expires
 
-    def _touch(self, entry: Entry, now: float) -> None:
-        entry.last_accessed_at = now
-        self._extend(entry, now)
+    def _touch_pending(self, entry: Entry) -> bool:
+        """True when a touch moved the expiry further than the touch step past what the
+        store holds, and nothing else of the session waits to be written."""
         sid = entry.session_id
-        if (
+        return (
             entry.expires_at - entry.stored_expires_at > self._step
             and self.pending.dirty(sid) is None
             and self.pending.has_room(sid)
-        ):
-            self.pending.mark(sid, self._mono(), Dirty())
+        )
+
+    def _touch_written(self, entry: Entry) -> bool:
+        """Queue the write of a touch that is pending (see `_touch_pending`); True if queued."""
+        if not self._touch_pending(entry):
+            return False
+        self.pending.mark(entry.session_id, self._mono(), Dirty())
+        return True
+
+    def _follow(self, *, raising: bool) -> Flow[None]:
+        """What follows a change: write-through writes it before the call returns, else the
+        flusher is woken when a flush is due.
+
+        ``raising``: the caller's own change, whose failed write fails the call (it stays
+        pending and is retried); a touch's failed write is left to the retries.
+        """
+        if not self.settings.write_through:
+            if self.flush_due():
+                yield WAKE_FLUSHER
+        elif raising:
+            yield FLUSH_NOW
+        elif self.flush_due():
+            try:
+                yield FLUSH_NOW
+            except StoreError:
+                pass
 
     def _end(self, entry: Entry) -> None:
         sid = entry.session_id

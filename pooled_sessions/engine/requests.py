@@ -1,7 +1,9 @@
-"""What an engine operation may ask of its driver, and what a flush hands to a store.
+"""Every request a flow can make of its driver, and what a flush hands to a store.
 
-Every engine operation (core.py) is a generator that yields one of these requests and is
-sent the answer; the drivers route them (driver.py) and do the waiting or the I/O.
+A flow is a generator: the engine's operations (`Engine.create`, ...) and the services'
+own flushes and chores (service_base.py) are flows. Each yields one of these requests and
+is sent the answer; a failed answer is thrown into it. `SessionService` and
+`AsyncSessionService` answer them, blocking or awaiting (`ServiceBase._answer`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pooled_sessions.engine.pool_policy import ClaimSlot as ClaimSlot
 from pooled_sessions.engine.pool_policy import Pause as Pause
 
 T = TypeVar("T")
+
+# -- of the store ------------------------------------------------------------------------
 
 
 class Load(NamedTuple):
@@ -38,6 +42,26 @@ class Ended(NamedTuple):
     session_id: str
 
 
+class Write(NamedTuple):
+    """Hand one batch to the store (``store.write``); answered with its `WriteResult`."""
+
+    operations: list[Operation]
+    now: float
+
+
+class Purge(NamedTuple):
+    """Drop expired records from the store (``store.purge_expired``); answered with how many."""
+
+    now: float
+
+
+class Poll(NamedTuple):
+    """Ask the store whether another process changed it (``store.poll``); True or False."""
+
+
+POLL = Poll()
+
+
 class StoreOffers(NamedTuple):
     """Optional store calls the engine may ask for; the driver looks at its store once."""
 
@@ -47,6 +71,8 @@ class StoreOffers(NamedTuple):
 
 NO_OFFERS = StoreOffers()
 
+# -- of the driver -----------------------------------------------------------------------
+
 
 class WaitForRoom(NamedTuple):
     """Ask the driver to wait until the pending buffer has room; answer True if it has."""
@@ -54,11 +80,48 @@ class WaitForRoom(NamedTuple):
     session_id: str
 
 
-# AcquireSlot, ClaimSlot and Pause (poolpolicy.py; their docstrings are the driver's
+class WakeFlusher(NamedTuple):
+    """A change made a flush due: wake the background flusher (the answer is ignored)."""
+
+
+WAKE_FLUSHER = WakeFlusher()
+
+
+class FlushNow(NamedTuple):
+    """Write every pending change now, one flush at a time; answered with the sessions written.
+
+    A failed write is thrown into the flow, its batch kept pending. ``background``: the
+    flush of the flusher or of shutdown, which stops with its task; a caller's flush goes
+    on even if the caller stops waiting. ``limit``: seconds the write may take (the asyncio
+    driver cancels it past them and throws `TimeoutError`, and starts none with no time
+    left); a thread cannot be stopped, so the blocking driver lets its write finish.
+    """
+
+    background: bool = False
+    limit: float | None = None
+
+
+FLUSH_NOW = FlushNow()
+
+# AcquireSlot, ClaimSlot and Pause (pool_policy.py; their docstrings are the driver's
 # contract): with a pool configured and every live-session slot taken, `create` waits for
 # one, up to max_wait; on a store shared by several servers it also claims the store's.
-Request = Load | LoadUser | Ended | WaitForRoom | AcquireSlot | ClaimSlot | Pause
-Op = Generator[Request, Any, T]
+Request = (
+    Load
+    | LoadUser
+    | Ended
+    | Write
+    | Purge
+    | Poll
+    | WaitForRoom
+    | AcquireSlot
+    | ClaimSlot
+    | Pause
+    | WakeFlusher
+    | FlushNow
+)
+Flow = Generator[Request, Any, T]
+"""A generator that yields requests, is sent their answers, and returns a ``T``."""
 
 
 @dataclass(slots=True)
