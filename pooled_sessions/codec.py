@@ -159,6 +159,33 @@ def record_of(op: Upsert) -> Record:
     }
 
 
+def upsert_of(
+    session_id: str,
+    record: Record,
+    attributes: Mapping[str, str],
+    *,
+    changed: Iterable[str] | None = None,
+    removed: Iterable[str] = (),
+    created: bool = True,
+) -> Upsert:
+    """The write of ``record`` with its ``attributes`` already encoded; ``changed``
+    (default: every attribute) and ``removed`` say which moved."""
+    return Upsert(
+        session_id=session_id,
+        username=record["username"],
+        attributes=attributes,
+        changed=frozenset(attributes if changed is None else changed),
+        removed=frozenset(removed),
+        ip=record["ip"],
+        user_agent=record["user_agent"],
+        created_at=record["created_at"],
+        last_accessed_at=record["last_accessed_at"],
+        expires_at=record["expires_at"],
+        absolute_expires_at=record["absolute_expires_at"],
+        created=created,
+    )
+
+
 def merge(record: Record | None, op: Upsert) -> Record:
     """Apply an upsert to what a store holds: changed keys only, expiry never shortened."""
     if record is None:

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pooled_sessions.codec import Delete, Record, Upsert, encode_attributes
+from pooled_sessions.codec import Delete, Record, Upsert, encode_attributes, upsert_of
 
 ATTRIBUTES: dict[str, Any] = {
     "cart": [3, 7, {"sku": "A-1", "qty": 2, "gift": False}],
@@ -71,20 +71,7 @@ def upsert(
 ) -> Upsert:
     """The write of ``record``: every attribute carried, ``changed`` (default all) moved."""
     encoded = encode_attributes(record["attributes"])
-    return Upsert(
-        session_id=session_id,
-        username=record["username"],
-        attributes=encoded,
-        changed=frozenset(encoded if changed is None else changed),
-        removed=frozenset(removed),
-        ip=record["ip"],
-        user_agent=record["user_agent"],
-        created_at=record["created_at"],
-        last_accessed_at=record["last_accessed_at"],
-        expires_at=record["expires_at"],
-        absolute_expires_at=record["absolute_expires_at"],
-        created=created,
-    )
+    return upsert_of(session_id, record, encoded, changed=changed, removed=removed, created=created)
 
 
 def delete(session_id: str, record: Record, ended_at: float) -> Delete:

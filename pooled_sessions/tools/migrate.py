@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from pooled_sessions import codec
 from pooled_sessions.adapters.protocol import Store
 from pooled_sessions.codec import (
     Delete,
@@ -71,20 +72,7 @@ def upsert_of(session_id: str, record: Record) -> Upsert:
         attributes = encode_attributes(record["attributes"])
     except SessionDataError as exc:
         raise CorruptStoreError(f"session {short_id(session_id)} cannot be copied: {exc}") from None
-    return Upsert(
-        session_id=session_id,
-        username=record["username"],
-        attributes=attributes,
-        changed=frozenset(attributes),
-        removed=frozenset(),
-        ip=record["ip"],
-        user_agent=record["user_agent"],
-        created_at=record["created_at"],
-        last_accessed_at=record["last_accessed_at"],
-        expires_at=record["expires_at"],
-        absolute_expires_at=record["absolute_expires_at"],
-        created=True,
-    )
+    return codec.upsert_of(session_id, record, attributes)
 
 
 def migrate(
