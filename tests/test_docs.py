@@ -223,3 +223,11 @@ def _run_console(snippet: Snippet, text: str, folder: Path) -> None:
 def _label(line: str) -> str:
     """What a line is about: the text before its colon, else its first word."""
     return line.split(":", 1)[0].strip() if ":" in line else line.split(maxsplit=1)[0]
+
+
+def test_the_test_table_names_every_test_module() -> None:
+    """docs/testing.md is the map of the suite: a module missing from it is a test nobody finds."""
+    table = (ROOT / "docs" / "testing.md").read_text()
+    named = set(re.findall(r"`(?:tests/)?(\w+\.py)`", table))
+    modules = {path.name for path in (ROOT / "tests").glob("*.py")} - {"__init__.py"}
+    assert modules - named == set(), "add these to the table in docs/testing.md"
