@@ -139,11 +139,14 @@ def test_records_of_many_fields_are_built_by_keyword() -> None:
     from pooled_sessions.codec import Upsert
     from pooled_sessions.engine.entry import Entry
     from pooled_sessions.engine.pending import Dirty, FlushStats
+    from pooled_sessions.tools.inspect import Inventory
+    from pooled_sessions.tools.verify import Verification
 
     records: list[type] = [
         Dirty,
         Entry,
         FlushStats,
+        Inventory,
         LocationEvent,
         LoginPolicy,
         LoginResult,
@@ -155,6 +158,7 @@ def test_records_of_many_fields_are_built_by_keyword() -> None:
         Settings,
         StoreURL,
         Upsert,
+        Verification,
     ]
     for record in records:
         kinds = {p.kind for p in inspect.signature(record).parameters.values()}

@@ -14,7 +14,7 @@ TICK_EVERY = 1000
 """Records read between two calls of a survey's ``tick``."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Inventory:
     """Counts from one pass over a source; the detail fields are None when not gathered."""
 
@@ -45,7 +45,7 @@ def survey(
     Memory stays flat except for the set of user-name digests that ``detail`` counts.
     ``tick(n)`` is called as records are read, for a progress display.
     """
-    found = Inventory(source.url)
+    found = Inventory(url=source.url)
     users: set[bytes] = set()
     size = 0
     oldest, newest = float("inf"), float("-inf")

@@ -44,7 +44,7 @@ DEFAULT_BATCH_SIZE = 2000
 Clock = Callable[[], float]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class MigrationReport:
     """What a migration found and did."""
 

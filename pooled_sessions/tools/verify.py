@@ -84,7 +84,7 @@ def same(copy: Record, original: Record) -> bool:
     )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Verification:
     """Counts and checksums of the source's live sessions and of the target's copies."""
 
