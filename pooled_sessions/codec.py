@@ -16,6 +16,7 @@ from itertools import islice
 from typing import Any, TypedDict
 
 from pooled_sessions.errors import CorruptStoreError, SessionDataError
+from pooled_sessions.storable import SCALARS, check_text, check_value, is_utf8, unstorable
 
 FORMAT_NAME = "pooled_sessions"
 FORMAT_VERSION = 1
@@ -23,6 +24,7 @@ MAX_ID_LENGTH = 256
 MAX_USERNAME_LENGTH = 256
 _ID_RE = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_ID_LENGTH}}}")
 _encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+_encode_ascii = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
 
 
 class Record(TypedDict):
@@ -108,6 +110,7 @@ def check_username(username: object) -> str:
     """Return ``username`` if it is a usable user name, else raise."""
     if not isinstance(username, str):
         raise TypeError(f"username must be a str, not {type(username).__name__}")
+    check_text(username, "username")
     if not username or len(username) > MAX_USERNAME_LENGTH or not username.isprintable():
         raise ValueError(
             f"username must be 1-{MAX_USERNAME_LENGTH} printable characters, got {username[:40]!r}"
@@ -116,23 +119,52 @@ def check_username(username: object) -> str:
 
 
 def encode_attributes(attributes: object) -> dict[str, str]:
-    """JSON-encode each attribute value, refusing what JSON cannot hold faithfully."""
+    """JSON-encode each attribute value at the call, refusing what a store could not write
+    or would give back changed (see `check_value`); the text is valid UTF-8."""
     if not isinstance(attributes, Mapping):
         raise TypeError(f"attributes must be a mapping, not {type(attributes).__name__}")
     encoded: dict[str, str] = {}
     for key, value in attributes.items():
         if not isinstance(key, str):
             raise SessionDataError(f"attribute names must be str, got {key!r}")
+        if not key.isascii():
+            check_text(key, "an attribute name")
+        if type(value) not in SCALARS:
+            check_value(key, value)
         try:
-            encoded[key] = _encode(value)
+            text = _encode(value)
+        except (TypeError, ValueError) as exc:
+            raise unstorable(key, value, exc) from None
+        if not text.isascii() and not is_utf8(text):
+            raise unstorable(key, value)
+        encoded[key] = text
+    return encoded
+
+
+def encode_stored(attributes: Mapping[str, Any]) -> dict[str, str]:
+    """JSON-encode the attributes of a record read from a store, keeping whatever it holds.
+
+    The store's reader already parsed them, so no call-time rule is applied again (data
+    written before a rule existed stays readable); a lone surrogate that a file held as
+    an escape stays one, escaped, rather than poisoning later writes.
+    """
+    encoded: dict[str, str] = {}
+    for key, value in attributes.items():
+        try:
+            text = _encode(value)
         except (TypeError, ValueError) as exc:
             raise SessionDataError(f"attribute {key!r} cannot be stored as JSON: {exc}") from None
+        encoded[key] = text if text.isascii() or is_utf8(text) else _encode_ascii(value)
     return encoded
 
 
 def encoded_size(attributes: Mapping[str, str]) -> int:
-    """Approximate stored size of encoded attributes, in characters."""
-    return sum(len(key) + len(text) + 4 for key, text in attributes.items())
+    """Stored size of encoded attributes, in UTF-8 bytes (names and JSON texts)."""
+    size = 0
+    for key, text in attributes.items():
+        size += (len(key) if key.isascii() else len(key.encode())) + 4
+        size += len(text) if text.isascii() else len(text.encode())
+    return size
 
 
 def check_size(session_id: str, attributes: Mapping[str, str], limit: int) -> None:

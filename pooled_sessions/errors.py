@@ -12,7 +12,8 @@ class ConfigError(SessionError, ValueError):
 
 
 class SessionDataError(SessionError, ValueError):
-    """Attributes cannot be stored: not JSON-serialisable, or too large."""
+    """Session data a store could not write, or would give back changed; the message names
+    the field (an attribute and where in it, the username, the client's address or agent)."""
 
 
 class StoreError(SessionError):

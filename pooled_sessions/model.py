@@ -10,6 +10,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from pooled_sessions.codec import short_id
+from pooled_sessions.storable import check_text
 
 MAX_USER_AGENT_LENGTH = 1024
 
@@ -39,12 +40,13 @@ class ClientInfo:
                 canonical = str(ipaddress.ip_address(self.ip.strip()))
             except ValueError:
                 raise ValueError(f"client ip {self.ip[:64]!r} is not an IP address") from None
-            object.__setattr__(self, "ip", canonical)
+            object.__setattr__(self, "ip", check_text(canonical, "client ip"))
         if self.user_agent is not None:
             if not isinstance(self.user_agent, str):
                 raise TypeError(
                     f"client user_agent must be a str, not {type(self.user_agent).__name__}"
                 )
+            check_text(self.user_agent, "client user_agent")
             object.__setattr__(self, "user_agent", self.user_agent[:MAX_USER_AGENT_LENGTH])
 
     @classmethod

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pooled_sessions.codec import Record, Upsert, encode_attributes
+from pooled_sessions.codec import Record, Upsert, encode_stored
 from pooled_sessions.model import Session, snapshot
 
 
@@ -59,7 +59,7 @@ class Entry:
         return cls(
             session_id=session_id,
             username=record["username"],
-            attributes=encode_attributes(record["attributes"]),
+            attributes=encode_stored(record["attributes"]),
             ip=record["ip"],
             user_agent=record["user_agent"],
             created_at=record["created_at"],

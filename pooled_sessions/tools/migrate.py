@@ -29,7 +29,7 @@ from pooled_sessions.codec import (
     Record,
     Upsert,
     WriteResult,
-    encode_attributes,
+    encode_stored,
     is_expired,
     short_id,
 )
@@ -69,7 +69,7 @@ class MigrationReport:
 def upsert_of(session_id: str, record: Record) -> Upsert:
     """The full-record write that recreates ``record`` in any store."""
     try:
-        attributes = encode_attributes(record["attributes"])
+        attributes = encode_stored(record["attributes"])
     except SessionDataError as exc:
         raise CorruptStoreError(f"session {short_id(session_id)} cannot be copied: {exc}") from None
     return codec.upsert_of(session_id, record, attributes)

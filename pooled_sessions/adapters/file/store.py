@@ -125,7 +125,9 @@ class FileMirror:
             yield None
         pieces = []
         for part in self.table.document_parts():
-            pieces.append(part.encode())
+            # A lone surrogate can only have come from the file, as a JSON escape inside a
+            # string (calls refuse them): "backslashreplace" writes that same escape back.
+            pieces.append(part.encode("utf-8", "backslashreplace"))
             yield None
         self.stamp = yield ReplaceFile(pieces)
 

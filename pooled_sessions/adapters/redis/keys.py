@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pooled_sessions.codec import Record, Upsert, check_record, encode_attributes, short_id
+from pooled_sessions.codec import Record, Upsert, check_record, encode_stored, short_id
 from pooled_sessions.errors import ConfigError, CorruptStoreError
 
 LAYOUT_VERSION = "1"
@@ -141,7 +141,7 @@ def record_hash(record: Record) -> dict[bytes, bytes]:
         _RAW[ACCESSED]: repr(record["last_accessed_at"]).encode(),
         _RAW[EXPIRES]: repr(record["expires_at"]).encode(),
     }
-    attributes = encode_attributes(record["attributes"])
+    attributes = encode_stored(record["attributes"])
     for name in sorted(attributes):
         fields[_utf8(ATTRIBUTE + name)] = _utf8(attributes[name])
     if ip is not None:
