@@ -10,11 +10,18 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
 
 from pooled_sessions.errors import ConfigError
+from pooled_sessions.redaction import redact
 
 ENV_PREFIX = "POOLED_SESSIONS_"
 ClientBinding = Literal["off", "report", "strict"]
 _BINDINGS: tuple[str, ...] = get_args(ClientBinding)
 
+
+MAX_SECONDS = 10 * 365 * 86_400.0
+"""The longest duration any setting takes: 10 years. Far inside what the stores hold (a
+Redis expiry is a signed 64-bit count of milliseconds) and what a thread can wait."""
+MIN_SECONDS = 0.001
+"""The shortest duration a setting that must be positive takes: 1 ms, the stores' unit."""
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -63,6 +70,10 @@ class PoolLimits:
             or wait < 0
         ):
             raise ConfigError(f"pool max_wait must be a finite number >= 0, got {wait!r}")
+        if wait > MAX_SECONDS:
+            raise ConfigError(
+                f"pool max_wait must be at most {MAX_SECONDS:.0f} (10 years), got {wait!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,6 +154,7 @@ class Settings:
     tombstone_ttl_seconds: float = 24 * 3600.0
     sync_interval_seconds: float = 1.0
     key_prefix: str = "pooled_sessions"
+    check_store: bool = True
     pool: PoolLimits | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -156,6 +168,15 @@ class Settings:
                 f"touch_step_seconds ({self.touch_step_seconds}) must be shorter than the "
                 f"idle expiry ({self.idle_seconds} s)"
             )
+
+    def __repr__(self) -> str:
+        shown = (
+            f"{f.name}={redact(self.backend)!r}"
+            if f.name == "backend"
+            else f"{f.name}={getattr(self, f.name)!r}"
+            for f in fields(self)
+        )
+        return f"Settings({', '.join(shown)})"
 
     @property
     def idle_seconds(self) -> float:
@@ -219,20 +240,21 @@ def _pool_env(key: str, name: str, text: str) -> Any:
 
 
 _FIELD_NAMES = frozenset(f.name for f in fields(Settings))
-_FLOATS = {
-    "expire_minutes": (0.0, False),
-    "absolute_lifetime_minutes": (0.0, False),
-    "save_delay_seconds": (0.0, True),
-    "cleanup_interval_minutes": (0.0, False),
-    "touch_step_seconds": (0.0, True),
-    "backpressure_timeout_seconds": (0.0, True),
-    "retry_initial_seconds": (0.0, False),
-    "retry_max_seconds": (0.0, False),
-    "shutdown_timeout_seconds": (0.0, True),
-    "tombstone_ttl_seconds": (0.0, False),
-    "sync_interval_seconds": (0.0, False),
+_FLOATS = {  # name: (lowest, lowest allowed, seconds per unit)
+    "expire_minutes": (0.0, False, 60.0),
+    "absolute_lifetime_minutes": (0.0, False, 60.0),
+    "save_delay_seconds": (0.0, True, 1.0),
+    "cleanup_interval_minutes": (0.0, False, 60.0),
+    "touch_step_seconds": (0.0, True, 1.0),
+    "backpressure_timeout_seconds": (0.0, True, 1.0),
+    "retry_initial_seconds": (0.0, False, 1.0),
+    "retry_max_seconds": (0.0, False, 1.0),
+    "shutdown_timeout_seconds": (0.0, True, 1.0),
+    "tombstone_ttl_seconds": (0.0, False, 1.0),
+    "sync_interval_seconds": (0.0, False, 1.0),
 }
 _INTS = {"batch_save_threshold": 1, "max_session_bytes": 64, "max_pending_sessions": 1}
+_BOOLS = {"bind_user_agent", "check_store"}
 _OPTIONAL = {"absolute_lifetime_minutes", "touch_step_seconds"}
 
 
@@ -240,12 +262,7 @@ def _check(name: str, value: Any) -> None:
     if value is None and name in _OPTIONAL:
         return
     if name in _FLOATS:
-        low, inclusive = _FLOATS[name]
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{name} must be a number, not {type(value).__name__}")
-        if not math.isfinite(value) or value < low or (value == low and not inclusive):
-            bound = ">=" if inclusive else ">"
-            raise ConfigError(f"{name} must be a finite number {bound} {low}, got {value!r}")
+        _check_duration(name, value)
     elif name in _INTS:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{name} must be an int, not {type(value).__name__}")
@@ -254,16 +271,36 @@ def _check(name: str, value: Any) -> None:
     elif name == "client_binding":
         if value not in _BINDINGS:
             raise ConfigError(f"client_binding must be one of {_BINDINGS}, got {value!r}")
-    elif name == "bind_user_agent":
+    elif name in _BOOLS:
         if not isinstance(value, bool):
-            raise ConfigError(f"bind_user_agent must be a bool, not {type(value).__name__}")
+            raise ConfigError(f"{name} must be a bool, not {type(value).__name__}")
     elif not isinstance(value, str) or not value:
         raise ConfigError(f"{name} must be a non-empty str, got {value!r}")
 
 
+def _check_duration(name: str, value: Any) -> None:
+    """A duration: a finite number, from 1 ms (or 0 where 0 means "none") to 10 years."""
+    low, inclusive, unit = _FLOATS[name]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be a number, not {type(value).__name__}")
+    if not math.isfinite(value) or value < low or (value == low and not inclusive):
+        bound = ">=" if inclusive else ">"
+        raise ConfigError(f"{name} must be a finite number {bound} {low}, got {value!r}")
+    if value * unit > MAX_SECONDS:
+        raise ConfigError(
+            f"{name} must be at most {MAX_SECONDS / unit:.0f} (10 years), got {value!r}"
+        )
+    if value and value * unit < MIN_SECONDS:
+        raise ConfigError(
+            f"{name} must be 0 or at least {MIN_SECONDS / unit:.6g} (1 ms), got {value!r}"
+            if inclusive
+            else f"{name} must be at least {MIN_SECONDS / unit:.6g} (1 ms), got {value!r}"
+        )
+
+
 def _kind(name: str) -> str:
     base = "float" if name in _FLOATS else "int" if name in _INTS else "str"
-    if name == "bind_user_agent":
+    if name in _BOOLS:
         base = "bool"
     return f"none|{base}" if name in _OPTIONAL else base
 

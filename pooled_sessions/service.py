@@ -13,13 +13,16 @@ from types import TracebackType
 from typing import Any, TypeVar, cast
 
 from pooled_sessions.adapters import Store
+from pooled_sessions.bounded import run_within
 from pooled_sessions.engine.requests import AcquireSlot, Flow, FlushNow
 from pooled_sessions.model import ShutdownReport
 from pooled_sessions.pool import wait_for_grant
 from pooled_sessions.service_base import ServiceBase
+from pooled_sessions.service_schedule import FinalFlush
 
 T = TypeVar("T")
 logger = logging.getLogger("session_service")
+SHUTDOWN_THREAD = "pooled-sessions-shutdown"
 
 
 class SessionService(ServiceBase[Store]):
@@ -71,14 +74,26 @@ class SessionService(ServiceBase[Store]):
         return self._stats()
 
     def shutdown(self, timeout: float | None = None) -> ShutdownReport:
-        """Flush within ``timeout`` seconds, stop the flusher and close the store; idempotent."""
+        """Flush within ``timeout`` seconds, stop the flusher and close the store; idempotent.
+
+        The limit is firm: a write still running at the deadline (a store that stopped
+        answering) is left to finish on its own thread, and its sessions are reported
+        unsaved; that thread closes the store when the write returns.
+        """
         final = self._begin_shutdown(timeout)
         if final is None:
             return ShutdownReport(0)
+        if run_within(lambda: self._finish(final), final.remaining(), SHUTDOWN_THREAD):
+            return final.report()
+        with self._lock:  # the write goes on alone (and closes the store when it returns)
+            return final.abandoned(self._engine.pending.unconfirmed_ids())
+
+    def _finish(self, final: FinalFlush) -> None:
+        """Shutdown's work, on a thread of its own so that the time limit holds even when
+        the store does not answer: the flusher's last round, the last flushes, the close."""
         self._thread.join(final.remaining())
         self._drive(self._finishing(final))
         self._store.close()
-        return final.report()
 
     def __enter__(self) -> SessionService:
         return self

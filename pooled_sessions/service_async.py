@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
-from pooled_sessions.adapters import AsyncStore
+from pooled_sessions.adapters import AsyncStore, check_ready_async
 from pooled_sessions.engine.requests import AcquireSlot, Flow, FlushNow
 from pooled_sessions.errors import SessionError
 from pooled_sessions.model import ShutdownReport
@@ -165,6 +165,8 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
                 "an AsyncSessionService runs on the event loop that first used it; "
                 "create one service per event loop"
             )
+        if self._loop is None and self.settings.check_store:  # __init__ cannot await it
+            await check_ready_async(self._store)
         first, self._loop = self._loop is None, loop
         self._flusher = loop.create_task(self._background(), name=FLUSHER_NAME)
         watching = self._watch_store() if first else None

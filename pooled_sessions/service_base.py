@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
-from pooled_sessions.adapters import check_kind, open_async_store, open_store
+from pooled_sessions.adapters import check_kind, check_ready, open_async_store, open_store
 from pooled_sessions.clock import REAL_TIME, Clock
 from pooled_sessions.codec import short_id
 from pooled_sessions.config import Settings, resolve_settings
@@ -45,6 +45,7 @@ from pooled_sessions.engine.requests import (
 )
 from pooled_sessions.errors import ServiceClosedError, StoreError, StoreUnavailableError
 from pooled_sessions.model import ClientInfo, Session, ValidationResult
+from pooled_sessions.redaction import redact
 from pooled_sessions.service_api import Published, UserHold
 from pooled_sessions.service_schedule import FinalFlush, Schedule
 
@@ -81,8 +82,10 @@ class ServiceBase(Generic[StoreT]):
             opener = open_async_store if self.asynchronous else open_store
             opened = cast(StoreT, opener(self.settings.backend, self.settings))
         check_kind(opened, asynchronous=self.asynchronous)
+        if self.settings.check_store and not self.asynchronous:  # asyncio: at first use
+            check_ready(opened, close=store is None)
         self._store: StoreT = opened
-        self._url = str(cast(Any, opened).url)
+        self._url = redact(str(cast(Any, opened).url))
         self._clock = clock
         self._engine = Engine(
             self.settings, clock=clock.time, monotonic=clock.monotonic, offers=offers(opened)
@@ -93,6 +96,9 @@ class ServiceBase(Generic[StoreT]):
         self._unwatch_clock = clock.watch(self._time_jumped)
         self._exit_hook = functools.partial(type(self)._at_exit, weakref.ref(self))
         atexit.register(self._exit_hook)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._url!r})"
 
     # -- the public operations, as flows (each service presents them its way) ----------
 

@@ -7,6 +7,7 @@ Both services (service.py, service_async.py) keep their timing here, read from t
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from pooled_sessions.clock import Clock
@@ -83,6 +84,13 @@ class FinalFlush:
         """Note an attempt cut short by the deadline (after any earlier failure)."""
         note = "the write outlasted the shutdown time limit"
         self.error = note if self.error is None else f"{self.error}; then {note}"
+
+    def abandoned(self, session_ids: Sequence[str]) -> ShutdownReport:
+        """The report when the deadline passed with a write still running: everything not
+        confirmed (``session_ids``, pending or in flight) is unsaved, as far as it can tell."""
+        self.unsaved = tuple(short_id(sid) for sid in session_ids)
+        self.timed_out()
+        return self.report()
 
     def pause(self, engine: Engine) -> float | None:
         """Seconds to wait before the next attempt, or None when shutdown should report now."""

@@ -60,7 +60,7 @@ def _ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
             sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))  # up, with a password
     except OSError:
         return False
 
@@ -124,8 +124,12 @@ class RedisServer:
 
     def cli(self, *args: str) -> str:
         """Run a redis-cli command against this server; its output."""
+        extra = list(self.extra)
+        auth: list[str] = []
+        if "--requirepass" in extra:  # a server of a test that needs a password
+            auth = ["--no-auth-warning", "-a", extra[extra.index("--requirepass") + 1]]
         done = subprocess.run(
-            [binary("redis-cli"), "-p", str(self.port), *args],
+            [binary("redis-cli"), "-p", str(self.port), *auth, *args],
             capture_output=True,
             text=True,
             timeout=30,

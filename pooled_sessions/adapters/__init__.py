@@ -6,6 +6,7 @@ Third-party stores register under the entry-point groups ``pooled_sessions.store
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 from importlib.metadata import entry_points
@@ -96,4 +97,35 @@ def check_kind(store: object, *, asynchronous: bool) -> None:
     )
 
 
-__all__ = ["AsyncStore", "Store", "StoreURL", "check_kind", "open_async_store", "open_store"]
+def check_ready(store: object, *, close: bool) -> None:
+    """Run a blocking store's start-up check (`CheckedStore`), if it has one; on failure
+    close the store first when ``close`` (the caller opened it and keeps nothing)."""
+    check = getattr(store, "check", None)
+    if check is None:
+        return
+    try:
+        check()
+    except BaseException:
+        if close:
+            with contextlib.suppress(Exception):  # the check's error is the one to report
+                store.close()  # type: ignore[attr-defined]
+        raise
+
+
+async def check_ready_async(store: object) -> None:
+    """Run an asyncio store's start-up check (`AsyncCheckedStore`), if it has one."""
+    check = getattr(store, "check", None)
+    if check is not None:
+        await check()
+
+
+__all__ = [
+    "AsyncStore",
+    "Store",
+    "StoreURL",
+    "check_kind",
+    "check_ready",
+    "check_ready_async",
+    "open_async_store",
+    "open_store",
+]

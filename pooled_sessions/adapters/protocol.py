@@ -88,6 +88,27 @@ class AsyncTombstoneStore(AsyncStore, Protocol):
 
 
 @runtime_checkable
+class CheckedStore(Store, Protocol):
+    """A store that can prove at start that it will take writes (optional ``check``).
+
+    ``check()`` raises `StoreUnavailableError` saying why (unreachable, authentication
+    failed, read-only, a directory that is not writable, ...), in one round trip at most.
+    `SessionService` calls it in its constructor and `AsyncSessionService` at its first
+    use, unless the ``check_store`` setting is False, so a store that cannot work fails
+    the start instead of every flush.
+    """
+
+    def check(self) -> None: ...
+
+
+@runtime_checkable
+class AsyncCheckedStore(AsyncStore, Protocol):
+    """The asyncio twin of `CheckedStore`."""
+
+    async def check(self) -> None: ...
+
+
+@runtime_checkable
 class BulkLoadStore(Store, Protocol):
     """A store that reads many sessions at once (optional ``load_many``).
 
@@ -164,12 +185,14 @@ class AsyncWatchableStore(AsyncStore, Protocol):
 
 __all__ = [
     "AsyncBulkLoadStore",
+    "AsyncCheckedStore",
     "AsyncIteratorOfRecords",
     "AsyncSlotStore",
     "AsyncStore",
     "AsyncTombstoneStore",
     "AsyncWatchableStore",
     "BulkLoadStore",
+    "CheckedStore",
     "Invalidate",
     "Iterator",
     "SlotStore",

@@ -89,6 +89,10 @@ class PendingBuffer:
         """Ids of the sessions with pending (not in-flight) changes."""
         return list(self._dirty)
 
+    def unconfirmed_ids(self) -> list[str]:
+        """Ids of the sessions with changes the store has not confirmed: in flight or pending."""
+        return list(self._inflight.keys() | self._dirty.keys())
+
     def is_dirty(self, session_id: str) -> bool:
         """True when the session has a change not yet confirmed by the store."""
         return session_id in self._dirty or session_id in self._inflight

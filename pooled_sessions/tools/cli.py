@@ -21,6 +21,7 @@ from pooled_sessions.errors import (
     MissingDependencyError,
     StoreError,
 )
+from pooled_sessions.redaction import redact
 from pooled_sessions.tools.inspect import Inventory, survey
 from pooled_sessions.tools.migrate import DEFAULT_BATCH_SIZE, MigrationReport, migrate
 from pooled_sessions.tools.progress import for_stream
@@ -315,7 +316,7 @@ def _cleanup(args: argparse.Namespace) -> int:
         left = store.count()
     finally:
         store.close()
-    print(f"{store.url}: removed {removed:,} expired sessions; {left:,} remain")
+    print(f"{redact(store.url)}: removed {removed:,} expired sessions; {left:,} remain")
     return EXIT_OK
 
 

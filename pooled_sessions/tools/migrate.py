@@ -34,6 +34,7 @@ from pooled_sessions.codec import (
     short_id,
 )
 from pooled_sessions.errors import ConfigError, CorruptStoreError, SessionDataError
+from pooled_sessions.redaction import redact
 from pooled_sessions.tools.batch_writer import BackgroundWriter
 from pooled_sessions.tools.inspect import Inventory, survey
 from pooled_sessions.tools.progress import Progress, Silent
@@ -92,7 +93,8 @@ def migrate(
     progress.start("checking source", None)
     found = survey(source, clock(), tick=progress.advance)
     progress.finish()
-    report = MigrationReport(source=source.url, target=target.url, found=found, dry_run=dry_run)
+    shown = redact(target.url)
+    report = MigrationReport(source=source.url, target=shown, found=found, dry_run=dry_run)
     if not dry_run:
         grow = parse(target.url).scheme in FILE_SCHEMES
         started = time.perf_counter()

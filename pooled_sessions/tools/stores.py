@@ -27,6 +27,7 @@ from pooled_sessions.adapters.url import StoreURL
 from pooled_sessions.codec import Operation, Record, WriteResult
 from pooled_sessions.config import Settings
 from pooled_sessions.errors import StoreUnavailableError
+from pooled_sessions.redaction import redact
 
 T = TypeVar("T")
 FILE_SCHEMES = frozenset({"file", "aiofile"})
@@ -49,7 +50,7 @@ class FileSource:
     """A sessions file read as a stream; nothing beside it is touched."""
 
     def __init__(self, url: StoreURL) -> None:
-        self.url = url.text
+        self.url = url.display
         self.path = url.path
         self._stream = DocumentStream(self.path)
         require_file(self.path)
@@ -74,7 +75,7 @@ class StoreSource:
     """Any store, read through its ``scan()``."""
 
     def __init__(self, store: Store) -> None:
-        self.url = store.url
+        self.url = redact(store.url)
         self.store = store
 
     def records(self) -> Iterator[tuple[str, Record]]:
@@ -98,7 +99,7 @@ class BridgedStore:
         except BaseException:
             self._runner.close()
             raise
-        self.url = self._store.url
+        self.url = redact(self._store.url)
 
     def _run(self, step: Awaitable[T]) -> T:
         return self._runner.run(_awaited(step))

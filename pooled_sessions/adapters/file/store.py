@@ -17,7 +17,7 @@ import threading
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
 
-from pooled_sessions.adapters.file import fsio
+from pooled_sessions.adapters.file import fsio, probe
 from pooled_sessions.adapters.file.stream import DocumentStream
 from pooled_sessions.adapters.record_table import RecordTable
 from pooled_sessions.adapters.url import StoreURL
@@ -178,6 +178,10 @@ class JsonFileStore:
         with self._guard():
             fsio.remove_strays(self.path)
             run(self._mirror.refreshing(), self.path)
+
+    def check(self) -> None:
+        """Raise `StoreUnavailableError` unless the file can be written (service start)."""
+        probe.check_writable(self.path)
 
     def load(self, session_id: str) -> Record | None:
         with self._mutex:

@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from pooled_sessions.adapters.file import fsio
+from pooled_sessions.adapters.file import fsio, probe
 from pooled_sessions.adapters.file.store import FileMirror, ReadFile, ReplaceFile, Steps, perform
 from pooled_sessions.adapters.url import StoreURL
 from pooled_sessions.codec import Operation, Record, WriteResult
@@ -54,6 +54,10 @@ class AioFileStore:
         self._lock = asyncio.Lock()  # one read-merge-write (or reread) at a time in-process
         self._opened = False
         fsio.check_directory(self.path)
+
+    async def check(self) -> None:
+        """Raise `StoreUnavailableError` unless the file can be written (service start)."""
+        await asyncio.to_thread(probe.check_writable, self.path)
 
     async def load(self, session_id: str) -> Record | None:
         await self._fresh()

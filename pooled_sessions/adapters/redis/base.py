@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pooled_sessions.adapters.redis import plan
+from pooled_sessions.adapters.redis import plan, probe
 from pooled_sessions.adapters.redis.events import Callback, Subscription, next_node
 from pooled_sessions.adapters.redis.options import CLUSTER_SCHEME, RedisOptions
-from pooled_sessions.adapters.url import StoreURL, redact
+from pooled_sessions.adapters.url import StoreURL
 from pooled_sessions.codec import Operation, WriteResult
 from pooled_sessions.config import Settings
 from pooled_sessions.errors import (
@@ -27,6 +27,7 @@ from pooled_sessions.errors import (
     StoreError,
     StoreUnavailableError,
 )
+from pooled_sessions.redaction import Secrets, scrub
 
 INSTALL_HINT = 'pip install "pooled-sessions[redis]"'
 LOCK_POLL_SECONDS, LOCK_MIN_SECONDS = 0.005, 1.0
@@ -75,10 +76,33 @@ def _build_client(options: RedisOptions, clients: Any) -> Any:
     try:
         return kind.from_url(options.client_url, retry=retry, **options.client_kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"cannot open {options}: {exc}") from None
+        raise ConfigError(f"cannot open {options}: {scrub(str(exc), options.secrets)}") from None
     except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
         # a cluster client reads the slot map at once
-        raise StoreUnavailableError(f"redis {options} is unavailable: {exc}") from exc
+        reason = scrubbed(exc, options.secrets)
+        raise StoreUnavailableError(f"redis {options} is unavailable: {reason}") from exc
+
+
+def scrubbed(exc: BaseException, secrets: Sequence[str]) -> str:
+    """The text of ``exc``, with credentials taken out of it and of the exceptions it
+    chains (in place, so a traceback printed later shows none either)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and secrets:
+        seen.add(id(current))
+        current.args = tuple(
+            scrub(arg, secrets) if isinstance(arg, str) else arg for arg in current.args
+        )
+        current = current.__cause__ or current.__context__
+    return scrub(str(exc), secrets)
+
+
+def _client_secrets(client: Any) -> tuple[str, ...]:
+    """The credentials a ready client was built with (its errors must not show them)."""
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None) or {}
+    found = (kwargs.get("password"), kwargs.get("ssl_password"))
+    return tuple(value for value in found if isinstance(value, str) and value)
 
 
 class RedisBase:
@@ -95,9 +119,10 @@ class RedisBase:
             url = _client_url(client, _package(clients))
         parsed = url if isinstance(url, StoreURL) else StoreURL.parse(url)
         self.options = RedisOptions.parse(parsed, settings)
-        self.url = parsed.text
+        self.url = parsed.display
         self.keys = self.options.keys
-        self.where = f"redis {redact(parsed.text)}"
+        self.where = f"redis {parsed.display}"
+        self._secrets = Secrets((*self.options.secrets, *_client_secrets(client)))
         self._origin = secrets.token_hex(8)
         self._owns_client = client is None
         if client is None:
@@ -107,8 +132,13 @@ class RedisBase:
         self._redis = _redis()
         self._node_name = ""  # the cluster node the events listener subscribes through
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
     def _failure(self, exc: Exception) -> SessionError:
-        """The error a caller sees: unavailable (retry later) or a plain store error."""
+        """The error a caller sees: unavailable (retry later) or a plain store error, with
+        no credential in its text or in the text of the exceptions it chains."""
+        text = scrubbed(exc, self._secrets)
         if isinstance(exc, SessionError):
             return exc
         errors = self._redis.exceptions
@@ -122,9 +152,19 @@ class RedisBase:
             errors.BusyLoadingError,
             OSError,
         )
-        if isinstance(exc, down) or "LOADING" in str(exc) or "MASTERDOWN" in str(exc):
-            return StoreUnavailableError(f"{self.where} is unavailable: {exc}")
-        return StoreError(f"{self.where} failed: {type(exc).__name__}: {exc}")
+        if isinstance(exc, down) or "LOADING" in text or "MASTERDOWN" in text:
+            return StoreUnavailableError(f"{self.where} is unavailable: {text}")
+        return StoreError(f"{self.where} failed: {type(exc).__name__}: {text}")
+
+    def _unusable(self, error: SessionError) -> StoreUnavailableError:
+        """The start-up check failed: why, in words (the client's error is its cause)."""
+        cause = error.__cause__ if error.__cause__ is not None else error
+        text = scrubbed(cause, self._secrets)
+        reason = probe.reason(cause, text, self._redis.exceptions)
+        return StoreUnavailableError(
+            f"{self.where} cannot be used: {reason} (checked at start; check_store=False "
+            "skips the check)"
+        )
 
     def _route(self, command: plan.Command) -> dict[str, Any]:
         """On a cluster, the node of a script call, from its first key: redis-py's blocking
@@ -150,7 +190,7 @@ class RedisBase:
         return json.dumps({"o": self._origin})
 
     def _subscription(self, callback: Callback) -> Subscription:
-        return Subscription(self._origin, callback, self.where)
+        return Subscription(self._origin, callback, self.where, self._secrets)
 
     def _lock_steps(
         self, username: str, timeout: float

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from pooled_sessions.adapters.redis.plan import parse_event
+from pooled_sessions.redaction import scrub
 
 Callback = Callable[[Collection[str] | None, bool], None]
 logger = logging.getLogger("session_service")
@@ -24,10 +25,13 @@ FIRST_DELAY, MAX_DELAY, POLL_SECONDS = 0.05, 2.0, 0.5
 class Subscription:
     """What a listener does with each pub/sub message, sync or asyncio alike."""
 
-    def __init__(self, origin: str, callback: Callback, where: str) -> None:
+    def __init__(
+        self, origin: str, callback: Callback, where: str, secrets: Sequence[str] = ()
+    ) -> None:
         self.origin = origin
         self.callback = callback
         self.where = where
+        self.secrets = secrets
         self.subscribed = False
         self.gap = False
         self.delay = FIRST_DELAY
@@ -53,7 +57,8 @@ class Subscription:
     def failed(self, exc: BaseException) -> float:
         """The subscription broke; returns how long to wait before subscribing again."""
         if not self.gap:
-            logger.warning("session events from %s interrupted: %s", self.where, exc)
+            shown = scrub(str(exc), self.secrets)
+            logger.warning("session events from %s interrupted: %s", self.where, shown)
         self.gap, self.subscribed = True, False
         delay, self.delay = self.delay, min(self.delay * 2, MAX_DELAY)
         return delay

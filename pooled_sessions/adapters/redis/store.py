@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from pooled_sessions.adapters.redis import events, plan
+from pooled_sessions.adapters.redis import events, plan, probe
 from pooled_sessions.adapters.redis.base import LOCK_POLL_SECONDS, RedisBase
 from pooled_sessions.adapters.url import StoreURL
 from pooled_sessions.codec import Operation, Record, WriteResult
@@ -52,6 +52,14 @@ class RedisStore(RedisBase):
             raise self._failure(exc) from exc
         finally:
             step.close()
+
+    def check(self) -> None:
+        """Raise `StoreUnavailableError` saying why unless Redis takes a write under the
+        prefix (unreachable, authentication failed, read-only replica, ...): one round trip."""
+        try:
+            self._run(probe.check(self.keys, self._origin))
+        except SessionError as exc:
+            raise self._unusable(exc) from None
 
     def load(self, session_id: str) -> Record | None:
         return self._run(plan.load(self.keys, session_id, self.where))

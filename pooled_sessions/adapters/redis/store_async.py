@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-from pooled_sessions.adapters.redis import events, plan
+from pooled_sessions.adapters.redis import events, plan, probe
 from pooled_sessions.adapters.redis.base import LOCK_POLL_SECONDS, RedisBase
 from pooled_sessions.adapters.url import StoreURL
 from pooled_sessions.codec import Operation, Record, WriteResult
@@ -55,6 +55,14 @@ class AsyncRedisStore(RedisBase):
             raise self._failure(exc) from exc
         finally:
             step.close()
+
+    async def check(self) -> None:
+        """Raise `StoreUnavailableError` saying why unless Redis takes a write under the
+        prefix (unreachable, authentication failed, read-only replica, ...): one round trip."""
+        try:
+            await self._run(probe.check(self.keys, self._origin))
+        except SessionError as exc:
+            raise self._unusable(exc) from None
 
     async def load(self, session_id: str) -> Record | None:
         return await self._run(plan.load(self.keys, session_id, self.where))
