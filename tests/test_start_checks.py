@@ -8,7 +8,9 @@ file. ``check_store=False`` starts lazily, and the asyncio service checks at fir
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -262,17 +264,32 @@ async def test_the_async_file_store_is_checked_at_first_use(tmp_path: Path) -> N
     await svc.shutdown(timeout=0.5)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into any directory")
+@contextlib.contextmanager
+def unwritable(folder: Path) -> Iterator[None]:
+    """Make ``folder`` refuse new files, also to root (the immutable flag; chmod otherwise)."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(folder)], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        return
+    folder.chmod(0o500)
+    try:
+        yield
+    finally:
+        folder.chmod(0o700)
+
+
 def test_a_directory_without_write_permission_fails_the_start(tmp_path: Path) -> None:
     folder = tmp_path / "ro"
     folder.mkdir()
     (folder / "s.json.lock").touch()  # so only the new temp file would fail, at each flush
-    folder.chmod(0o500)
-    try:
+    with unwritable(folder):
+        with pytest.raises(OSError):
+            (folder / "probe").touch()
         with pytest.raises(StoreUnavailableError, match="not writable"):
             SessionService(folder / "s.json")
-    finally:
-        folder.chmod(0o700)
 
 
 @pytest.mark.redis
