@@ -204,14 +204,14 @@ class StoreStream:
         try:
             if snapshot is None:
                 raise StoreUnavailableError(f"no sessions file at {self.path}")
-            data = b"" if held is None else fsio.read_pinned(held)
+            data = None if held is None else fsio.read_pinned(held)
             yield from self._streamed(snapshot, data)
         finally:
             for pinned in (snapshot, held):
                 if pinned is not None:
                     pinned.close()
 
-    def _streamed(self, snapshot: fsio.Pin, data: bytes) -> Iterator[tuple[str, Record]]:
+    def _streamed(self, snapshot: fsio.Pin, data: bytes | None) -> Iterator[tuple[str, Record]]:
         document = DocumentStream(self.path)
         overlay: Overlay | None = None
         with open(snapshot.fd, encoding="utf-8", newline="", closefd=False) as text:
@@ -225,9 +225,9 @@ class StoreStream:
         yield from overlay.live()
         self.tombstones = overlay.tombstones(document.tombstones)
 
-    def _overlay(self, data: bytes, document: DocumentStream) -> Overlay:
+    def _overlay(self, data: bytes | None, document: DocumentStream) -> Overlay:
         """The journal's changes if it extends this snapshot (none if it is superseded)."""
-        if not data:
+        if data is None:
             return Overlay([])
         extends, start = journal.read_header(data, self.journal_path)
         lines = journal.read_changes(data[start:], self.journal_path, start, settled=True)
