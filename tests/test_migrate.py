@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pooled_sessions.adapters.file import mirror
 from pooled_sessions.adapters.file import stream as docstream
 from pooled_sessions.adapters.file.store import JsonFileStore
 from pooled_sessions.adapters.url import StoreURL
@@ -214,11 +215,17 @@ def test_verify_reports_missing_and_different_copies(tmp_path: Path) -> None:
     assert check.examples == [f"{changed[:8]}… differs"]
 
 
-def test_file_target_is_rewritten_a_logarithmic_number_of_times(tmp_path: Path) -> None:
+def test_a_file_target_appends_and_rewrites_its_snapshot_a_logarithmic_number_of_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mirror, "JOURNAL_MIN_BYTES", 0)  # the bound: half the snapshot
     source_url, target_url = storekit.memory_url(), storekit.file_url(tmp_path, "dst")
-    storekit.seed(source_url, sample(100))
+    storekit.seed(source_url, sample(1000))
     report = run(source_url, target_url, batch_size=10)
-    assert report.copied == 100 and report.batches == 5  # 10 10 20 40 20
+    assert report.copied == 1000 and report.batches == 100
+    found = stored(target_url)
+    assert len(found.sessions) == 1000
+    assert 5 <= found.generation <= 15, "the snapshot grows by half each time it is written"
 
 
 class CountingSource:

@@ -169,13 +169,9 @@ class FileMirror:
         changed = self.known or pair.snapshot is not None or pair.journal is not None
         self._let_go()
         self.table, self.generation, self.version = table, generation, version
-        self.snapshot, self.journal, self.live, self.offset = (
-            pair.snapshot,
-            pair.journal,
-            live,
-            offset,
-        )
-        self.newest, self.known = max(generation, extends), True
+        self.snapshot, self.journal = pair.snapshot, pair.journal
+        self.live, self.offset, self.newest = live, offset, max(generation, extends)
+        self.known = True
         return changed
 
     def _parsing(self, pair: fsio.Pair) -> Steps[tuple[RecordTable, int, int]]:
