@@ -340,7 +340,8 @@ def _server_bytes(servers: list[RedisServer]) -> int:
 
 def _store_bytes(name: str, url: str, stores: Stores, server_before: int) -> float:
     if name in ("file", "aiofile"):
-        return float(os.path.getsize(url.removeprefix("aiofile://")))
+        path = url.removeprefix("aiofile://")  # the snapshot and its journal
+        return float(sum(os.path.getsize(p) for p in (path, path + ".journal")))
     if name in ("redis", "cluster"):
         return float(_server_bytes(stores.servers(name)) - server_before)
     return 0.0

@@ -13,13 +13,16 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 from pooled_sessions.errors import CorruptStoreError, SessionDataError
 from pooled_sessions.storable import SCALARS, check_text, check_value, is_utf8, unstorable
 
 FORMAT_NAME = "pooled_sessions"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version 2 adds ``generation``, the snapshot a file store's journal extends."""
+READ_VERSIONS = (1, 2)
+"""Versions this library reads (a version-1 file is generation 0)."""
 MAX_ID_LENGTH = 256
 MAX_USERNAME_LENGTH = 256
 _ID_RE = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_ID_LENGTH}}}")
@@ -272,11 +275,11 @@ def check_record(session_id: object, record: object, where: str) -> Record:
 
 
 def encode_document(
-    encoded_records: Iterable[tuple[str, str]], tombstones: Mapping[str, float]
+    encoded_records: Iterable[tuple[str, str]], tombstones: Mapping[str, float], generation: int = 1
 ) -> str:
     """The file document, from (session id, `encode_record` text) pairs."""
     members = (document_member(sid, text) for sid, text in encoded_records)
-    return "".join(document_parts(members, tombstones))
+    return "".join(document_parts(members, tombstones, generation))
 
 
 def document_member(session_id: str, text: str) -> str:
@@ -285,7 +288,7 @@ def document_member(session_id: str, text: str) -> str:
 
 
 def document_parts(
-    members: Iterable[str], tombstones: Mapping[str, float], per_piece: int = 128
+    members: Iterable[str], tombstones: Mapping[str, float], generation: int, per_piece: int = 128
 ) -> Iterator[str]:
     """The file document in pieces of at most ``per_piece`` sessions (or tombstones) each.
 
@@ -294,7 +297,10 @@ def document_parts(
     a writer that must not hold the CPU for long (an event loop) does other work between
     them.
     """
-    yield f'{{"format":"{FORMAT_NAME}","version":{FORMAT_VERSION},"sessions":{{'
+    yield (
+        f'{{"format":"{FORMAT_NAME}","version":{FORMAT_VERSION},"generation":{generation},'
+        '"sessions":{'
+    )
     yield from _joined(members, per_piece)
     yield '},"tombstones":{'
     ended = (document_member(sid, _encode(t)) for sid, t in tombstones.items())
@@ -326,27 +332,66 @@ def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def parse_json(data: bytes | str) -> Any:
+    """Parse JSON as this library writes it: ValueError for NaN, Infinity or an overflow."""
+    return json.loads(data, parse_float=_finite_float, parse_constant=_refuse_constant)
+
+
+class Snapshot(NamedTuple):
+    """A decoded file document."""
+
+    sessions: dict[str, Record]
+    tombstones: dict[str, float]
+    generation: int
+    version: int
+
+
 def decode_document(data: bytes, where: str) -> tuple[dict[str, Record], dict[str, float]]:
     """Parse and check a file document; anything unexpected raises CorruptStoreError."""
+    snapshot = decode_snapshot(data, where)
+    return snapshot.sessions, snapshot.tombstones
+
+
+def decode_snapshot(data: bytes, where: str) -> Snapshot:
+    """`decode_document`, with the document's generation and format version."""
     try:
-        document = json.loads(data, parse_float=_finite_float, parse_constant=_refuse_constant)
+        document = parse_json(data)
     except (ValueError, RecursionError) as exc:  # also bad UTF-8, huge integers, deep nesting
         raise CorruptStoreError(
             f"{where} is not valid JSON ({str(exc)[:200]}); it was left as it is"
         ) from None
     if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
         raise CorruptStoreError(f"{where} is not a pooled_sessions file; it was left as it is")
-    if document.get("version") != FORMAT_VERSION:
-        raise CorruptStoreError(
-            f"{where} has format version {document.get('version')!r}; this library reads "
-            f"version {FORMAT_VERSION}"
-        )
+    version, generation = check_version(document, where)
     sessions, tombstones = document.get("sessions"), document.get("tombstones")
     if not isinstance(sessions, dict) or not isinstance(tombstones, dict):
         raise CorruptStoreError(f"{where} lacks its sessions or tombstones table")
     for sid, record in sessions.items():
         check_record(sid, record, where)
     for sid, ended_at in tombstones.items():
-        if not isinstance(ended_at, int | float) or isinstance(ended_at, bool):
-            raise CorruptStoreError(f"{where}: tombstone {short_id(sid)} has a bad time")
-    return sessions, tombstones
+        check_time(ended_at, sid, where)
+    return Snapshot(sessions, tombstones, generation, version)
+
+
+def check_version(header: Mapping[str, Any], where: str) -> tuple[int, int]:
+    """The format version and generation a document's header gives (generation 0 for a
+    version-1 document); CorruptStoreError for a version or generation this library lacks."""
+    version = header.get("version")
+    if type(version) is not int or version not in READ_VERSIONS:
+        raise CorruptStoreError(
+            f"{where} has format version {version!r}; this library reads versions "
+            f"{' and '.join(map(str, READ_VERSIONS))}"
+        )
+    if version == 1:
+        return 1, 0
+    generation = header.get("generation")
+    if type(generation) is not int or generation < 1:
+        raise CorruptStoreError(f"{where} has a bad generation {generation!r}")
+    return 2, generation
+
+
+def check_time(ended_at: object, session_id: str, where: str) -> float:
+    """A tombstone's time, or CorruptStoreError."""
+    if not isinstance(ended_at, int | float) or isinstance(ended_at, bool):
+        raise CorruptStoreError(f"{where}: tombstone {short_id(session_id)} has a bad time")
+    return ended_at

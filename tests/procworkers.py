@@ -1,15 +1,30 @@
-"""Code run in child processes by tests/test_file_processes.py (kept free of pytest imports).
+"""Code run in child processes by the file store tests (kept free of pytest imports).
 
 ``python -m tests.procworkers writer PATH`` creates sessions forever, printing each id
 only after `force_save` returned for it, until it is killed.
+``python -m tests.procworkers appender PATH BOUND PAD`` does the same with one
+`JsonFileStore.write` per session, the journal folded past BOUND bytes.
+``python -m tests.procworkers crash PATH POINT`` writes three sessions, then kills itself
+with SIGKILL at POINT of the fourth write (see `CRASH_POINTS`).
+``python -m tests.procworkers compactor PATH FIRST COUNT`` writes COUNT sessions, then
+folds the journal into a new snapshot.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import sys
+import time
 from typing import Any
 
 from pooled_sessions import SessionService
+from pooled_sessions.adapters.file import fsio, mirror
+from pooled_sessions.adapters.file.store import JsonFileStore
+from pooled_sessions.adapters.url import StoreURL
+from pooled_sessions.codec import Upsert, encode_attributes
+from pooled_sessions.config import Settings
 
 SESSIONS_PER_PROCESS = 40
 CROSS_WRITES = 5
@@ -68,6 +83,102 @@ def writer(path: str) -> None:
         n += 1
 
 
+def upsert(n: int, pad: int = 0) -> Upsert:
+    """A new session ``n``, its attributes ``{"n": n}`` (and ``pad`` characters)."""
+    now = time.time()
+    values: dict[str, Any] = {"n": n, "pad": "x" * pad} if pad else {"n": n}
+    attributes = encode_attributes(values)
+    return Upsert(
+        session_id=f"s{n:08d}",
+        username=f"user{n % 7}",
+        attributes=attributes,
+        changed=frozenset(attributes),
+        removed=frozenset(),
+        ip=None,
+        user_agent=None,
+        created_at=now,
+        last_accessed_at=now,
+        expires_at=now + 3600,
+        absolute_expires_at=None,
+        created=True,
+    )
+
+
+def open_store(path: str) -> JsonFileStore:
+    return JsonFileStore(StoreURL.parse(path), Settings())
+
+
+def fold_past(bound: int) -> None:
+    """Fold the journal into a new snapshot once it passes ``bound`` bytes."""
+    mirror.JOURNAL_MIN_BYTES, mirror.JOURNAL_SHARE = bound, 0.0
+
+
+def appender(path: str, bound: int, pad: int) -> None:
+    """One session per write() until killed; print ``id n`` once write() returned."""
+    fold_past(bound)
+    store = open_store(path)
+    first = store.count()
+    for n in range(first, first + 10**9):
+        op = upsert(n, pad)
+        store.write([op], time.time())
+        print(op.session_id, n, flush=True)
+
+
+CRASH_POINTS = ("mid-append", "before-fdatasync", "before-rename", "between-renames")
+
+
+def crash(path: str, point: str) -> None:
+    """Write sessions 0-2 (printing each), then die by SIGKILL at ``point`` of writing 3."""
+    store = open_store(path)
+    for n in range(3):
+        store.write([upsert(n)], time.time())
+        print(f"s{n:08d}", n, flush=True)
+    if point in ("before-rename", "between-renames"):
+        fold_past(0)  # the next write folds the journal into a new snapshot
+    real_write, real_replace = fsio.write_all, os.replace
+
+    def die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def write_then_die(fd: int, data: bytes) -> None:
+        if point == "mid-append":
+            os.write(fd, data[: len(data) // 2])
+            die()
+        real_write(fd, data)
+        if point == "before-fdatasync":
+            die()
+
+    def replace_then_die(source: str, target: str) -> None:
+        if point == "before-rename":
+            die()
+        real_replace(source, target)
+        if target == path:  # the snapshot is in place, its journal not yet
+            die()
+
+    fsio.write_all = write_then_die
+    os.replace = replace_then_die  # type: ignore[assignment]
+    store.write([upsert(3)], time.time())
+    raise SystemExit(f"no crash at {point}")
+
+
+def compactor(path: str, first: int, count: int) -> None:
+    """Write ``count`` sessions from ``first``, one write each, then compact; print the
+    snapshot's generation."""
+    store = open_store(path)
+    for n in range(first, first + count):
+        store.write([upsert(n)], time.time())
+    store.compact()
+    with open(path, "rb") as snapshot:
+        print(json.load(snapshot)["generation"], flush=True)
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "writer":
-        writer(sys.argv[2])
+    command, args = sys.argv[1], sys.argv[2:]
+    if command == "writer":
+        writer(args[0])
+    elif command == "appender":
+        appender(args[0], int(args[1]), int(args[2]))
+    elif command == "crash":
+        crash(args[0], args[1])
+    elif command == "compactor":
+        compactor(args[0], int(args[1]), int(args[2]))

@@ -39,7 +39,7 @@ from pooled_sessions.adapters.url import StoreURL
 from pooled_sessions.codec import Delete, Operation, decode_document
 from pooled_sessions.config import Settings
 from pooled_sessions.tools.migrate import upsert_of
-from tests.filekit import mode_of, temp_files
+from tests.filekit import journal_of, mode_of, stored, temp_files
 from tests.storekit import make_record, session_id
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,15 +118,18 @@ async def test_both_stores_read_the_same_records(path: Path) -> None:
     assert [pair async for pair in aio_store(path).scan()] == list(sync_store(path).scan())
 
 
-async def test_writes_replace_the_file_atomically_with_mode_0600(path: Path) -> None:
+async def test_writes_append_and_snapshots_are_replaced_atomically(path: Path) -> None:
     store = aio_store(path)
-    await store.write(upserts(0, 10), time.time())
-    first = os.stat(path).st_ino
+    await store.write(upserts(0, 10), time.time())  # a new store's first write: its snapshot
+    first, snapshot = os.stat(path).st_ino, path.read_bytes()
     await store.write(upserts(10, 10), time.time())
+    assert path.read_bytes() == snapshot and stored(path).lines == 1, "appended"
+    assert await store.compact()
     assert os.stat(path).st_ino != first, "replaced by rename, never rewritten in place"
-    assert mode_of(path) == 0o600 and mode_of(Path(f"{path}.lock")) == 0o600
+    for name in (path, Path(f"{path}.lock"), journal_of(path)):
+        assert mode_of(name) == 0o600
     assert temp_files(path.parent) == []
-    assert len(decode_document(path.read_bytes(), "")[0]) == 20
+    assert len(decode_document(path.read_bytes(), "")[0]) == 20 and stored(path).lines == 0
 
 
 async def test_temp_files_of_a_crashed_writer_are_removed_on_first_use(path: Path) -> None:
@@ -216,11 +219,15 @@ async def test_a_large_write_and_a_large_reload_give_the_loop_turns(path: Path) 
     ticker = Ticker()
     await store.write(upserts(0, 10_000), time.time())
     assert ticker.stop() >= 3, "merging and encoding 10,000 sessions is done in slices"
-    sync_store(path).write(upserts(10_000, 1), time.time())  # another process changed it
+    other = sync_store(path)  # another process appends, then compacts
+    other.write(upserts(10_000, 1), time.time())
+    assert await store.poll() and await store.count() == 10_001, "one line applied"
+    other.write(upserts(10_001, 1), time.time())
+    assert other.compact()
     ticker = Ticker()
     assert await store.poll()
-    assert ticker.stop() >= 3, "so is parsing it again"
-    assert await store.count() == 10_001
+    assert ticker.stop() >= 3, "so is parsing a new snapshot"
+    assert await store.count() == 10_002
 
 
 # -- cancellation and failure ----------------------------------------------------------------
@@ -232,21 +239,21 @@ async def test_a_write_cancelled_in_its_file_step_waits_for_the_thread(
     store = aio_store(path)
     await store.write(upserts(0, 3), time.time())
     entered, release = threading.Event(), threading.Event()
-    real = fsio.replace_atomically
+    real = fsio.append
 
-    def slow_replace(target: str, data: Any) -> fsio.Stamp:
+    def slow_append(*args: Any) -> int:
         entered.set()
         release.wait(10)
-        return real(target, data)
+        return int(real(*args))
 
-    monkeypatch.setattr(fsio, "replace_atomically", slow_replace)
+    monkeypatch.setattr(fsio, "append", slow_append)
     first = asyncio.create_task(store.write(upserts(3, 3), time.time()))
     while not entered.is_set():
         await asyncio.sleep(0.005)
     first.cancel()
     second = asyncio.create_task(store.write(upserts(6, 3), time.time()))
     await asyncio.sleep(0.1)
-    assert not first.done(), "a cancel waits until the replace under way has finished"
+    assert not first.done(), "a cancel waits until the append under way has finished"
     assert not second.done(), "and keeps the lock meanwhile"
     release.set()
     with pytest.raises(asyncio.CancelledError):
@@ -261,7 +268,7 @@ async def test_a_write_cancelled_between_slices_leaves_the_file_as_it_was(
 ) -> None:
     store = aio_store(path)
     await store.write(upserts(0, 3), time.time())
-    saved = path.read_bytes()
+    saved = path.read_bytes(), journal_of(path).read_bytes()
     applied = 0
     real_apply = RecordTable.apply
 
@@ -278,7 +285,7 @@ async def test_a_write_cancelled_between_slices_leaves_the_file_as_it_was(
     write.cancel()
     with pytest.raises(asyncio.CancelledError):
         await write
-    assert path.read_bytes() == saved
+    assert (path.read_bytes(), journal_of(path).read_bytes()) == saved
     assert await store.load(session_id(3)) is None, "the half-merged batch is not served"
     assert await store.count() == 3
     await store.write(upserts(3, 3000), time.time())
@@ -289,7 +296,7 @@ async def test_a_full_disk_loses_nothing(path: Path, monkeypatch: pytest.MonkeyP
     async with AsyncSessionService(f"aiofile://{path}", save_delay_seconds=3600) as svc:
         sid = await svc.create_session("alice", {"n": 1})
         await svc.force_save()
-        saved = path.read_bytes()
+        saved = path.read_bytes(), journal_of(path).read_bytes()
         made = [await svc.create_session(f"u{n}") for n in range(3)]
 
         def disk_full(fd: int, data: bytes) -> None:
@@ -300,7 +307,8 @@ async def test_a_full_disk_loses_nothing(path: Path, monkeypatch: pytest.MonkeyP
             patch.setattr(fsio, "write_all", disk_full)
             with pytest.raises(StoreUnavailableError, match="disk full"):
                 await svc.force_save()
-            assert path.read_bytes() == saved and temp_files(path.parent) == []
+            assert (path.read_bytes(), journal_of(path).read_bytes()) == saved
+            assert temp_files(path.parent) == []
             assert (await svc.stats())["pending_sessions"] == 3
         assert await svc.force_save() == 3
     with SessionService(path) as sync:
@@ -352,7 +360,7 @@ def test_kill_9_of_a_writer_leaves_a_file_that_always_parses(path: Path) -> None
             time.sleep(rng.uniform(0.0, 0.05))
             writer.send_signal(signal.SIGKILL)
             writer.wait(10)
-        sessions, _ = decode_document(path.read_bytes(), str(path))  # never half a file
+        sessions = stored(path).sessions  # never half a snapshot, no damaged journal line
         assert set(acknowledged) <= set(sessions), "no acknowledged session is lost"
     with SessionService(path) as sync:  # and the next process cleans up after the crashes
         assert all(sync.get_session(sid) is not None for sid in acknowledged)

@@ -17,6 +17,7 @@ from pooled_sessions.codec import Operation, WriteResult
 from pooled_sessions.tools import cli
 from pooled_sessions.tools.progress import Bar, Lines, for_stream
 from tests import storekit
+from tests.filekit import journal_of, stored
 from tests.storekit import make_record, sample, session_id
 
 Captured = pytest.CaptureFixture[str]
@@ -176,7 +177,8 @@ def test_inspect_counts_users_ages_and_bytes(source: str, capsys: Captured) -> N
     found = json.loads(out)
     assert found["live"] == 12 and found["expired"] == 2 and found["users"] == 4
     assert found["oldest"] < found["newest"] < time.time()
-    assert 12 * 200 < found["bytes"] < found["file_bytes"] == Path(source).stat().st_size
+    on_disk = Path(source).stat().st_size + journal_of(source).stat().st_size
+    assert 12 * 200 < found["bytes"] < found["file_bytes"] == on_disk
 
 
 def test_inspect_of_an_empty_store(capsys: Captured) -> None:
@@ -187,8 +189,14 @@ def test_inspect_of_an_empty_store(capsys: Captured) -> None:
 def test_cleanup_removes_expired_sessions(source: str, capsys: Captured) -> None:
     code, out, _ = call(capsys, "cleanup", source, "--dry-run")
     assert code == 0 and "would remove 2 expired sessions (12 live stay)" in out
+    assert stored(source).lines > 0
     code, out, _ = call(capsys, "cleanup", source)
-    assert (code, out) == (0, f"{source}: removed 2 expired sessions; 12 remain\n")
+    assert (code, out) == (
+        0,
+        f"{source}: removed 2 expired sessions; 12 remain\n"
+        f"{source}: journal folded into a new snapshot\n",
+    )
+    assert stored(source).lines == 0 and len(stored(source).sessions) == 12
     records = storekit.load_all(source, [session_id(50), session_id(51), session_id(1)])
     assert records[session_id(50)] is None and records[session_id(51)] is None
     assert records[session_id(1)] is not None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -17,9 +18,9 @@ from typing import Any
 import pytest
 
 from pooled_sessions import SessionService, StoreUnavailableError
-from pooled_sessions.adapters.file import fsio
+from pooled_sessions.adapters.file import fsio, mirror
 from pooled_sessions.clock import FastForwardClock
-from tests.filekit import temp_files
+from tests.filekit import journal_of, stored, temp_files
 from tests.waiting import wait_until
 
 
@@ -87,6 +88,16 @@ def path(tmp_path: Path) -> Path:
     return tmp_path / "sessions.json"
 
 
+def compact_every_write(patch: pytest.MonkeyPatch) -> None:
+    """Make every write fold the journal into a new snapshot (the atomic replace)."""
+    patch.setattr(mirror, "JOURNAL_MIN_BYTES", 0)
+    patch.setattr(mirror, "JOURNAL_SHARE", 0.0)
+
+
+def saved_files(path: Path) -> tuple[bytes, bytes]:
+    return path.read_bytes(), journal_of(path).read_bytes()
+
+
 @pytest.fixture
 def service(path: Path) -> Iterator[SessionService]:
     svc = SessionService(path, save_delay_seconds=3600, retry_initial_seconds=3600)
@@ -94,24 +105,29 @@ def service(path: Path) -> Iterator[SessionService]:
     svc.shutdown(timeout=1)
 
 
-FAULTS = [
-    ("write_all", errno.ENOSPC, "disk full"),
-    ("open_temp", errno.ENOSPC, "disk full"),
-    ("open_temp", errno.EACCES, "permission denied"),
-    ("open_temp", errno.EROFS, "read-only file system"),
-    ("fsync", errno.EIO, "I/O error"),
-    ("sync_directory", errno.EIO, "I/O error"),
-    ("read_file", errno.EIO, "I/O error"),
+FAULTS = [  # (fsio function, errno, words in the error, the write that meets it)
+    ("write_all", errno.ENOSPC, "disk full", "append"),
+    ("stat_or_none", errno.EIO, "I/O error", "append"),
+    ("write_all", errno.ENOSPC, "disk full", "snapshot"),
+    ("open_temp", errno.ENOSPC, "disk full", "snapshot"),
+    ("open_temp", errno.EACCES, "permission denied", "snapshot"),
+    ("open_temp", errno.EROFS, "read-only file system", "snapshot"),
+    ("fsync", errno.EIO, "I/O error", "snapshot"),
+    ("sync_directory", errno.EIO, "I/O error", "snapshot"),
 ]
 
 
-@pytest.mark.parametrize(("name", "code", "words"), FAULTS, ids=[f"{n}-{w}" for n, _, w in FAULTS])
+@pytest.mark.parametrize(
+    ("name", "code", "words", "kind"), FAULTS, ids=[f"{k}-{n}-{w}" for n, _, w, k in FAULTS]
+)
 def test_a_failed_flush_keeps_its_changes_and_recovers(
-    service: SessionService, path: Path, name: str, code: int, words: str
+    service: SessionService, path: Path, name: str, code: int, words: str, kind: str
 ) -> None:
     expected = populate(service)
-    saved = path.read_bytes()
+    saved = saved_files(path)
     with pytest.MonkeyPatch.context() as patch:
+        if kind == "snapshot":
+            compact_every_write(patch)
         fault = Fault(patch, name, code)
         for _ in range(2):
             with pytest.raises(StoreUnavailableError, match=words):
@@ -120,14 +136,51 @@ def test_a_failed_flush_keeps_its_changes_and_recovers(
         stats = service.stats()
         assert stats["pending_sessions"] == 3 and stats["flushes"] == 1
         assert stats["flush_failures"] == 2 and words in stats["last_error"]
-        if name != "sync_directory":  # that one fails after the rename, with the data in place
-            assert path.read_bytes() == saved, "the old file is untouched"
+        if name != "sync_directory":  # that one fails after the rename, the data in place
+            assert saved_files(path) == saved, "the old files are untouched"
         assert temp_files(path.parent) == []
         for sid, attributes in expected.items():
             session = service.get_session(sid)
             assert session is not None and session.attributes == attributes
     assert service.force_save() == 3
     assert service.stats()["pending_sessions"] == 0
+    assert_file_holds(path, expected)
+
+
+def test_a_failed_read_of_another_process_write_loses_nothing(
+    service: SessionService, path: Path
+) -> None:
+    expected = populate(service)
+    with SessionService(path) as other:
+        theirs = other.create_session("other", {"from": "other"})
+    expected[theirs] = {"from": "other"}
+    with pytest.MonkeyPatch.context() as patch:
+        fault = Fault(patch, "read_pinned", errno.EIO)
+        with pytest.raises(StoreUnavailableError, match=r"cannot read .*I/O error"):
+            service.force_save()
+        assert fault.calls and service.stats()["pending_sessions"] == 3
+    assert service.force_save() == 3
+    assert_file_holds(path, expected)
+
+
+def test_after_a_failed_fdatasync_the_next_write_starts_a_new_snapshot(
+    service: SessionService, path: Path
+) -> None:
+    """A journal whose fdatasync failed may hold pages the kernel will never write: the
+    retry does not append to it but writes everything afresh (temp file, fsync, rename)."""
+    expected = populate(service)
+    generation = json.loads(path.read_bytes())["generation"]
+    with pytest.MonkeyPatch.context() as patch:
+        Fault(patch, "fdatasync", errno.EIO, times=1)
+        with pytest.raises(StoreUnavailableError, match="I/O error"):
+            service.force_save()
+    assert service.force_save() == 3
+    assert json.loads(path.read_bytes())["generation"] == generation + 1
+    assert stored(path).lines == 0
+    service.update_session(next(iter(expected)), {"after": True})
+    service.force_save()
+    assert stored(path).lines == 1, "then appends go on as before"
+    expected[next(iter(expected))]["after"] = True
     assert_file_holds(path, expected)
 
 
@@ -167,6 +220,7 @@ def test_a_failed_fsync_is_never_retried_on_the_same_descriptor(
 
     failed_fds: list[int] = []
     with pytest.MonkeyPatch.context() as patch:
+        compact_every_write(patch)
         patch.setattr(fsio, "open_temp", recording_open_temp)
         fault = Fault(patch, "fsync", errno.EIO, times=1, before=failed_fds.append)
         with pytest.raises(StoreUnavailableError, match="I/O error"):
@@ -177,24 +231,28 @@ def test_a_failed_fsync_is_never_retried_on_the_same_descriptor(
         assert not os.path.exists(temps[0]), "its temp file is gone"
         assert service.stats()["flushes"] == 1, "the failed flush is not reported done"
         assert service.force_save() == 3
-        assert len(temps) == 2 and temps[0] != temps[1], "the retry wrote a fresh temp file"
+        snapshots = [name for name in temps if ".journal." not in name]
+        assert len(snapshots) == 2 and snapshots[0] != snapshots[1], "the retry wrote a fresh one"
         assert len(fault.calls) >= 2
     assert_file_holds(path, expected)
 
 
-def test_disk_full_halfway_through_a_write(service: SessionService, path: Path) -> None:
+@pytest.mark.parametrize("kind", ["append", "snapshot"])
+def test_disk_full_halfway_through_a_write(service: SessionService, path: Path, kind: str) -> None:
     expected = populate(service)
-    saved = path.read_bytes()
+    saved = saved_files(path)
 
     def half_then_full(fd: int, data: bytes) -> None:
         os.write(fd, data[: len(data) // 2])
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.MonkeyPatch.context() as patch:
+        if kind == "snapshot":
+            compact_every_write(patch)
         patch.setattr(fsio, "write_all", half_then_full)
         with pytest.raises(StoreUnavailableError, match="disk full"):
             service.force_save()
-        assert path.read_bytes() == saved
+        assert saved_files(path) == saved, "no half line is left in the journal"
         assert temp_files(path.parent) == []
     service.force_save()
     assert_file_holds(path, expected)
@@ -202,16 +260,17 @@ def test_disk_full_halfway_through_a_write(service: SessionService, path: Path) 
 
 def test_rename_refused(service: SessionService, path: Path) -> None:
     expected = populate(service)
-    saved = path.read_bytes()
+    saved = saved_files(path)
 
     def refuse(source: str, target: str) -> None:
         raise OSError(errno.EACCES, "Permission denied")
 
     with pytest.MonkeyPatch.context() as patch:
+        compact_every_write(patch)
         patch.setattr(os, "replace", refuse)
         with pytest.raises(StoreUnavailableError, match="permission denied"):
             service.force_save()
-    assert path.read_bytes() == saved and temp_files(path.parent) == []
+    assert saved_files(path) == saved and temp_files(path.parent) == []
     service.force_save()
     assert_file_holds(path, expected)
 
@@ -234,11 +293,11 @@ def test_lock_file_refused(service: SessionService, path: Path) -> None:
 
 def test_shutdown_on_a_full_disk_reports_the_unsaved(service: SessionService, path: Path) -> None:
     expected = populate(service)
-    saved = path.read_bytes()
+    saved = saved_files(path)
     with pytest.MonkeyPatch.context() as patch:
         Fault(patch, "write_all", errno.ENOSPC)
         report = service.shutdown(timeout=0.1)
     assert not report.complete and len(report.unsaved) == 3
     assert report.error is not None and "disk full" in report.error
-    assert path.read_bytes() == saved
+    assert saved_files(path) == saved
     del expected  # the unsaved changes are reported, not silently dropped

@@ -14,9 +14,34 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pooled_sessions import CorruptStoreError, SessionService, StoreUnavailableError
+from pooled_sessions.adapters.file import mirror
+from pooled_sessions.adapters.file.store import JsonFileStore
+from pooled_sessions.adapters.url import StoreURL
 from pooled_sessions.clock import FastForwardClock
-from tests.filekit import EPOCH, document, mode_of, record, temp_files, write_document
+from pooled_sessions.codec import Operation
+from pooled_sessions.config import Settings
+from pooled_sessions.tools.migrate import upsert_of
+from tests.filekit import (
+    EPOCH,
+    document,
+    journal_of,
+    mode_of,
+    record,
+    stored,
+    temp_files,
+    write_document,
+)
+from tests.storekit import make_record, session_id
 from tests.waiting import wait_until
+
+
+def file_store(path: Path) -> JsonFileStore:
+    return JsonFileStore(StoreURL.parse(str(path)), Settings())
+
+
+def storekit_upserts(first: int, count: int) -> list[Operation]:
+    now = time.time()
+    return [upsert_of(session_id(n), make_record(n, now)) for n in range(first, first + count)]
 
 
 def test_document_format_and_modes(tmp_path: Path) -> None:
@@ -24,33 +49,58 @@ def test_document_format_and_modes(tmp_path: Path) -> None:
     with SessionService(path) as svc:
         sid = svc.create_session("alice", {"cart": [3, 7]}, {"ip": "203.0.113.7"})
         ended = svc.create_session("bob")
-        svc.force_save()
-        svc.end_session(ended)
+        svc.force_save()  # the first write of a new store makes its snapshot
+        svc.end_session(ended)  # later ones append to the journal
     body = json.loads(path.read_bytes())
-    assert (body["format"], body["version"]) == ("pooled_sessions", 1)
-    stored = body["sessions"][sid]
-    assert stored["username"] == "alice" and stored["attributes"] == {"cart": [3, 7]}
-    assert stored["ip"] == "203.0.113.7"
-    assert ended not in body["sessions"] and ended in body["tombstones"]
-    assert mode_of(path) == 0o600
-    assert mode_of(Path(str(path) + ".lock")) == 0o600
+    assert (body["format"], body["version"], body["generation"]) == ("pooled_sessions", 2, 1)
+    assert ended in body["sessions"], "the end is not in the snapshot ..."
+    found = stored(path)
+    assert found.lines == 1, "... but in one journal line"
+    record = found.sessions[sid]
+    assert record["username"] == "alice" and record["attributes"] == {"cart": [3, 7]}
+    assert record["ip"] == "203.0.113.7"
+    assert ended not in found.sessions and ended in found.tombstones
+    for name in (path, Path(f"{path}.lock"), journal_of(path)):
+        assert mode_of(name) == 0o600
     assert temp_files(tmp_path) == []
 
 
-def test_each_flush_replaces_the_file(tmp_path: Path) -> None:
+def test_a_flush_appends_to_the_journal_and_leaves_the_snapshot(tmp_path: Path) -> None:
     path = tmp_path / "sessions.json"
     with SessionService(path) as svc:
         svc.create_session("alice")
         svc.force_save()
-        held = open(path, "rb")  # noqa: SIM115 - a reader holding the old version open
-        before = os.fstat(held.fileno()).st_ino
-        old_bytes = held.read()
-        svc.create_session("bob")
-        svc.force_save()
-        assert os.stat(path).st_ino != before, "a new inode: the old file was never rewritten"
-        held.seek(0)
-        assert held.read() == old_bytes, "a reader of the old version sees it whole"
-        held.close()
+        snapshot, inode = path.read_bytes(), os.stat(path).st_ino
+        sizes = [journal_of(path).stat().st_size]
+        for n in range(3):
+            svc.create_session(f"user{n}")
+            svc.force_save()
+            sizes.append(journal_of(path).stat().st_size)
+        assert sizes == sorted(set(sizes)), "each flush appended"
+        assert path.read_bytes() == snapshot and os.stat(path).st_ino == inode
+    assert stored(path).lines == 3 and len(stored(path).sessions) == 4
+
+
+def test_compaction_replaces_the_snapshot_and_a_reader_of_the_old_one_sees_it_whole(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "sessions.json"
+    store = file_store(path)
+    store.write(storekit_upserts(0, 3), time.time())
+    held = open(path, "rb")  # noqa: SIM115 - a reader holding the old version open
+    before, old_bytes = os.fstat(held.fileno()).st_ino, held.read()
+    old_journal = journal_of(path).stat().st_ino
+    store.write(storekit_upserts(3, 3), time.time())
+    assert store.compact(), "a journal line to fold"
+    assert not store.compact(), "nothing left to fold"
+    assert os.stat(path).st_ino != before, "a new inode: the old file was never rewritten"
+    assert journal_of(path).stat().st_ino != old_journal, "and a new journal"
+    held.seek(0)
+    assert held.read() == old_bytes, "a reader of the old version sees it whole"
+    held.close()
+    body = json.loads(path.read_bytes())
+    assert body["generation"] == 2 and len(body["sessions"]) == 6
+    assert stored(path).lines == 0 and temp_files(tmp_path) == []
 
 
 def test_file_url_and_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,21 +111,28 @@ def test_file_url_and_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert svc.get_session(sid) is not None
 
 
-def test_readers_never_see_a_partial_file(tmp_path: Path) -> None:
+def test_readers_never_see_a_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mirror, "JOURNAL_MIN_BYTES", 8192)  # compact every few flushes
     path = tmp_path / "sessions.json"
     stop = threading.Event()
-    reads: list[int] = []
+    snapshots: set[int] = set()
+    lines: list[int] = []
     problems: list[str] = []
 
     def reader() -> None:
         while not stop.is_set():
             try:
                 data = path.read_bytes()
+                journal = stored(path)
             except FileNotFoundError:
+                continue
+            except (ValueError, KeyError) as exc:
+                problems.append(repr(exc))
                 continue
             try:
                 json.loads(data)
-                reads.append(len(data))
+                snapshots.add(len(data))
+                lines.append(journal.lines)
             except ValueError as exc:
                 problems.append(str(exc))
 
@@ -90,7 +147,9 @@ def test_readers_never_see_a_partial_file(tmp_path: Path) -> None:
         stop.set()
         thread.join()
     assert problems == []
-    assert len(reads) > 10 and len(set(reads)) > 5
+    assert len(snapshots) > 5, "compactions replaced the snapshot"
+    assert max(lines, default=0) >= 2, "between them, whole journal lines were read"
+    assert len(stored(path).sessions) == 60
 
 
 def test_stray_temp_files_are_removed_and_others_kept(tmp_path: Path) -> None:
@@ -132,15 +191,15 @@ def test_tombstones_and_expired_sessions_are_purged_by_cleanup(
     )
 
     def purged() -> bool:
-        body = json.loads(path.read_bytes())
-        return "s-old" not in body["sessions"] and "s-ancient" not in body["tombstones"]
+        found = stored(path)
+        return "s-old" not in found.sessions and "s-ancient" not in found.tombstones
 
     with SessionService(path, tombstone_ttl_seconds=3600, clock=clock) as svc:
         clock.advance(svc.settings.cleanup_interval_minutes * 60)
         assert wait_until(purged)
-    body = json.loads(path.read_bytes())
-    assert set(body["sessions"]) == {"s-live"}
-    assert set(body["tombstones"]) == {"s-recent"}
+    found = stored(path)
+    assert set(found.sessions) == {"s-live"}
+    assert set(found.tombstones) == {"s-recent"}
 
 
 # -- corrupt files are refused and left byte for byte ------------------------------------------
@@ -152,7 +211,9 @@ def _corrupt_bodies() -> list[tuple[str, bytes]]:
         ("list", [good]),
         ("no format", {k: v for k, v in good.items() if k != "format"}),
         ("other format", {**good, "format": "flask_session"}),
-        ("newer version", {**good, "version": 2}),
+        ("newer version", {**good, "version": 3}),
+        ("version 2 without a generation", {**good, "version": 2}),
+        ("bad generation", {**good, "version": 2, "generation": "7"}),
         ("sessions a list", {**good, "sessions": []}),
         ("no tombstones", {k: v for k, v in good.items() if k != "tombstones"}),
         ("record missing a key", document({"s-one": {"username": "alice"}})),
@@ -303,27 +364,16 @@ def test_cached_document_text_always_matches_the_records(changed: int) -> None:
     assert decode_document(reread.document().encode(), "again")[0] == sessions
 
 
-def test_a_reused_inode_with_the_same_size_and_mtime_is_still_noticed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_every_new_snapshot_is_noticed_by_a_process_holding_an_older_one(tmp_path: Path) -> None:
     """File systems hand freed inodes out again, and mtime can be coarse: two versions of
-    the file may stat alike. A process must still see another's write, or it would write
-    its stale copy back over the other's sessions."""
-    from pooled_sessions.adapters.file import fsio
-
-    def alike(result: os.stat_result) -> fsio.Stamp:
-        return fsio.Stamp(1, 1, 1)
-
-    monkeypatch.setattr(fsio, "stamp_of", alike)
+    the snapshot may stat alike. A process holds the version it read open, so no newer one
+    can take its inode, and one stat tells them apart."""
     path = tmp_path / "sessions.json"
-    quiet: dict[str, Any] = {"sync_interval_seconds": 3600, "save_delay_seconds": 3600}
-    with SessionService(path, **quiet) as left, SessionService(path, **quiet) as right:
-        first = left.create_session("left")
-        left.force_save()
-        theirs = right.create_session("right")
-        right.force_save()
-        mine = left.create_session("left")
-        left.force_save()
-        assert left.get_session(theirs) is not None, "left read right's write"
-    with SessionService(path) as fresh:
-        assert all(fresh.get_session(sid) is not None for sid in (first, theirs, mine))
+    left, right = file_store(path), file_store(path)
+    right.write(storekit_upserts(0, 1), time.time())  # the first write makes the snapshot
+    assert left.poll() and not left.poll()
+    for n in range(1, 21):
+        right.write(storekit_upserts(n, 1), time.time())
+        assert right.compact()
+        assert left.poll(), f"compaction {n} was noticed"
+        assert left.count() == n + 1

@@ -10,12 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from pooled_sessions.adapters.file import mirror
 from pooled_sessions.adapters.file import stream as docstream
+from pooled_sessions.adapters.file.store import JsonFileStore
+from pooled_sessions.adapters.url import StoreURL
 from pooled_sessions.codec import Operation, Record, WriteResult, decode_document
 from pooled_sessions.errors import CorruptStoreError, StoreUnavailableError
 from pooled_sessions.tools.migrate import MigrationReport, migrate, upsert_of
 from pooled_sessions.tools.stores import FileSource, open_source, open_target, parse
 from tests import storekit
+from tests.filekit import stored
 from tests.storekit import SETTINGS, assert_same, make_record, sample, session_id
 
 KINDS = [
@@ -156,7 +160,7 @@ def test_corrupt_source_is_refused_before_anything_is_written(tmp_path: Path) ->
     assert (path.read_bytes(), path.stat().st_mtime_ns) == before
     assert not Path(target_url).exists()
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["dst.json.lock", "src.json", "src.json.lock"]
+    assert names == ["dst.json.lock", "src.json", "src.json.journal", "src.json.lock"]
 
 
 def test_session_ended_in_target_is_not_brought_back(url_for: Callable[[str], UrlFactory]) -> None:
@@ -211,11 +215,17 @@ def test_verify_reports_missing_and_different_copies(tmp_path: Path) -> None:
     assert check.examples == [f"{changed[:8]}… differs"]
 
 
-def test_file_target_is_rewritten_a_logarithmic_number_of_times(tmp_path: Path) -> None:
+def test_a_file_target_appends_and_rewrites_its_snapshot_a_logarithmic_number_of_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mirror, "JOURNAL_MIN_BYTES", 0)  # the bound: half the snapshot
     source_url, target_url = storekit.memory_url(), storekit.file_url(tmp_path, "dst")
-    storekit.seed(source_url, sample(100))
+    storekit.seed(source_url, sample(1000))
     report = run(source_url, target_url, batch_size=10)
-    assert report.copied == 100 and report.batches == 5  # 10 10 20 40 20
+    assert report.copied == 1000 and report.batches == 100
+    found = stored(target_url)
+    assert len(found.sessions) == 1000
+    assert 5 <= found.generation <= 15, "the snapshot grows by half each time it is written"
 
 
 class CountingSource:
@@ -304,11 +314,20 @@ def test_stream_reads_what_the_file_store_reads(
     live = sample(15)
     storekit.seed(url, live)
     storekit.end(url, session_id(4), live[session_id(4)]["username"])
-    stream = docstream.DocumentStream(url)
+    storekit.seed(url, {session_id(20): make_record(20, time.time())})
+    found = stored(url)
+    assert found.lines == 2, "the end and the new session are in the journal"
+    stream = docstream.StoreStream(url)
     records = dict(stream.records())
+    assert records == found.sessions and session_id(4) not in records
+    assert list(records)[-1] == session_id(20), "the journal's records follow the snapshot's"
+    ended = {session_id(4): pytest.approx(time.time(), abs=60)}
+    assert stream.tombstones == found.tombstones == ended
+    assert JsonFileStore(StoreURL.parse(url), SETTINGS).compact()
+    snapshot = docstream.DocumentStream(url)
+    assert dict(snapshot.records()) == records, "the snapshot alone, once compacted"
     sessions, tombstones = decode_document(Path(url).read_bytes(), url)
-    assert records == sessions and list(records) == list(sessions)
-    assert stream.tombstones == tombstones == {session_id(4): pytest.approx(time.time(), abs=60)}
+    assert list(sessions) == list(dict(snapshot.records())) and snapshot.tombstones == tombstones
 
 
 def test_stream_accepts_any_member_order_and_spacing(tmp_path: Path) -> None:

@@ -128,6 +128,25 @@ class AsyncBulkLoadStore(AsyncStore, Protocol):
 
 
 @runtime_checkable
+class CompactStore(Store, Protocol):
+    """A store that keeps a log of changes beside a snapshot (optional ``compact``).
+
+    ``compact()`` folds the log into a new snapshot now, True if there was anything to
+    fold (the file stores do it on their own when the journal outgrows its bound;
+    ``pooled-sessions cleanup`` does it at once).
+    """
+
+    def compact(self) -> bool: ...
+
+
+@runtime_checkable
+class AsyncCompactStore(AsyncStore, Protocol):
+    """The asyncio twin of `CompactStore`."""
+
+    async def compact(self) -> bool: ...
+
+
+@runtime_checkable
 class SlotStore(Store, Protocol):
     """A store that counts live-session slots for every app server sharing it (Redis).
 
@@ -186,6 +205,7 @@ class AsyncWatchableStore(AsyncStore, Protocol):
 __all__ = [
     "AsyncBulkLoadStore",
     "AsyncCheckedStore",
+    "AsyncCompactStore",
     "AsyncIteratorOfRecords",
     "AsyncSlotStore",
     "AsyncStore",
@@ -193,6 +213,7 @@ __all__ = [
     "AsyncWatchableStore",
     "BulkLoadStore",
     "CheckedStore",
+    "CompactStore",
     "Invalidate",
     "Iterator",
     "SlotStore",

@@ -5,7 +5,7 @@ The memory store uses it as is; the JSON file stores load it from, and save it t
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 
 from pooled_sessions.codec import (
@@ -73,6 +73,11 @@ class RecordTable:
 
     def purge(self, now: float, tombstone_ttl: float) -> tuple[int, int]:
         """Remove expired records and old tombstones; returns how many of each went."""
+        expired, old = self.purge_ids(now, tombstone_ttl)
+        return len(expired), len(old)
+
+    def purge_ids(self, now: float, tombstone_ttl: float) -> tuple[list[str], list[str]]:
+        """`purge`, returning the ids of the expired records and of the old tombstones."""
         expired = [sid for sid, record in self.records.items() if is_expired(record, now)]
         for sid in expired:
             self._drop(sid)
@@ -81,7 +86,27 @@ class RecordTable:
         old = [sid for sid, ended_at in self.tombstones.items() if ended_at < horizon]
         for sid in old:
             del self.tombstones[sid]
-        return len(expired), len(old)
+        return expired, old
+
+    def end(self, session_id: str, ended_at: float) -> None:
+        """Drop a record and keep its tombstone (the later time if it had one)."""
+        self._drop(session_id)
+        self.tombstones[session_id] = max(ended_at, self.tombstones.get(session_id, ended_at))
+
+    def remove(self, session_id: str) -> None:
+        """Drop a record without a tombstone (an expired one, purged)."""
+        self._drop(session_id)
+
+    def members(self, session_ids: Iterable[str]) -> list[str]:
+        """The document members of these records, encoded now and kept for the next document."""
+        text, records, unencoded = self._text, self.records, self._unencoded
+        found = []
+        for sid in session_ids:
+            if sid in unencoded or sid not in text:
+                text[sid] = document_member(sid, encode_record(records[sid]))
+                unencoded.pop(sid, None)
+            found.append(text[sid])
+        return found
 
     def add(self, session_id: str, record: Record) -> None:
         """Hold a record as read from a file (no merge: the file is the truth)."""
@@ -90,9 +115,9 @@ class RecordTable:
         self._unencoded[session_id] = None
         self._by_user.setdefault(record["username"], set()).add(session_id)
 
-    def document(self) -> str:
+    def document(self, generation: int = 1) -> str:
         """The whole table as a file document."""
-        return "".join(self.document_parts())
+        return "".join(self.document_parts(generation))
 
     def encode_changed(self, limit: int) -> bool:
         """Encode up to ``limit`` changed records ahead of `document_parts` (a writer that
@@ -103,9 +128,9 @@ class RecordTable:
             del unencoded[sid]
         return bool(unencoded)
 
-    def document_parts(self) -> Iterator[str]:
+    def document_parts(self, generation: int = 1) -> Iterator[str]:
         """The document in pieces (see `codec.document_parts`); records keep their cached text."""
-        return document_parts(self._members(), self.tombstones)
+        return document_parts(self._members(), self.tombstones, generation)
 
     def _members(self) -> Iterator[str]:
         text, records, unencoded = self._text, self.records, self._unencoded

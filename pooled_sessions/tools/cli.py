@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 
 from pooled_sessions import __version__
+from pooled_sessions.adapters.protocol import CompactStore
 from pooled_sessions.config import Settings
 from pooled_sessions.errors import (
     ConfigError,
@@ -294,7 +295,8 @@ def _when(stamp: float | None) -> str:
 
 
 def _cleanup(args: argparse.Namespace) -> int:
-    """Remove expired sessions from URL, with their index entries and old tombstones."""
+    """Remove expired sessions from URL, with their index entries and old tombstones; a
+    sessions file's journal is folded into a new snapshot."""
     settings = Settings.load()
     url = parse(args.url)
     if args.dry_run:
@@ -314,9 +316,12 @@ def _cleanup(args: argparse.Namespace) -> int:
     try:
         removed = store.purge_expired(time.time())
         left = store.count()
+        compacted = isinstance(store, CompactStore) and store.compact()
     finally:
         store.close()
     print(f"{redact(store.url)}: removed {removed:,} expired sessions; {left:,} remain")
+    if compacted:
+        print(f"{redact(store.url)}: journal folded into a new snapshot")
     return EXIT_OK
 
 

@@ -38,7 +38,7 @@ from pooled_sessions.redaction import redact
 from pooled_sessions.tools.batch_writer import BackgroundWriter
 from pooled_sessions.tools.inspect import Inventory, survey
 from pooled_sessions.tools.progress import Progress, Silent
-from pooled_sessions.tools.stores import FILE_SCHEMES, Source, parse
+from pooled_sessions.tools.stores import Source
 from pooled_sessions.tools.verify import Verification, verify
 
 DEFAULT_BATCH_SIZE = 2000
@@ -96,10 +96,9 @@ def migrate(
     shown = redact(target.url)
     report = MigrationReport(source=source.url, target=shown, found=found, dry_run=dry_run)
     if not dry_run:
-        grow = parse(target.url).scheme in FILE_SCHEMES
         started = time.perf_counter()
         progress.start("copying", found.live)
-        _copy(source, target, report, _batches(source, batch_size, grow, clock), progress)
+        _copy(source, target, report, _batches(source, batch_size, clock), progress)
         _end_tombstoned(source, target, report, batch_size, clock)
         progress.finish()
         report.seconds = time.perf_counter() - started
@@ -112,25 +111,18 @@ def migrate(
     return report
 
 
-def _batches(source: Source, size: int, grow: bool, clock: Clock) -> Iterator[list[Operation]]:
-    """Upserts of the live records, ``size`` at a time.
-
-    With ``grow`` (a file target rewrites its whole file per write) each batch is as large
-    as everything copied before it, so the file is rewritten a logarithmic number of times.
-    """
+def _batches(source: Source, size: int, clock: Clock) -> Iterator[list[Operation]]:
+    """Upserts of the live records, ``size`` at a time (a file target appends each to its
+    journal, and rewrites its snapshot only as often as the journal's bound says)."""
     batch: list[Operation] = []
-    limit, total = size, 0
     now = clock()
     for sid, record in source.records():
         if is_expired(record, now):
             continue
         batch.append(upsert_of(sid, record))
-        if len(batch) >= limit:
+        if len(batch) >= size:
             yield batch
-            total += len(batch)
             batch, now = [], clock()
-            if grow:
-                limit = max(size, total)
     if batch:
         yield batch
 

@@ -1,8 +1,9 @@
 """Stores opened by URL for the command-line tools: read-only sources, writable targets.
 
 A source is only ever read. A sessions file (``file://``, ``aiofile://`` or a path) is
-streamed record by record without opening its store, so even the lock file and stray temp
-files beside it stay as they are. Any other URL opens its store and reads ``scan()``.
+streamed record by record, with its journal laid over it, without opening its store, so
+even the lock file and stray temp files beside it stay as they are. Any other URL opens
+its store and reads ``scan()``.
 A target is a blocking `Store`; an asyncio-only store is driven on a private event loop.
 """
 
@@ -21,8 +22,9 @@ from pooled_sessions.adapters import (
     open_async_store,
     open_store,
 )
-from pooled_sessions.adapters.file.stream import DocumentStream
-from pooled_sessions.adapters.protocol import AsyncBulkLoadStore
+from pooled_sessions.adapters.file import journal
+from pooled_sessions.adapters.file.stream import StoreStream
+from pooled_sessions.adapters.protocol import AsyncBulkLoadStore, AsyncCompactStore
 from pooled_sessions.adapters.url import StoreURL
 from pooled_sessions.codec import Operation, Record, WriteResult
 from pooled_sessions.config import Settings
@@ -47,16 +49,16 @@ class Source(Protocol):
 
 
 class FileSource:
-    """A sessions file read as a stream; nothing beside it is touched."""
+    """A sessions file and its journal read as a stream; nothing beside them is touched."""
 
     def __init__(self, url: StoreURL) -> None:
         self.url = url.display
         self.path = url.path
-        self._stream = DocumentStream(self.path)
+        self._stream = StoreStream(self.path)
         require_file(self.path)
 
     def records(self) -> Iterator[tuple[str, Record]]:
-        self._stream = DocumentStream(self.path)
+        self._stream = StoreStream(self.path)
         return self._stream.records()
 
     def tombstones(self) -> Mapping[str, float]:
@@ -64,8 +66,9 @@ class FileSource:
         return self._stream.tombstones
 
     def size(self) -> int:
-        """Bytes of the file on disk."""
-        return os.path.getsize(self.path)
+        """Bytes of the snapshot and its journal on disk."""
+        extra = journal.path_of(self.path)
+        return os.path.getsize(self.path) + (os.path.getsize(extra) if os.path.exists(extra) else 0)
 
     def close(self) -> None:
         """Nothing is held open between passes."""
@@ -119,6 +122,13 @@ class BridgedStore:
 
     def purge_expired(self, now: float) -> int:
         return self._run(self._store.purge_expired(now))
+
+    def compact(self) -> bool:
+        """Fold a file store's journal into a new snapshot (False: nothing to fold, or a
+        store that keeps no journal)."""
+        if not isinstance(self._store, AsyncCompactStore):
+            return False
+        return self._run(self._store.compact())
 
     def poll(self) -> bool:
         return self._run(self._store.poll())

@@ -10,8 +10,10 @@ import errno
 import fcntl
 import glob
 import os
+import stat
 import tempfile
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -109,6 +111,174 @@ def check_directory(path: str) -> None:
         raise StoreUnavailableError(f"directory {directory} for sessions file does not exist")
 
 
+# -- the snapshot and its journal: files held open, appends ---------------------------------
+
+
+class Pin:
+    """A file held open for reading.
+
+    While it is held its inode number cannot be handed to another file, so a path that
+    still shows this inode is still this file: one stat tells whether it was replaced.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        found = os.fstat(fd)
+        self.inode = (found.st_dev, found.st_ino)
+        self.size = found.st_size
+        self.mtime_ns = found.st_mtime_ns
+        self._close = weakref.finalize(self, os.close, fd)
+
+    def close(self) -> None:
+        """Let the file go (idempotent)."""
+        self._close()
+
+    def is_file(self, found: os.stat_result | None) -> bool:
+        """True when ``found``, a stat of a path, is this file."""
+        return found is not None and (found.st_dev, found.st_ino) == self.inode
+
+    def unchanged(self, found: os.stat_result | None) -> bool:
+        """`is_file`, with the size and mtime it had when it was opened."""
+        return (
+            found is not None
+            and self.is_file(found)
+            and (found.st_size, found.st_mtime_ns) == (self.size, self.mtime_ns)
+        )
+
+
+def stat_or_none(path: str) -> os.stat_result | None:
+    """The stat of ``path``, or None if there is no file."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+
+
+def pin(path: str) -> Pin | None:
+    """Open ``path`` and hold it, or None if there is no file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StoreUnavailableError(f"{path} is a directory, not a sessions file")
+    return Pin(fd)
+
+
+def pin_pair(path: str, journal: str, tries: int = 20) -> tuple[Pin | None, Pin | None]:
+    """The snapshot and its journal, opened as one pair.
+
+    A compaction renames the new snapshot into place before the new journal, so a snapshot
+    still in place after the journal was opened is at least as new as the journal.
+    """
+    for _ in range(tries):
+        snapshot = pin(path)
+        try:
+            journal_pin = pin(journal)
+        except BaseException:
+            if snapshot is not None:
+                snapshot.close()
+            raise
+        now = stat_or_none(path)
+        if (snapshot is None and now is None) or (snapshot is not None and snapshot.is_file(now)):
+            return snapshot, journal_pin
+        for held in (snapshot, journal_pin):
+            if held is not None:
+                held.close()
+    raise StoreUnavailableError(f"{path} was replaced {tries} times while being opened")
+
+
+class Sight(NamedTuple):
+    """A stat of the snapshot and of its journal (None for a file that is not there)."""
+
+    snapshot: os.stat_result | None
+    journal: os.stat_result | None
+
+
+def look(path: str, journal: str) -> Sight:
+    """Stat both files: all a reader does when nothing changed."""
+    return Sight(stat_or_none(path), stat_or_none(journal))
+
+
+class Pair(NamedTuple):
+    """The snapshot and its journal, held open, and their bytes."""
+
+    snapshot: Pin | None
+    snapshot_data: bytes
+    journal: Pin | None
+    journal_data: bytes
+
+    def close(self) -> None:
+        """Let both files go."""
+        for held in (self.snapshot, self.journal):
+            if held is not None:
+                held.close()
+
+
+def read_pair(path: str, journal: str) -> Pair:
+    """Open the pair (`pin_pair`) and read both files whole."""
+    snapshot, journal_pin = pin_pair(path, journal)
+    pair = Pair(snapshot, b"", journal_pin, b"")
+    try:
+        return pair._replace(
+            snapshot_data=b"" if snapshot is None else read_pinned(snapshot),
+            journal_data=b"" if journal_pin is None else read_pinned(journal_pin),
+        )
+    except BaseException:
+        pair.close()
+        raise
+
+
+def read_pinned(held: Pin, offset: int = 0) -> bytes:
+    """Every byte of a held file from ``offset`` to its end."""
+    chunks = []
+    while chunk := os.pread(held.fd, max(held.size - offset, 0) + (1 << 16), offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def fdatasync(fd: int) -> None:
+    """Flush a descriptor's data (and the size it needs) to disk."""
+    os.fdatasync(fd)
+
+
+def append(path: str, inode: tuple[int, int], at: int, data: bytes) -> int:
+    """Append ``data`` to the journal at ``path`` with one write and one fdatasync; returns
+    the new end. The caller holds the lock file.
+
+    A torn tail past ``at`` (left by a crashed writer) is cut off first; a write that fails
+    halfway is cut off again, so no half line stays behind.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    try:
+        found = os.fstat(fd)
+        if (found.st_dev, found.st_ino) != inode or found.st_size < at:
+            raise StoreUnavailableError(f"{path} was changed by something that holds no lock")
+        if found.st_size > at:
+            os.ftruncate(fd, at)
+        try:
+            write_all(fd, data)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, at)
+            raise
+        fdatasync(fd)
+    finally:
+        os.close(fd)
+    return at + len(data)
+
+
+def replace_pinned(path: str, pieces: Sequence[bytes]) -> Pin:
+    """`replace_atomically`, then hold the new file (the caller holds the lock: it is ours)."""
+    replace_atomically(path, pieces)
+    held = pin(path)
+    if held is None:
+        raise FileNotFoundError(errno.ENOENT, "removed right after it was written", path)
+    return held
+
+
 def open_temp(path: str) -> tuple[int, str]:
     """Create the temp file beside ``path`` (same file system, so the replace is atomic)."""
     directory, name = os.path.split(path)
@@ -146,7 +316,6 @@ def replace_atomically(path: str, data: bytes | Sequence[bytes]) -> Stamp:
             written = stamp_of(os.fstat(fd))
         finally:
             os.close(fd)
-        written = written._replace(token=write_token(path))
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):

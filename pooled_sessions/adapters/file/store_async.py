@@ -1,12 +1,13 @@
 """``aiofile:///path`` (and ``file://`` or a plain path for the asyncio service): the JSON
 file store without blocking the event loop.
 
-The same file, format, lock file and guarantees as ``file://`` (json_file.py), because it
-runs the same `FileMirror` steps: file I/O (read, write + fsync + rename + directory
-fsync) in aiofiles' worker threads, and the CPU-heavy steps (parsing a changed file,
-merging a batch, encoding the document) on the loop in slices of about
-`SLICE_SECONDS`, so other tasks keep running while a large file is flushed. The lock
-file is polled without blocking the loop.
+The same files, format, lock file and guarantees as ``file://`` (store.py), because it
+runs the same `FileMirror` steps: file I/O (reading the snapshot and the journal, the
+journal append + fdatasync, a new snapshot's write + fsync + rename + directory fsync) in
+aiofiles' worker threads, and the CPU-heavy steps (parsing a changed file, merging a
+batch, encoding a snapshot) on the loop in slices of about `SLICE_SECONDS`, so other
+tasks keep running while a large file is read or compacted. The lock file is polled
+without blocking the loop.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import Any, TypeVar
 
 from pooled_sessions.adapters.file import fsio, probe
-from pooled_sessions.adapters.file.store import FileMirror, ReadFile, ReplaceFile, Steps, perform
+from pooled_sessions.adapters.file.mirror import FileMirror, FileStep, Steps
+from pooled_sessions.adapters.file.store import perform
 from pooled_sessions.adapters.url import StoreURL
 from pooled_sessions.codec import Operation, Record, WriteResult
 from pooled_sessions.config import Settings
@@ -32,7 +34,7 @@ LOCK_POLL_SECONDS = (0.001, 0.05)
 """First and longest pause between two tries of a lock file another process holds."""
 
 
-def _threaded_perform() -> Callable[[str, ReadFile | ReplaceFile], Awaitable[Any]]:
+def _threaded_perform() -> Callable[[str, FileStep], Awaitable[Any]]:
     try:
         import aiofiles.os
     except ImportError as exc:
@@ -86,6 +88,12 @@ class AioFileStore:
         async with self._exclusive():
             return await self._run(self._mirror.purging(now, self._ttl))
 
+    async def compact(self) -> bool:
+        """Fold the journal into a new snapshot now; False when there was nothing to fold."""
+        await self._ready()
+        async with self._exclusive():
+            return await self._run(self._mirror.compacting())
+
     async def poll(self) -> bool:
         return await self._fresh()
 
@@ -99,29 +107,37 @@ class AioFileStore:
         return len(self._mirror.table)
 
     async def close(self) -> None:
-        """Nothing is held open between calls."""
+        """Let go of the files held open (a later call opens them again)."""
+        async with self._lock:
+            self._mirror.release()
 
     async def _fresh(self) -> bool:
-        """Mirror the file if another process replaced it; True if it had.
+        """Catch up with the files if another process changed them; True if it had.
 
-        The stamp check is one stat() on the loop: a cached-inode syscall costs about a
-        microsecond, a hop to a worker thread fifty times that, on every load.
+        The check is a stat() of each file on the loop: a cached-inode syscall costs about
+        a microsecond, a hop to a worker thread fifty times that, on every load.
         """
         await self._ready()
-        if fsio.current_stamp(self.path) == self._mirror.stamp:
+        if not self._mirror.behind(self._look()):
             return False
         async with self._lock:
-            if fsio.current_stamp(self.path) == self._mirror.stamp:
+            sight = self._look()
+            if not self._mirror.behind(sight):
                 return False
-            return await self._run(self._mirror.refreshing())
+            return await self._run(self._mirror.refreshing(sight))
+
+    def _look(self) -> fsio.Sight:
+        return fsio.look(self.path, self._mirror.journal_path)
 
     async def _ready(self) -> None:
-        """Before the first use: remove temp files a crashed writer left (lock file held)."""
+        """Before the first use: remove temp files a crashed writer left and read the
+        files, the lock file held (so a damaged journal is told from a write under way)."""
         if self._opened:
             return
         async with self._exclusive():
             if not self._opened:
                 await asyncio.to_thread(fsio.remove_strays, self.path)
+                await self._run(self._mirror.refreshing(settled=True))
                 self._opened = True
 
     @contextlib.asynccontextmanager
@@ -172,7 +188,7 @@ class AioFileStore:
         finally:
             steps.close()  # cancelled or failed: the steps mark the mirror for a reread
 
-    async def _in_thread(self, step: ReadFile | ReplaceFile) -> Any:
+    async def _in_thread(self, step: FileStep) -> Any:
         """One blocking file step in a worker thread.
 
         A thread cannot be stopped, so a cancel waits for it to finish before it goes on:

@@ -1,7 +1,8 @@
 """Read a sessions file one record at a time, so a tool never holds the whole file in memory.
 
-The JSON file stores parse the whole document; `DocumentStream` walks the same document
-incrementally, checking every record as `codec.decode_document` would, and never writes.
+The JSON file stores parse the whole document; `DocumentStream` walks the same snapshot
+incrementally, checking every record as `codec.decode_document` would, and `StoreStream`
+lays the journal over it. Neither writes.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import re
 from collections.abc import Iterator
 from typing import IO, Any
 
-from pooled_sessions.codec import FORMAT_NAME, FORMAT_VERSION, Record, check_record, short_id
+from pooled_sessions.adapters.file import fsio, journal
+from pooled_sessions.codec import FORMAT_NAME, Record, check_record, check_time, check_version
 from pooled_sessions.errors import CorruptStoreError, StoreUnavailableError
 
 CHUNK_CHARS = 1 << 20
@@ -114,11 +116,17 @@ class _Tokens:
 
 
 class DocumentStream:
-    """One pass over a sessions file: `records()` streams, then `tombstones` is filled in."""
+    """One pass over a snapshot: `records()` streams, then `tombstones` is filled in.
+
+    ``generation`` and ``version`` are known once the header has been checked: before the
+    first record in a file this library wrote, at the end in any other.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.tombstones: dict[str, float] = {}
+        self.generation = 0
+        self.version = 0
 
     def records(self) -> Iterator[tuple[str, Record]]:
         """Every session record, checked, in file order; raises CorruptStoreError at a bad one."""
@@ -160,11 +168,7 @@ class DocumentStream:
     def _check_header(self, header: dict[str, Any], tokens: _Tokens) -> None:
         if header.get("format") != FORMAT_NAME:
             raise tokens.corrupt("not a pooled_sessions file")
-        if header.get("version") != FORMAT_VERSION:
-            raise CorruptStoreError(
-                f"{self.path} has format version {header.get('version')!r}; this library "
-                f"reads version {FORMAT_VERSION}"
-            )
+        self.version, self.generation = check_version(header, self.path)
 
     def _sessions(self, tokens: _Tokens) -> Iterator[tuple[str, Record]]:
         if tokens.peek() != "{":
@@ -177,6 +181,88 @@ class DocumentStream:
         if not isinstance(table, dict):
             raise tokens.corrupt("the tombstones table is not an object")
         for sid, ended_at in table.items():
-            if not isinstance(ended_at, int | float) or isinstance(ended_at, bool):
-                raise CorruptStoreError(f"{self.path}: tombstone {short_id(sid)} has a bad time")
+            check_time(ended_at, sid, self.path)
+        return table
+
+
+class StoreStream:
+    """One pass over a snapshot and its journal, for the tools; nothing is written.
+
+    The snapshot streams record by record; the journal (bounded by compaction) is read
+    first and laid over it: a snapshot record the journal changed or ended is skipped,
+    and the journal's records follow the snapshot's.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.journal_path = journal.path_of(path)
+        self.tombstones: dict[str, float] = {}
+
+    def records(self) -> Iterator[tuple[str, Record]]:
+        """Every live record, checked; then `tombstones` holds the ended ids."""
+        snapshot, held = fsio.pin_pair(self.path, self.journal_path)
+        try:
+            if snapshot is None:
+                raise StoreUnavailableError(f"no sessions file at {self.path}")
+            data = None if held is None else fsio.read_pinned(held)
+            yield from self._streamed(snapshot, data)
+        finally:
+            for pinned in (snapshot, held):
+                if pinned is not None:
+                    pinned.close()
+
+    def _streamed(self, snapshot: fsio.Pin, data: bytes | None) -> Iterator[tuple[str, Record]]:
+        document = DocumentStream(self.path)
+        overlay: Overlay | None = None
+        with open(snapshot.fd, encoding="utf-8", newline="", closefd=False) as text:
+            for sid, record in document.read(text):
+                if overlay is None:  # the header of a file this library wrote is checked
+                    overlay = self._overlay(data, document)
+                if sid not in overlay.records:
+                    yield sid, record
+        if overlay is None:
+            overlay = self._overlay(data, document)
+        yield from overlay.live()
+        self.tombstones = overlay.tombstones(document.tombstones)
+
+    def _overlay(self, data: bytes | None, document: DocumentStream) -> Overlay:
+        """The journal's changes if it extends this snapshot (none if it is superseded)."""
+        if data is None:
+            return Overlay([])
+        extends, start = journal.read_header(data, self.journal_path)
+        lines = journal.read_changes(data[start:], self.journal_path, start, settled=True)
+        changes = [change for change, _ in lines]
+        if document.version and extends == document.generation:
+            return Overlay(changes)
+        if changes and (not document.version or extends > document.generation):
+            raise CorruptStoreError(
+                f"{self.journal_path} extends generation {extends} of {self.path}, whose "
+                f"header says generation {document.generation or 'none before its sessions'}; "
+                "both were left as they are"
+            )
+        return Overlay([])
+
+
+class Overlay:
+    """Journal changes laid over a streamed snapshot."""
+
+    def __init__(self, changes: list[journal.Change]) -> None:
+        self.changes = changes
+        self.records: dict[str, Record | None] = {}  # None: ended or dropped
+        for change in changes:
+            self.records.update(dict.fromkeys([*change.dropped, *change.ended]))
+            self.records.update(change.records)
+
+    def live(self) -> Iterator[tuple[str, Record]]:
+        """The records the journal holds last, in the order it first named them."""
+        return ((sid, record) for sid, record in self.records.items() if record is not None)
+
+    def tombstones(self, snapshot: dict[str, float]) -> dict[str, float]:
+        """The snapshot's tombstones with the journal's ends and purges replayed."""
+        table = dict(snapshot)
+        for change in self.changes:
+            for sid in change.forgotten:
+                table.pop(sid, None)
+            for sid, ended_at in change.ended.items():
+                table[sid] = max(ended_at, table.get(sid, ended_at))
         return table
