@@ -1,15 +1,24 @@
-"""Code run in child processes by tests/test_file_processes.py (kept free of pytest imports).
+"""Code run in child processes by the file store tests (kept free of pytest imports).
 
 ``python -m tests.procworkers writer PATH`` creates sessions forever, printing each id
 only after `force_save` returned for it, until it is killed.
+``python -m tests.procworkers confirmed URL NAME COUNT`` creates COUNT sessions, each
+saved and printed once `force_save` (or `async_force_save` for ``aiofile://``) returned.
+``python -m tests.procworkers unlinker PATH`` deletes PATH every few milliseconds until
+its standard input closes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import random
 import sys
+import threading
+import time
 from typing import Any
 
-from pooled_sessions import SessionService
+from pooled_sessions import AsyncSessionService, SessionService
 
 SESSIONS_PER_PROCESS = 40
 CROSS_WRITES = 5
@@ -68,6 +77,50 @@ def writer(path: str) -> None:
         n += 1
 
 
+def confirmed(url: str, name: str, count: int) -> None:
+    """Create ``count`` sessions, printing each id once the store confirmed it."""
+    if url.startswith("aiofile://"):
+        asyncio.run(_confirmed_async(url, name, count))
+        return
+    with SessionService(url, save_delay_seconds=3600, batch_save_threshold=10**6) as svc:
+        for n in range(count):
+            sid = svc.create_session(name, {"n": n})
+            svc.force_save()
+            print(sid, flush=True)
+
+
+async def _confirmed_async(url: str, name: str, count: int) -> None:
+    async with AsyncSessionService(url, save_delay_seconds=3600) as svc:
+        for n in range(count):
+            sid = await svc.create_session(name, {"n": n})
+            await svc.async_force_save()
+            print(sid, flush=True)
+
+
+def unlinker(path: str) -> None:
+    """Delete ``path`` every 1-4 ms until standard input closes; print how often it did."""
+    stop = threading.Event()
+
+    def wait_for_eof() -> None:
+        sys.stdin.read()
+        stop.set()
+
+    threading.Thread(target=wait_for_eof, daemon=True).start()
+    rng, removed = random.Random(11), 0
+    while not stop.is_set():
+        try:
+            os.unlink(path)
+            removed += 1
+        except FileNotFoundError:
+            pass
+        time.sleep(rng.uniform(0.001, 0.004))
+    print(removed, flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "writer":
         writer(sys.argv[2])
+    elif sys.argv[1] == "confirmed":
+        confirmed(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif sys.argv[1] == "unlinker":
+        unlinker(sys.argv[2])
