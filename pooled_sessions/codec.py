@@ -59,6 +59,9 @@ class Upsert:
     expires_at: float
     absolute_expires_at: float | None
     created: bool
+    rotated_from: tuple[str, ...] = ()
+    """Ids this session had before a rotation the store has not confirmed, newest first:
+    a store that counts pool slots moves the slot one of them holds to this id."""
 
 
 @dataclass(frozen=True, slots=True)

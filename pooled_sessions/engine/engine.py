@@ -291,7 +291,8 @@ class Engine:
             if dirty.ended_at is not None:
                 ops.append(Delete(sid, dirty.username, dirty.ended_at))
             elif (entry := self._entries.get(sid)) is not None:
-                ops.append(entry.upsert(dirty.changed, dirty.removed, dirty.created))
+                moved = self.slots.stored_as(sid) if dirty.created else ()
+                ops.append(entry.upsert(dirty.changed, dirty.removed, dirty.created, moved))
         return Flush(ops, taken)
 
     def flush_succeeded(self, flush: Flush, result: WriteResult, seconds: float) -> None:

@@ -68,6 +68,7 @@ def upsert(
     created: bool = True,
     changed: Iterable[str] | None = None,
     removed: Iterable[str] = (),
+    rotated_from: tuple[str, ...] = (),
 ) -> Upsert:
     """The write of ``record``: every attribute carried, ``changed`` (default all) moved."""
     encoded = encode_attributes(record["attributes"])
@@ -84,6 +85,7 @@ def upsert(
         expires_at=record["expires_at"],
         absolute_expires_at=record["absolute_expires_at"],
         created=created,
+        rotated_from=rotated_from,
     )
 
 
