@@ -286,8 +286,8 @@ def test_processes_hammering_logins_never_exceed_max_total(
     assert sampler.most_slots <= LIMIT, f"{sampler.most_slots} slots held for {LIMIT}"
     if not cluster:
         assert sampler.most_hashes <= LIMIT, f"{sampler.most_hashes} live for {LIMIT}"
-    assert sampler.samples > 100
-    assert sum(c["made"] for c in counts) > 200, counts
+    assert sampler.samples > 20  # a few thousand on a quiet machine
+    assert sum(c["made"] for c in counts) > 50, counts  # thousands on a quiet machine
     assert sum(c["refused"] for c in counts) > 0, counts  # the limit was reached
-    assert sum(c["rotated"] for c in counts) > 50, counts
+    assert sum(c["rotated"] for c in counts) > 10, counts
     assert slot_members(store) == live_hashes(store) == set()  # every session was ended
