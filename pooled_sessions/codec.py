@@ -64,6 +64,9 @@ class Upsert:
     expires_at: float
     absolute_expires_at: float | None
     created: bool
+    rotated_from: tuple[str, ...] = ()
+    """Ids this session had before a rotation the store has not confirmed, newest first:
+    a store that counts pool slots moves the slot one of them holds to this id."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +205,7 @@ def upsert_of(
     changed: Iterable[str] | None = None,
     removed: Iterable[str] = (),
     created: bool = True,
+    rotated_from: tuple[str, ...] = (),
 ) -> Upsert:
     """The write of ``record`` with its ``attributes`` already encoded; ``changed``
     (default: every attribute) and ``removed`` say which moved."""
@@ -218,6 +222,7 @@ def upsert_of(
         expires_at=record["expires_at"],
         absolute_expires_at=record["absolute_expires_at"],
         created=created,
+        rotated_from=rotated_from,
     )
 
 

@@ -27,7 +27,7 @@ from pooled_sessions.engine.logins import (
     decide_login,
     location_event,
 )
-from pooled_sessions.errors import ConfigError, IdInUseError, PoolExhaustedError
+from pooled_sessions.errors import ConfigError, PoolExhaustedError
 from pooled_sessions.model import ClientInfo, Session, ValidationResult
 
 T = TypeVar("T")
@@ -49,10 +49,12 @@ Flow = Generator[Call, Any, T]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LoginResult:
-    """The outcome of `SessionManager.sign_in`; truthy when the user is logged in.
+    """The outcome of a login (`SessionManager.login`, `sign_in`); truthy when the user is
+    logged in.
 
-    ``session_id`` is the id to hand the client: the one passed in, or a new one when the
-    login kept an existing session's data (rotation) or the id was already used.
+    ``session_id`` is the id to hand the client, always one the library minted, never the
+    id passed in: the caller's live session of this user moved to a new id (``rotated``,
+    its data kept), or a fresh session. None when the login was refused.
     ``reason``: ``"ok"``, ``"other_location"``, ``"too_many_sessions"`` or ``"pool_exhausted"``.
     """
 
@@ -98,16 +100,38 @@ class _Manager:
     def _sign_in(
         self,
         user: str,
-        session_id: str,
+        session_id: str | None,
         *,
         ip: str | None,
         user_agent: str | None,
         attributes: Mapping[str, Any] | None,
     ) -> Flow[LoginResult]:
+        """Log ``user`` in; the session ends up on an id the library minted, so an id an
+        attacker planted in the victim's browser never becomes an authenticated one."""
         check_username(user)
-        check_id(session_id)
+        current: Session | None = None
+        if session_id is not None:
+            current = yield Call("get_session", (check_id(session_id),))
         client = ClientInfo(ip=ip, user_agent=user_agent)
-        current: Session | None = yield Call("get_session", (session_id,))
+        others = yield from self._others(user, session_id)
+        decision = decide_login(others, client.ip, self.policy)
+        event = location_event(user, client.ip, decision, self.policy)
+        if not decision.allowed:
+            return LoginResult(ok=False, session_id=None, reason=decision.reason, event=event)
+        for sid in decision.end:
+            yield Call("end_session", (sid,))
+        new_id, rotated = yield from self._minted(user, current, attributes, client)
+        return LoginResult(
+            ok=new_id is not None,
+            session_id=new_id,
+            reason="ok" if new_id is not None else "pool_exhausted",
+            rotated=rotated,
+            ended=decision.end,
+            event=event,
+        )
+
+    def _others(self, user: str, session_id: str | None) -> Flow[list[LiveLogin]]:
+        """The user's live sessions other than the caller's, for the login policy."""
         others = []
         for sid in (yield Call("sessions_of", (user,))):
             session: Session | None = (
@@ -115,65 +139,28 @@ class _Manager:
             )
             if session is not None:
                 others.append(LiveLogin(sid, session.ip, session.created_at))
-        decision = decide_login(others, client.ip, self.policy)
-        event = location_event(user, client.ip, decision, self.policy)
-        if not decision.allowed:
-            return LoginResult(ok=False, session_id=None, reason=decision.reason, event=event)
-        for sid in decision.end:
-            yield Call("end_session", (sid,))
-        if current is not None and current.username == user:
-            new_id = yield Call("rotate_session", (session_id,))  # data kept: new id
-            if new_id is not None:
-                return LoginResult(
-                    ok=True,
-                    session_id=new_id,
-                    reason="ok",
-                    rotated=True,
-                    ended=decision.end,
-                    event=event,
-                )
-        elif current is not None:
-            yield Call("end_session", (session_id,))  # never hand one user's data to another
-        wanted = session_id if current is None else None
-        sid = yield from self._create(user, attributes, client, wanted)
-        if sid is None:
-            return LoginResult(
-                ok=False,
-                session_id=None,
-                reason="pool_exhausted",
-                rotated=False,
-                ended=decision.end,
-                event=event,
-            )
-        return LoginResult(
-            ok=True,
-            session_id=sid,
-            reason="ok",
-            rotated=sid != session_id,
-            ended=decision.end,
-            event=event,
-        )
+        return others
 
-    def _create(
+    def _minted(
         self,
         user: str,
+        current: Session | None,
         attributes: Mapping[str, Any] | None,
         client: ClientInfo,
-        wanted: str | None,
-    ) -> Flow[str | None]:
-        """A new session under ``wanted`` (or a fresh id if that one was used); None if full."""
-        for candidate in (wanted, None) if wanted is not None else (None,):
-            try:
-                sid: str = yield Call(
-                    "create_session", (user, attributes, client), {"session_id": candidate}
-                )
-                return sid
-            except PoolExhaustedError:
-                return None
-            except IdInUseError:
-                if candidate is None:
-                    raise
-        return None
+    ) -> Flow[tuple[str | None, bool]]:
+        """The id a login ends up on, and whether it kept data: the caller's live session of
+        ``user`` rotated, else a fresh session (None when the pool is full)."""
+        if current is not None and current.username == user:
+            rotated: str | None = yield Call("rotate_session", (current.session_id,))
+            if rotated is not None:
+                return rotated, True
+        elif current is not None:  # never hand one user's data to another
+            yield Call("end_session", (current.session_id,))
+        try:
+            fresh: str = yield Call("create_session", (user, attributes, client))
+        except PoolExhaustedError:
+            return None, False
+        return fresh, False
 
     def _logout(self, user: str) -> Flow[int]:
         check_username(user)
@@ -247,23 +234,23 @@ class SessionManager(_Manager):
         super().__init__(service, policy, on_location_change=on_location_change, **options)
         self._locks = [threading.Lock() for _ in range(_STRIPES)]
 
-    def login(self, user: str, session_id: str, ip: str | None = None) -> bool:
-        """Log ``user`` in under ``session_id`` from ``ip``; False when refused or the pool is full.
-
-        Use `sign_in` when the id may change (see `LoginResult`).
-        """
-        return self.sign_in(user, session_id, ip).ok
+    def login(self, user: str, session_id: str | None, ip: str | None = None) -> LoginResult:
+        """Log ``user`` in from ``ip``; ``session_id`` is the session the request came with
+        (None: none). Falsy when refused or the pool is full; else ``.session_id`` is the
+        id the client must use from now on (never the one passed in)."""
+        return self.sign_in(user, session_id, ip)
 
     def sign_in(
         self,
         user: str,
-        session_id: str,
+        session_id: str | None,
         ip: str | None = None,
         *,
         user_agent: str | None = None,
         attributes: Mapping[str, Any] | None = None,
     ) -> LoginResult:
-        """`login` with the full outcome: the id to use, what ended, the location event."""
+        """`login` with the client's user agent, and the attributes a fresh session starts with
+        (a rotated session keeps its own)."""
         with self._locks[self._stripe(user)], _exclusive(self.service, user):
             result = self._run(
                 self._sign_in(user, session_id, ip=ip, user_agent=user_agent, attributes=attributes)
@@ -308,14 +295,14 @@ class AsyncSessionManager(_Manager):
         super().__init__(service, policy, on_location_change=on_location_change, **options)
         self._locks = [asyncio.Lock() for _ in range(_STRIPES)]
 
-    async def login(self, user: str, session_id: str, ip: str | None = None) -> bool:
+    async def login(self, user: str, session_id: str | None, ip: str | None = None) -> LoginResult:
         """See `SessionManager.login`."""
-        return (await self.sign_in(user, session_id, ip)).ok
+        return await self.sign_in(user, session_id, ip)
 
     async def sign_in(
         self,
         user: str,
-        session_id: str,
+        session_id: str | None,
         ip: str | None = None,
         *,
         user_agent: str | None = None,

@@ -8,18 +8,25 @@ only after `force_save` returned for it, until it is killed.
 with SIGKILL at POINT of the fourth write (see `CRASH_POINTS`).
 ``python -m tests.procworkers compactor PATH FIRST COUNT`` writes COUNT sessions, then
 folds the journal into a new snapshot.
+``python -m tests.procworkers confirmed URL NAME COUNT`` creates COUNT sessions, each
+saved and printed once `force_save` (or `async_force_save` for ``aiofile://``) returned.
+``python -m tests.procworkers unlinker PATH`` deletes PATH every few milliseconds until
+its standard input closes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import random
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
-from pooled_sessions import SessionService
+from pooled_sessions import AsyncSessionService, SessionService
 from pooled_sessions.adapters.file import fsio, mirror
 from pooled_sessions.adapters.file.store import JsonFileStore
 from pooled_sessions.adapters.url import StoreURL
@@ -172,6 +179,46 @@ def compactor(path: str, first: int, count: int) -> None:
         print(json.load(snapshot)["generation"], flush=True)
 
 
+def confirmed(url: str, name: str, count: int) -> None:
+    """Create ``count`` sessions, printing each id once the store confirmed it."""
+    if url.startswith("aiofile://"):
+        asyncio.run(_confirmed_async(url, name, count))
+        return
+    with SessionService(url, save_delay_seconds=3600, batch_save_threshold=10**6) as svc:
+        for n in range(count):
+            sid = svc.create_session(name, {"n": n})
+            svc.force_save()
+            print(sid, flush=True)
+
+
+async def _confirmed_async(url: str, name: str, count: int) -> None:
+    async with AsyncSessionService(url, save_delay_seconds=3600) as svc:
+        for n in range(count):
+            sid = await svc.create_session(name, {"n": n})
+            await svc.async_force_save()
+            print(sid, flush=True)
+
+
+def unlinker(path: str) -> None:
+    """Delete ``path`` every 1-4 ms until standard input closes; print how often it did."""
+    stop = threading.Event()
+
+    def wait_for_eof() -> None:
+        sys.stdin.read()
+        stop.set()
+
+    threading.Thread(target=wait_for_eof, daemon=True).start()
+    rng, removed = random.Random(11), 0
+    while not stop.is_set():
+        try:
+            os.unlink(path)
+            removed += 1
+        except FileNotFoundError:
+            pass
+        time.sleep(rng.uniform(0.001, 0.004))
+    print(removed, flush=True)
+
+
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
     if command == "writer":
@@ -182,3 +229,7 @@ if __name__ == "__main__":
         crash(args[0], args[1])
     elif command == "compactor":
         compactor(args[0], int(args[1]), int(args[2]))
+    elif command == "confirmed":
+        confirmed(args[0], args[1], int(args[2]))
+    elif command == "unlinker":
+        unlinker(args[0])

@@ -17,8 +17,8 @@ from pooled_sessions.engine.logins import (
     LoginPolicy,
     decide_login,
 )
-from pooled_sessions.errors import ConfigError, IdInUseError, SessionError
-from pooled_sessions.manager import AsyncSessionManager, SessionManager
+from pooled_sessions.errors import ConfigError
+from pooled_sessions.manager import AsyncSessionManager, LoginResult, SessionManager
 from tests.backends import ServiceFactory
 
 HOME, CAFE, HOME_V6 = "203.0.113.7", "198.51.100.20", "2001:db8:1:2::7"
@@ -127,11 +127,20 @@ class Recorder:
         self.events.append(event)
 
 
+def logged_in(
+    manager: SessionManager, user: str, ip: str | None, session_id: str | None = None
+) -> str:
+    """Log ``user`` in and return the id the client must use now."""
+    result = manager.login(user, session_id, ip)
+    assert result and result.session_id is not None, result
+    return result.session_id
+
+
 def test_login_and_check(make_service: ServiceFactory) -> None:
     manager = SessionManager(make_service())
-    assert manager.login("alice", "sid-alice-1", HOME)
-    assert manager.is_valid_session("alice", "sid-alice-1")
-    assert not manager.is_valid_session("mallory", "sid-alice-1")
+    sid = logged_in(manager, "alice", HOME)
+    assert manager.is_valid_session("alice", sid)
+    assert not manager.is_valid_session("mallory", sid)
     assert not manager.is_valid_session("alice", "sid-unknown")
     assert not manager.is_valid_session("alice", "../../etc/passwd")
     assert not manager.is_valid_session("alice", "")
@@ -143,13 +152,49 @@ def test_login_and_check(make_service: ServiceFactory) -> None:
         manager.is_valid_session("alice", 42)  # type: ignore[arg-type]
 
 
+def test_a_forged_id_never_becomes_authenticated(make_service: ServiceFactory) -> None:
+    service = make_service()
+    manager = SessionManager(service)
+    forged = "attacker-planted-this-id-in-the-victims-cookie"
+    result = manager.login("alice", forged, HOME)
+    assert isinstance(result, LoginResult) and result and result.reason == "ok"
+    assert result.session_id not in (None, forged) and not result.rotated
+    assert not manager.is_valid_session("alice", forged)
+    assert manager.is_valid_session("alice", result.session_id or "")
+    assert service.get_session(forged) is None
+    assert service.sessions_of("alice") == [result.session_id]
+
+
+def test_an_ended_id_is_not_revived_by_a_login(service: SessionService) -> None:
+    manager = SessionManager(service)
+    old = logged_in(manager, "alice", HOME)
+    assert manager.logout("alice") == 1
+    new = logged_in(manager, "alice", HOME, old)
+    assert new != old and not manager.is_valid_session("alice", old)
+    assert manager.is_valid_session("alice", new)
+
+
+def test_a_login_without_a_session_gets_a_fresh_one(service: SessionService) -> None:
+    manager = SessionManager(service)
+    first, second = logged_in(manager, "alice", HOME), logged_in(manager, "alice", HOME)
+    assert first != second and service.sessions_of("alice") == [first, second]
+
+
+def test_the_login_result_is_truthy_only_when_logged_in(service: SessionService) -> None:
+    manager = SessionManager(service, "refuse")
+    assert bool(manager.login("alice", None, HOME)) is True
+    refused = manager.login("alice", None, CAFE)
+    assert bool(refused) is False and refused.session_id is None
+    assert refused.reason == "other_location"
+
+
 def test_default_policy_ends_the_older_session_and_tells(make_service: ServiceFactory) -> None:
     told = Recorder()
     manager = SessionManager(make_service(), on_location_change=told)
-    assert manager.login("alice", "sid-home", HOME)
-    assert manager.login("alice", "sid-cafe", CAFE)
-    assert not manager.is_valid_session("alice", "sid-home")
-    assert manager.is_valid_session("alice", "sid-cafe")
+    home = logged_in(manager, "alice", HOME)
+    cafe = logged_in(manager, "alice", CAFE)
+    assert not manager.is_valid_session("alice", home)
+    assert manager.is_valid_session("alice", cafe)
     assert len(told.events) == 1
     event = told.events[0]
     assert (event.username, event.new_ip, event.old_ips, event.action) == (
@@ -158,37 +203,35 @@ def test_default_policy_ends_the_older_session_and_tells(make_service: ServiceFa
         (HOME,),
         "ended",
     )
-    assert event.session_ids == ("sid-home",)
+    assert event.session_ids == (home,)
 
 
 def test_a_second_login_from_the_same_place_keeps_both(service: SessionService) -> None:
     told = Recorder()
     manager = SessionManager(service, on_location_change=told)
-    assert manager.login("alice", "sid-1", HOME)
-    assert manager.login("alice", "sid-2", HOME)
-    assert manager.is_valid_session("alice", "sid-1") and manager.is_valid_session("alice", "sid-2")
+    first, second = logged_in(manager, "alice", HOME), logged_in(manager, "alice", HOME)
+    assert manager.is_valid_session("alice", first) and manager.is_valid_session("alice", second)
     assert told.events == []
 
 
 def test_same_network_by_prefix(service: SessionService) -> None:
     told = Recorder()
     manager = SessionManager(service, ipv4_prefix=24, on_location_change=told)
-    assert manager.login("alice", "sid-1", "203.0.113.7")
-    assert manager.login("alice", "sid-2", "203.0.113.200")
-    assert told.events == [] and manager.is_valid_session("alice", "sid-1")
-    assert manager.login("alice", "sid-3", "203.0.114.1")
+    first = logged_in(manager, "alice", "203.0.113.7")
+    logged_in(manager, "alice", "203.0.113.200")
+    assert told.events == [] and manager.is_valid_session("alice", first)
+    logged_in(manager, "alice", "203.0.114.1")
     assert told.events[0].old_ips == ("203.0.113.7", "203.0.113.200")
 
 
 def test_allow_and_report(service: SessionService) -> None:
     told = Recorder()
     manager = SessionManager(service, "allow", on_location_change=told)
-    assert manager.login("alice", "sid-home", HOME)
-    result = manager.sign_in("alice", "sid-cafe", CAFE)
+    home = logged_in(manager, "alice", HOME)
+    result = manager.sign_in("alice", None, CAFE)
     assert result and result.ended == () and result.event is not None
-    assert manager.is_valid_session("alice", "sid-home") and manager.is_valid_session(
-        "alice", "sid-cafe"
-    )
+    assert manager.is_valid_session("alice", home)
+    assert manager.is_valid_session("alice", result.session_id or "")
     assert told.events[0].action == "allowed"
 
 
@@ -197,90 +240,89 @@ def test_refuse_the_new_login(service: SessionService) -> None:
     manager = SessionManager(
         service, LoginPolicy(on_new_location=LocationPolicy.REFUSE), on_location_change=told
     )
-    assert manager.login("alice", "sid-home", HOME)
+    home = logged_in(manager, "alice", HOME)
     result = manager.sign_in("alice", "sid-cafe", CAFE)
     assert not result and result.reason == "other_location" and result.session_id is None
-    assert manager.is_valid_session("alice", "sid-home")
+    assert manager.is_valid_session("alice", home)
     assert not manager.is_valid_session("alice", "sid-cafe")
+    assert service.sessions_of("alice") == [home]
     assert told.events[0].action == "refused"
-    assert manager.login("alice", "sid-home-2", HOME)  # the same place is still fine
+    assert manager.login("alice", None, HOME)  # the same place is still fine
 
 
 def test_max_sessions_per_user(service: SessionService) -> None:
     manager = SessionManager(service, max_sessions_per_user=2)
-    for n in range(3):
-        assert manager.login("alice", f"sid-{n}", HOME)
-    assert service.sessions_of("alice") == ["sid-1", "sid-2"]
+    ids = [logged_in(manager, "alice", HOME) for _ in range(3)]
+    assert service.sessions_of("alice") == ids[1:]
     strict = SessionManager(service, max_sessions_per_user=2, on_limit="refuse")
-    result = strict.sign_in("alice", "sid-3", HOME)
+    result = strict.sign_in("alice", None, HOME)
     assert not result and result.reason == "too_many_sessions"
-    assert service.sessions_of("alice") == ["sid-1", "sid-2"]
+    assert service.sessions_of("alice") == ids[1:]
 
 
 def test_login_is_false_when_the_pool_is_exhausted() -> None:
     with SessionService("memory://", pool=SessionPoolConfig(max_total=1, max_wait=0)) as svc:
         manager = SessionManager(svc)
-        assert manager.login("alice", "sid-alice", HOME)
-        assert manager.login("bob", "sid-bob", CAFE) is False
-        assert manager.sign_in("bob", "sid-bob", CAFE).reason == "pool_exhausted"
+        assert manager.login("alice", None, HOME)
+        refused = manager.login("bob", None, CAFE)
+        assert not refused and refused.reason == "pool_exhausted" and refused.session_id is None
         assert manager.logout("alice") == 1
-        assert manager.login("bob", "sid-bob", CAFE)
+        assert manager.login("bob", None, CAFE)
 
 
 def test_logout_ends_every_session_of_the_user(service: SessionService) -> None:
     manager = SessionManager(service, "allow")
-    for n, ip in enumerate([HOME, CAFE, HOME_V6]):
-        assert manager.login("alice", f"sid-{n}", ip)
-    assert manager.login("bob", "sid-bob", HOME)
+    ids = [logged_in(manager, "alice", ip) for ip in (HOME, CAFE, HOME_V6)]
+    bob = logged_in(manager, "bob", HOME)
     assert manager.logout("alice") == 3
-    assert not any(manager.is_valid_session("alice", f"sid-{n}") for n in range(3))
-    assert manager.is_valid_session("bob", "sid-bob")
+    assert not any(manager.is_valid_session("alice", sid) for sid in ids)
+    assert manager.is_valid_session("bob", bob)
     assert manager.logout("alice") == 0
 
 
 def test_a_login_that_keeps_data_rotates_the_id(service: SessionService) -> None:
     manager = SessionManager(service)
     service.create_session("alice", {"cart": [3, 7]}, session_id="sid-before-login")
-    result = manager.sign_in("alice", "sid-before-login", HOME)
+    result = manager.login("alice", "sid-before-login", HOME)
     assert result and result.rotated and result.session_id != "sid-before-login"
     assert result.session_id is not None
     session = service.get_session(result.session_id)
     assert session is not None and session.attributes == {"cart": [3, 7]}
     assert not manager.is_valid_session("alice", "sid-before-login")
-    assert manager.login("alice", "sid-before-login", HOME) is True  # a used id is not reused
+    assert manager.is_valid_session("alice", result.session_id)
+    again = manager.login("alice", "sid-before-login", HOME)  # the old id again: a fresh one
+    assert again and not again.rotated and again.session_id not in ("sid-before-login", None)
     assert service.get_session("sid-before-login") is None
 
 
-class RefusingIds:
-    """A service whose ``create_session`` refuses every id handed to it with ``error``."""
+class Recording:
+    """A service that records the keyword arguments of each ``create_session``."""
 
-    def __init__(self, service: SessionService, error: Exception) -> None:
-        self.service, self.error = service, error
+    def __init__(self, service: SessionService) -> None:
+        self.service = service
+        self.created: list[dict[str, Any]] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.service, name)
 
-    def create_session(self, *args: Any, session_id: str | None = None, **kwargs: Any) -> str:
-        if session_id is not None:
-            raise self.error
+    def create_session(self, *args: Any, **kwargs: Any) -> str:
+        self.created.append(kwargs)
         return self.service.create_session(*args, **kwargs)
 
 
-def test_only_an_id_in_use_sends_a_login_to_a_fresh_id(service: SessionService) -> None:
-    taken = SessionManager(RefusingIds(service, IdInUseError("session id sid-x… is in use")))
-    result = taken.sign_in("alice", "sid-x", HOME)
-    assert result and result.session_id not in (None, "sid-x") and result.rotated
-    broken = SessionManager(RefusingIds(service, SessionError("the store said no")))
-    with pytest.raises(SessionError, match="the store said no"):
-        broken.sign_in("bob", "sid-y", HOME)
-    assert service.sessions_of("bob") == []
+def test_the_caller_id_is_never_handed_to_create_session(service: SessionService) -> None:
+    recording = Recording(service)
+    manager = SessionManager(recording)
+    for given in ("sid-x", None):
+        assert manager.login("alice", given, HOME)
+    assert recording.created == [{}, {}], "an id was chosen for the library"
 
 
 def test_another_users_session_is_never_inherited(service: SessionService) -> None:
     manager = SessionManager(service)
     service.create_session("mallory", {"secret": 1}, session_id="sid-planted")
     result = manager.sign_in("alice", "sid-planted", HOME, attributes={"fresh": True})
-    assert result and result.session_id not in (None, "sid-planted")
+    assert result and result.session_id not in (None, "sid-planted") and not result.rotated
     assert result.session_id is not None
     session = service.get_session(result.session_id)
     assert session is not None and session.username == "alice"
@@ -295,11 +337,12 @@ def test_a_failing_listener_does_not_undo_the_login(
         raise RuntimeError("listener bug")
 
     manager = SessionManager(service, on_location_change=explode)
-    manager.login("alice", "sid-home", HOME)
+    home = logged_in(manager, "alice", HOME)
     with caplog.at_level(logging.WARNING, logger="session_service"):
-        assert manager.login("alice", "sid-cafe", CAFE)
+        cafe = logged_in(manager, "alice", CAFE)
+    assert manager.is_valid_session("alice", cafe)
     assert "listener failed" in caplog.text and "while active from 203.0.113.7" in caplog.text
-    assert "sid-cafe" not in caplog.text
+    assert home not in caplog.text and cafe not in caplog.text
 
 
 def test_manager_options_are_checked(service: SessionService) -> None:
@@ -359,10 +402,10 @@ async def test_async_manager_runs_the_same_operations(service: SessionService) -
         told.append(event)
 
     manager = AsyncSessionManager(AsyncFacade(service), on_location_change=listener)
-    assert await manager.login("alice", "sid-home", HOME)
-    assert await manager.login("alice", "sid-cafe", CAFE)
-    assert not await manager.is_valid_session("alice", "sid-home")
-    assert await manager.is_valid_session("alice", "sid-cafe", CAFE)
+    home = (await manager.login("alice", None, HOME)).session_id or ""
+    cafe = (await manager.login("alice", None, CAFE)).session_id or ""
+    assert not await manager.is_valid_session("alice", home)
+    assert await manager.is_valid_session("alice", cafe, CAFE)
     assert told and told[0].action == "ended"
     assert await manager.logout("alice") == 1
 
@@ -370,8 +413,9 @@ async def test_async_manager_runs_the_same_operations(service: SessionService) -
 async def test_async_manager_pool_exhausted() -> None:
     with SessionService("memory://", pool=SessionPoolConfig(max_total=1, max_wait=0)) as svc:
         manager = AsyncSessionManager(AsyncFacade(svc))
-        assert await manager.login("alice", "sid-alice", HOME)
-        assert await manager.login("bob", "sid-bob", HOME) is False
+        assert await manager.login("alice", None, HOME)
+        refused = await manager.login("bob", None, HOME)
+        assert not refused and refused.reason == "pool_exhausted"
 
 
 async def test_async_manager_on_the_async_service() -> None:
@@ -381,10 +425,29 @@ async def test_async_manager_on_the_async_service() -> None:
         "memory://", pool=SessionPoolConfig(max_total=2, max_wait=0)
     ) as svc:
         manager = AsyncSessionManager(svc, max_sessions_per_user=1)
-        assert await manager.login("alice", "sid-1", HOME)
-        assert await manager.login("alice", "sid-2", HOME)  # the limit ends sid-1
-        assert not await manager.is_valid_session("alice", "sid-1")
-        assert await manager.login("bob", "sid-bob", CAFE)
-        assert await manager.login("carol", "sid-carol", CAFE) is False  # pool full
+        first = await manager.login("alice", None, HOME)
+        assert first and await manager.login("alice", None, HOME)  # the limit ends the first
+        assert not await manager.is_valid_session("alice", first.session_id or "")
+        assert await manager.login("bob", None, CAFE)
+        assert not await manager.login("carol", None, CAFE)  # pool full
         assert await manager.logout("alice") == 1
-        assert await manager.login("carol", "sid-carol", CAFE)
+        assert await manager.login("carol", None, CAFE)
+
+
+async def test_async_manager_never_adopts_a_forged_id() -> None:
+    from pooled_sessions import AsyncSessionService
+
+    async with AsyncSessionService("memory://") as svc:
+        manager = AsyncSessionManager(svc)
+        forged = "attacker-planted-this-id"
+        result = await manager.login("alice", forged, HOME)
+        assert isinstance(result, LoginResult) and result
+        assert result.session_id not in (None, forged)
+        assert not await manager.is_valid_session("alice", forged)
+        assert await manager.is_valid_session("alice", result.session_id or "")
+        kept = await svc.create_session("alice", {"cart": [1]})
+        rotated = await manager.login("alice", kept, HOME)
+        assert rotated.rotated and rotated.session_id not in (None, kept)
+        assert not await manager.is_valid_session("alice", kept)
+        session = await svc.get_session(rotated.session_id or "")
+        assert session is not None and session.attributes == {"cart": [1]}

@@ -2,8 +2,8 @@
 
 A batch with `BULK_MIN` or more full creates (a migration, a burst of logins) goes through
 `BULK_CREATE`. It must leave exactly what the ordinary path (APPLY) leaves: the same hash
-fields, TTLs and index entries; tombstoned ids refused and reported; idempotent; slots
-counted with a pool; cluster-safe. Each test compares against real redis-server and
+fields, TTLs and index entries; tombstoned ids refused and reported; idempotent; slot
+scores kept and no slot added; cluster-safe. Each test compares against real redis-server and
 cluster state.
 """
 
@@ -192,14 +192,24 @@ def test_mixed_batches_keep_every_write(store: RedisStore) -> None:
     assert store.load(gone) is None and store.count() == COUNT + 1
 
 
-def test_a_pool_counts_the_slots_of_bulk_written_sessions(base_url: str) -> None:
+def test_bulk_writes_keep_slot_scores_and_never_add_a_slot(base_url: str) -> None:
     settings = Settings(pool=PoolLimits(max_total=COUNT + 1))
     store = open_store(base_url, settings)
+    batch, limit = creates(), COUNT + 1
     try:
-        store.write(creates(), time.time())
-        assert store.slots_in_use() == COUNT
-        assert store.claim_slot("X" * 43, time.time() + 60, COUNT + 1)
-        assert not store.claim_slot("Y" * 43, time.time() + 60, COUNT + 1)
+        for op in batch:  # each new session claimed its slot, scored by its first expiry
+            assert store.claim_slot(op.session_id, time.time() + 60, limit)
+        handed = batch[0].session_id  # ended here; its slot went to the next login
+        assert store.claim_slot("Y" * 43, time.time() + 60, limit, replaces=[handed])
+        store.write(batch, time.time())  # the creations land after the hand-over
+        assert redis_bulk.split(batch) is not None
+        assert store.slots_in_use() == COUNT, "the handed-over slot came back"
+        client = store._client
+        assert client.zscore(store.keys.slots, handed) is None
+        for op in batch[1:]:
+            assert client.zscore(store.keys.slots, op.session_id) == pytest.approx(op.expires_at)
+        assert store.claim_slot("X" * 43, time.time() + 60, limit)
+        assert not store.claim_slot("Z" * 43, time.time() + 60, limit)
     finally:
         store.close()
 

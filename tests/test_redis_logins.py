@@ -77,7 +77,7 @@ def test_a_per_user_limit_holds_across_servers(
     results: list[bool] = []
     race(
         *(
-            lambda m=m: results.append(m.login("bob", new_session_id(), "10.0.0.1"))
+            lambda m=m: results.append(bool(m.login("bob", new_session_id(), "10.0.0.1")))
             for m in (on_a, on_b, on_a, on_b)
         )
     )

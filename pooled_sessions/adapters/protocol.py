@@ -153,8 +153,9 @@ class SlotStore(Store, Protocol):
     ``claim_slot(id, expires_at, limit, replaces)`` takes one of ``limit`` slots
     atomically, True if granted (or hands over the slot one of ``replaces``, sessions this
     server ended, still holds); the store frees a slot when its session ends or expires.
-    With a pool configured, the engine claims one after its own for each new session
-    (``max_total`` across servers).
+    A write never adds a slot: an `Upsert` with ``rotated_from`` takes the slot of the
+    first of those ids still holding one. With a pool configured, the engine claims one
+    after its own for each new session (``max_total`` across servers).
     """
 
     def claim_slot(

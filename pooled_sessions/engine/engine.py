@@ -307,7 +307,8 @@ class Engine:
             if dirty.ended_at is not None:
                 operations.append(Delete(sid, dirty.username, dirty.ended_at))
             elif (entry := self._entries.get(sid)) is not None:
-                operations.append(entry.upsert(dirty.changed, dirty.removed, dirty.created))
+                moved = self.slots.stored_as(sid) if dirty.created else ()
+                operations.append(entry.upsert(dirty.changed, dirty.removed, dirty.created, moved))
         return Flush(operations, taken)
 
     def flush_succeeded(self, flush: Flush, result: WriteResult, seconds: float) -> None:

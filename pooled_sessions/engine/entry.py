@@ -94,7 +94,13 @@ class Entry:
         """A read-only copy for a caller."""
         return snapshot(self)
 
-    def upsert(self, changed: set[str], removed: set[str], created: bool) -> Upsert:
+    def upsert(
+        self,
+        changed: set[str],
+        removed: set[str],
+        created: bool,
+        rotated_from: tuple[str, ...] = (),
+    ) -> Upsert:
         """The write that brings the store up to this entry."""
         return Upsert(
             session_id=self.session_id,
@@ -109,6 +115,7 @@ class Entry:
             expires_at=self.expires_at,
             absolute_expires_at=self.absolute_expires_at,
             created=created,
+            rotated_from=rotated_from,
         )
 
     def overlay(self, local: Entry, changed: set[str], removed: set[str]) -> None:

@@ -187,14 +187,21 @@ class PendingBuffer:
         stats.max_seconds = max(stats.max_seconds, seconds)
 
     def restore(self, taken: dict[str, Dirty], mono: float, error: BaseException) -> float:
-        """A flush failed: put its changes back under any newer ones; returns the retry delay."""
+        """A flush failed: put its changes back under any newer ones; returns the retry delay.
+
+        They go back ahead of changes made since, so the retry writes in the order the
+        changes were made (an end before the login that took its pool slot).
+        """
+        restored: dict[str, Dirty] = {}
         for session_id, old in taken.items():
             self._inflight.pop(session_id, None)
             newer = self._dirty.get(session_id)
             if newer is not None:
                 old.absorb(newer)
-            self._dirty[session_id] = old
+            restored[session_id] = old
             self._events += 1
+        restored.update((k, v) for k, v in self._dirty.items() if k not in restored)
+        self._dirty = restored
         if self._first_at is None:
             self._first_at = mono
         self._failures += 1

@@ -312,7 +312,7 @@ class SlotLedger:
         self._mono = monotonic
         self._holders: dict[str, Expiring] = {}
         self._freed: dict[str, None] = {}  # ended here, end not yet confirmed (shared only)
-        self._stored_as: dict[str, str] = {}  # rotated id -> the id the store counts it under
+        self._stored_as: dict[str, tuple[str, ...]] = {}  # rotated id -> ids it had, newest first
 
     def claim(
         self,
@@ -371,29 +371,42 @@ class SlotLedger:
     def move(self, old_id: str, session: Expiring) -> None:
         """A session changed its id (rotation): its slot goes with it.
 
-        The store counts it under the old id until the rotation is written.
+        The store counts it under an earlier id until the rotation is written, and the
+        write moves the slot over (`stored_as`): for a session of another server too.
         """
+        if self.policy is None:
+            return
+        new_id = session.session_id
+        if self.shared:
+            self._stored_as[new_id] = (old_id, *self._stored_as.pop(old_id, ()))
         if self._holders.pop(old_id, None) is not None:
-            self._holders[session.session_id] = session
-            if self.shared:
-                self._stored_as[session.session_id] = self._stored_as.pop(old_id, old_id)
+            self._holders[new_id] = session
+
+    def stored_as(self, session_id: str) -> tuple[str, ...]:
+        """The earlier ids of a rotated session whose rotation the store has not confirmed,
+        newest first: the store's slot for it is held by one of them."""
+        return self._stored_as.get(session_id, ())
 
     def release(self, session_id: str, *, evicted: bool = False) -> None:
         """The session ended (or, ``evicted``, expired or vanished): its slot comes back."""
-        if self.policy is not None and self._holders.pop(session_id, None) is not None:
-            stored = self._stored_as.pop(session_id, session_id)
+        if self.policy is None:
+            return
+        stored = self._stored_as.pop(session_id, ())
+        if self._holders.pop(session_id, None) is not None:
             if self.shared and not evicted:
-                self._freed.update(dict.fromkeys((stored, session_id)))
+                self._freed.update(dict.fromkeys((*stored, session_id)))
                 while len(self._freed) > FREED_KEPT:
                     del self._freed[next(iter(self._freed))]
             self.policy.release(self._mono(), evicted=evicted)
             self.policy.discarded += 1  # session objects are never reused (see the benchmark)
 
     def end_stored(self, session_id: str) -> None:
-        """The store holds the end of ``session_id`` (its shared slot is free there)."""
+        """The store holds the end of ``session_id`` (its shared slot is free there, or
+        moved on to the id a written rotation gave the session)."""
         self._freed.pop(session_id, None)
-        if self._stored_as:  # a rotation away from it is written too
-            self._stored_as = {k: v for k, v in self._stored_as.items() if v != session_id}
+        if self._stored_as:
+            kept = {k: tuple(i for i in v if i != session_id) for k, v in self._stored_as.items()}
+            self._stored_as = {k: ids for k, ids in kept.items() if ids}
 
     def sweep(self, sessions: Mapping[str, Expiring], now: float) -> int:
         """Give back the slots of expired sessions; ``sessions`` holds the freshest copies."""

@@ -20,6 +20,7 @@ from pooled_sessions.adapters.protocol import (
     TombstoneStore,
     WatchableStore,
 )
+from pooled_sessions.codec import Operation
 from pooled_sessions.config import SessionPoolConfig
 from pooled_sessions.testing.harness import Heard, StoreContractBase, sleep_past
 from pooled_sessions.testing.records import assert_same_record, delete, make_record, new_id, upsert
@@ -158,6 +159,43 @@ class SlotContract(StoreContractBase):
         assert not self.claim(one, new_id("waiting"), 1)
         self.write(two, [delete(sid, record, time.time())])
         assert self.claim(one, new_id("next"), 1), "an ended session still holds its slot"
+
+    def test_a_late_write_never_brings_a_handed_over_slot_back(self) -> None:
+        one, two, ended, successor = self.pooled(), self.pooled(), new_id("ended"), new_id()
+        record = make_record(time.time())
+        assert self.claim(one, ended, 1)
+        assert self.claim(one, successor, 1, replaces=[ended])
+        self.write(one, [upsert(ended, record)])  # its creation, written after the handover
+        assert not self.claim(two, new_id("third"), 1, replaces=[ended]), (
+            "a write brought a handed-over slot back: two sessions hold one slot"
+        )
+        assert not self.claim(two, new_id("fourth"), 1), "a write took a slot past the limit"
+
+    def test_a_written_rotation_moves_the_slot_to_the_new_id(self) -> None:
+        store, old, new = self.pooled(), new_id("old"), new_id("new")
+        record = make_record(time.time())
+        assert self.claim(store, old, 1)
+        rotation: list[Operation] = [
+            delete(old, record, time.time()),
+            upsert(new, record, rotated_from=(old,)),
+        ]
+        self.write(store, rotation)
+        self.write(store, rotation)  # a retried write moves nothing twice
+        assert not self.claim(store, new_id("other"), 1), "the rotated session lost its slot"
+        self.write(store, [delete(new, record, time.time())])
+        assert self.claim(store, new_id("next"), 1), "the rotated session's end kept its slot"
+
+    def test_a_rotation_written_after_its_slot_was_handed_over_takes_none(self) -> None:
+        one, two, old, new = self.pooled(), self.pooled(), new_id("old"), new_id("new")
+        record = make_record(time.time())
+        assert self.claim(one, old, 1)
+        assert self.claim(one, new_id("successor"), 1, replaces=[old])
+        self.write(
+            one, [delete(old, record, time.time()), upsert(new, record, rotated_from=(old,))]
+        )
+        assert not self.claim(two, new_id("third"), 1, replaces=[new, old]), (
+            "a rotation written late took a slot that was handed over"
+        )
 
     def test_an_expired_slot_is_freed(self) -> None:
         store = self.pooled()

@@ -68,10 +68,19 @@ def upsert(
     created: bool = True,
     changed: Iterable[str] | None = None,
     removed: Iterable[str] = (),
+    rotated_from: tuple[str, ...] = (),
 ) -> Upsert:
     """The write of ``record``: every attribute carried, ``changed`` (default all) moved."""
     encoded = encode_attributes(record["attributes"])
-    return upsert_of(session_id, record, encoded, changed=changed, removed=removed, created=created)
+    return upsert_of(
+        session_id,
+        record,
+        encoded,
+        changed=changed,
+        removed=removed,
+        created=created,
+        rotated_from=rotated_from,
+    )
 
 
 def delete(session_id: str, record: Record, ended_at: float) -> Delete:

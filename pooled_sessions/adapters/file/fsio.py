@@ -14,78 +14,26 @@ import stat
 import tempfile
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 from pooled_sessions.errors import StoreUnavailableError
 
 FILE_MODE = 0o600
-TOKEN_BYTES = 16
 
 
 class Stamp(NamedTuple):
-    """Identity of one version of a file.
-
-    A replace gives the file a new inode, but a file system may hand a freed inode out
-    again, with the same size and (coarse) mtime. ``token``, a random value each writer
-    puts in the lock file before its rename, tells such versions apart.
-    """
+    """Identity of one version of a file: a replace gives it a new inode. The stores hold
+    the version they read open, so its inode cannot be handed to a newer file."""
 
     inode: int
     mtime_ns: int
     size: int
-    token: str = ""
 
 
 def stamp_of(result: os.stat_result) -> Stamp:
-    """The stamp of a stat result (without the token)."""
+    """The stamp of a stat result."""
     return Stamp(result.st_ino, result.st_mtime_ns, result.st_size)
-
-
-def read_token(path: str) -> str:
-    """The token the last writer of ``path`` left in the lock file ("" if none)."""
-    try:
-        with open(path + ".lock", "rb") as file:
-            return file.read(TOKEN_BYTES).hex()
-    except OSError:
-        return ""
-
-
-def write_token(path: str) -> str:
-    """Put a fresh token in the lock file (the caller holds the lock); returns it."""
-    token = os.urandom(TOKEN_BYTES)
-    fd = os.open(path + ".lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-    try:
-        os.pwrite(fd, token, 0)
-    finally:
-        os.close(fd)
-    return token.hex()
-
-
-def current_stamp(path: str) -> Stamp | None:
-    """The stamp of the file now, or None if there is no file."""
-    token = read_token(path)  # before the stat: a writer changes the token before its rename
-    try:
-        return stamp_of(os.stat(path))._replace(token=token)
-    except FileNotFoundError:
-        return None
-
-
-def read_file(path: str, known: Stamp | None = None) -> tuple[bytes | None, Stamp] | None:
-    """The file's bytes and the stamp of exactly that version, or None if absent.
-
-    When that version is the ``known`` one its bytes are not read (None in their place):
-    a writer checks its copy against the file without reading a large file again.
-    """
-    token = read_token(path)
-    try:
-        with open(path, "rb") as file:
-            stamp = stamp_of(os.fstat(file.fileno()))._replace(token=token)
-            return (None if stamp == known else file.read()), stamp
-    except FileNotFoundError:
-        return None
-    except IsADirectoryError:
-        raise StoreUnavailableError(f"{path} is a directory, not a sessions file") from None
 
 
 def temp_pattern(path: str) -> str:
@@ -334,29 +282,160 @@ def sync_directory(directory: str) -> None:
         os.close(fd)
 
 
-def open_lock(path: str) -> int:
-    """Open (creating it 0600) the lock file beside ``path``; opened per use, so fork-safe."""
-    return os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+"""Never follow a planted symlink; never wait on a planted FIFO; not inherited by children."""
 
 
-def try_lock(fd: int) -> bool:
-    """Take the exclusive lock without waiting; False while another holder has it."""
+def lock_path(path: str) -> str:
+    """The lock file beside ``path``."""
+    return path + ".lock"
+
+
+def open_lock(name: str) -> int:
+    """Open (creating it 0600) the lock file ``name``, refusing one that is not this
+    process's own regular file; opened per use, so fork-safe."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fd = os.open(name, LOCK_FLAGS, FILE_MODE)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise unsafe_lock(name, "it is a symbolic link, which is never followed") from None
+        if exc.errno == errno.EISDIR:
+            raise unsafe_lock(name, "it is a directory, not a regular file") from None
+        raise
+    try:
+        check_lock_file(name, os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_lock_file(name: str, found: os.stat_result) -> None:
+    """Refuse a lock file that another user could swap or that is not a plain file."""
+    if not stat.S_ISREG(found.st_mode):
+        raise unsafe_lock(name, f"it is {kind_of(found.st_mode)}, not a regular file")
+    if found.st_uid != os.geteuid():
+        raise unsafe_lock(
+            name, f"it is owned by uid {found.st_uid}, not by this process's uid {os.geteuid()}"
+        )
+
+
+def kind_of(mode: int) -> str:
+    """What a non-regular file is, for a message."""
+    kinds = [
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISLNK, "a symbolic link"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "not a plain file")
+
+
+def unsafe_lock(name: str, problem: str) -> StoreUnavailableError:
+    """The error for a lock file this store will not use."""
+    return StoreUnavailableError(
+        f"refusing lock file {name}: {problem}; remove it (the store creates its own)"
+    )
+
+
+def still_there(fd: int, name: str) -> bool:
+    """True while the file locked through ``fd`` is the one at ``name`` (not deleted or
+    replaced since it was opened)."""
+    held = os.fstat(fd)
+    try:
+        now = os.stat(name, follow_symlinks=stat.S_ISDIR(held.st_mode))
+    except FileNotFoundError:
+        return False
+    return (held.st_ino, held.st_dev) == (now.st_ino, now.st_dev)
+
+
+def try_lock(fd: int, *, wait: bool = False) -> bool:
+    """Take the exclusive lock (``wait``: waiting for it); False while another holder has it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
     return True
 
 
-@contextlib.contextmanager
-def locked(path: str, *, exclusive: bool = True) -> Iterator[None]:
-    """Hold the lock file beside ``path``, waiting for it."""
-    fd = open_lock(path)
+class HeldLock(NamedTuple):
+    """The locks a writer holds: the lock file, and the directory when it can be locked."""
+
+    lock_fd: int
+    dir_fd: int | None
+
+    def close(self) -> None:
+        """Let both go (closing a descriptor unlocks it)."""
+        if self.dir_fd is not None:
+            os.close(self.dir_fd)
+        os.close(self.lock_fd)
+
+
+NO_DIRECTORY_LOCK = {errno.EBADF, errno.EINVAL, errno.ENOLCK, errno.EOPNOTSUPP}
+"""What flock on a directory says on a file system that cannot lock one (NFS): the lock
+file alone is used there."""
+
+
+def acquire(path: str, *, wait: bool = True) -> HeldLock | None:
+    """Lock the lock file beside ``path``, then its directory; release with ``close()``.
+
+    ``wait=False``: None at once while another holder has either. A lock taken on a file
+    deleted or replaced meanwhile locks nothing anyone else will see, so it is dropped and
+    the file now at the path is locked instead. The directory lock keeps writers apart even
+    when the lock file is deleted while held (a cleanup job, a hand): a second writer would
+    create and lock a new file, but the directory is the same one for both.
+    """
+    lock_fd = _lock_verified(lock_path(path), open_lock, wait)
+    if lock_fd is None:
+        return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        dir_fd = _lock_verified(os.path.dirname(path) or ".", _open_directory, wait)
+    except OSError as exc:
+        if exc.errno not in NO_DIRECTORY_LOCK:
+            os.close(lock_fd)
+            raise
+        return HeldLock(lock_fd, None)
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    if dir_fd is None:
+        os.close(lock_fd)
+        return None
+    return HeldLock(lock_fd, dir_fd)
+
+
+def _open_directory(directory: str) -> int:
+    return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _lock_verified(name: str, opener: Callable[[str], int], wait: bool) -> int | None:
+    """Open ``name`` with ``opener`` and lock it, until the locked file is still the one at
+    ``name``; None (without waiting) when another holder has it."""
+    while True:
+        fd = opener(name)
+        try:
+            if not try_lock(fd, wait=wait):
+                os.close(fd)
+                return None
+            if still_there(fd, name):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def locked(path: str) -> Iterator[None]:
+    """Hold the lock file beside ``path`` (and its directory), waiting for them."""
+    held = acquire(path)
+    assert held is not None  # a waiting acquire returns only with the lock
+    try:
         yield
     finally:
-        os.close(fd)
+        held.close()
 
 
 def describe(error: OSError) -> str:
@@ -389,9 +468,11 @@ class Guard:
         stack.enter_context(self._mutex)
         try:
             stack.enter_context(locked(self._path))
-        except OSError as exc:
+        except BaseException as exc:
             stack.close()
-            raise lock_failed(self._path, exc) from exc
+            if isinstance(exc, OSError):
+                raise lock_failed(self._path, exc) from exc
+            raise
         self._held = stack
 
     def __exit__(self, *exc_info: object) -> None:

@@ -22,6 +22,6 @@ def check_writable(path: str) -> None:
     if os.path.exists(path) and not os.access(path, os.R_OK):
         raise StoreUnavailableError(f"sessions file {path} is not readable by this process")
     try:
-        os.close(fsio.open_lock(path))
+        os.close(fsio.open_lock(fsio.lock_path(path)))
     except OSError as exc:
         raise fsio.lock_failed(path, exc) from exc

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -144,28 +143,23 @@ class AioFileStore:
     async def _exclusive(self) -> AsyncIterator[None]:
         """This store's lock, then the cross-process lock file, polled so the loop runs on."""
         async with self._lock:
-            fd = await self._take_lock_file()
+            held = await self._take_lock_file()
             try:
                 yield
             finally:
-                os.close(fd)  # releases the lock
+                held.close()
 
-    async def _take_lock_file(self) -> int:
-        try:
-            fd = fsio.open_lock(self.path)
-        except OSError as exc:
-            raise fsio.lock_failed(self.path, exc) from exc
-        try:
-            pause, longest = LOCK_POLL_SECONDS
-            while not fsio.try_lock(fd):
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, longest)
-        except BaseException as exc:
-            os.close(fd)
-            if isinstance(exc, OSError):
+    async def _take_lock_file(self) -> fsio.HeldLock:
+        pause, longest = LOCK_POLL_SECONDS
+        while True:
+            try:
+                held = fsio.acquire(self.path, wait=False)
+            except OSError as exc:
                 raise fsio.lock_failed(self.path, exc) from exc
-            raise
-        return fd
+            if held is not None:
+                return held
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, longest)
 
     async def _run(self, steps: Steps[T]) -> T:
         """Drive `FileMirror` steps: I/O in a worker thread, a loop turn once a slice is used."""

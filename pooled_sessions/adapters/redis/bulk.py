@@ -14,7 +14,7 @@ import binascii
 import json
 import zlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 from pooled_sessions.adapters.redis.keys import AGENT, ATTRIBUTE, IP, LAYOUT_VERSION, KeySchema, ms
 from pooled_sessions.adapters.redis.scripts import BULK_CREATE
@@ -33,14 +33,19 @@ def split(ops: Sequence[Operation]) -> tuple[list[Upsert], list[Operation]] | No
     """The full creates of a batch to write in bulk, and the other operations.
 
     None when the batch holds fewer than `BULK_MIN` creates, or names one session twice
-    (writing the creates first would then change the order of that session's writes).
+    (writing the creates apart would then change the order of that session's writes). A
+    rotation's new id stays with the other operations, which move its pool slot.
     """
-    creates = [op for op in ops if isinstance(op, Upsert) and op.created]
+    creates = [op for op in ops if _bulky(op)]
     if len(creates) < BULK_MIN or len({op.session_id for op in ops}) != len(ops):
         return None
     if len(creates) == len(ops):
         return creates, []
-    return creates, [op for op in ops if not (isinstance(op, Upsert) and op.created)]
+    return creates, [op for op in ops if not _bulky(op)]
+
+
+def _bulky(op: Operation) -> TypeGuard[Upsert]:
+    return isinstance(op, Upsert) and op.created and not op.rotated_from
 
 
 def calls(

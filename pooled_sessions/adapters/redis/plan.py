@@ -28,6 +28,7 @@ from pooled_sessions.adapters.redis.scripts import (
     BULK_CREATE,
     CLAIM_SLOT,
     LOAD_HASHES,
+    SYNC_SLOTS,
     UNLOCK,
     Script,
 )
@@ -38,7 +39,10 @@ Command = tuple[Any, ...]
 Step = Generator[list[Command], list[Any], T]
 PAGE = 500
 WRITTEN, REFUSED, MISSING = 1, 0, 2
-_SCRIPTS = {script.sha: script for script in (APPLY, BULK_CREATE, CLAIM_SLOT, LOAD_HASHES, UNLOCK)}
+_SCRIPTS = {
+    script.sha: script
+    for script in (APPLY, BULK_CREATE, CLAIM_SLOT, LOAD_HASHES, SYNC_SLOTS, UNLOCK)
+}
 logger = logging.getLogger("session_service")
 
 
@@ -107,6 +111,25 @@ class Batch:
             args += dels
         return evalsha(APPLY, keys, args)
 
+    def slots(self, ops: Sequence[Operation]) -> list[Command]:
+        """Pool slot updates, one `SYNC_SLOTS` call: scores follow expiry, a rotation moves
+        its slot to the new id, an end frees its slot; a write never adds one."""
+        moves: list[Any] = []
+        scored: list[Any] = []
+        ended: list[str] = []
+        for op in ops:
+            if isinstance(op, Delete):
+                ended.append(op.session_id)
+            elif op.rotated_from:
+                moves.append((op.session_id, repr(op.expires_at), len(op.rotated_from)))
+                moves[-1] += op.rotated_from
+            else:
+                scored += (repr(op.expires_at), op.session_id)
+        if not (moves or scored or ended):
+            return []
+        args = [len(moves), *(x for move in moves for x in move), len(scored) // 2, *scored]
+        return [evalsha(SYNC_SLOTS, [self.keys.slots], [*args, *ended])]
+
     def indexes(self, ops: Sequence[Operation]) -> list[Command]:
         """Index updates: expiry scores only grow; users gain created ids, lose ended ones."""
         keys = self.keys
@@ -125,20 +148,11 @@ class Batch:
                 user_add.setdefault(keys.user(op.username), []).extend(
                     (op.created_at, op.session_id)
                 )
-        slots: list[Command] = []
-        if keys.pooled:  # slot scores follow expiry; a new id holds one
-            for created in (False, True):
-                scored = [
-                    x
-                    for op in ops
-                    if isinstance(op, Upsert) and op.created is created
-                    for x in (op.expires_at, op.session_id)
-                ]
-                flags = ("GT",) if created else ("XX", "GT")  # a touch never takes a slot
-                slots += [("ZADD", keys.slots, *flags, *scored)] if scored else []
         ended = [op.session_id for op in ops if isinstance(op, Delete)]
-        if ended:  # an end frees the slot, whether this server counts slots or not
-            slots.append(("ZREM", keys.slots, *ended))
+        if keys.pooled:
+            slots = self.slots(ops)
+        else:  # an end frees the slot, whether this server counts slots or not
+            slots = [("ZREM", keys.slots, *ended)] if ended else []
         return [
             *slots,
             *(("ZADD", key, "GT", *items) for key, items in shard_add.items()),
@@ -159,19 +173,27 @@ def write(
 ) -> Step[WriteResult]:
     """Apply a batch: one pipeline per chunk, plus a second only for rare repairs.
 
-    Many new sessions in one batch (a migration, a burst of logins) go first, through
-    the bulk path (`redis_bulk`): script calls of up to ``chunk_size`` sessions, several
-    per pipeline.
+    Many new sessions in one batch (a migration, a burst of logins) go through the bulk
+    path (`redis_bulk`): script calls of up to ``chunk_size`` sessions, several per
+    pipeline, after the other operations, so the ends whose pool slots those sessions
+    took are written before them.
     """
     batch = Batch(keys, now, origin, tombstone_ttl_ms)
-    refused: set[str] = set()
     parts = bulk.split(ops)
-    if parts is not None:
-        creates, ops = parts
-        step = chunk_size * bulk.CALLS_PER_PIPELINE
-        for start in range(0, len(creates), step):
-            group = creates[start : start + step]
-            refused.update((yield from _bulk(batch, group, chunk_size, cluster)))
+    creates, ops = ([], ops) if parts is None else parts
+    refused = yield from _ordinary(batch, ops, chunk_size, cluster, now)
+    step = chunk_size * bulk.CALLS_PER_PIPELINE
+    for start in range(0, len(creates), step):
+        group = creates[start : start + step]
+        refused.update((yield from _bulk(batch, group, chunk_size, cluster)))
+    return WriteResult(refused=frozenset(refused))
+
+
+def _ordinary(
+    batch: Batch, ops: Sequence[Operation], chunk_size: int, cluster: bool, now: float
+) -> Step[set[str]]:
+    """Write ``ops`` through APPLY, a chunk per pipeline; returns the ids refused (ended)."""
+    refused: set[str] = set()
     for start in range(0, len(ops), chunk_size):
         chunk = ops[start : start + chunk_size]
         statuses = yield from _apply(batch, chunk, full=False, cluster=cluster)
@@ -184,7 +206,7 @@ def write(
         if lost:
             yield from run(batch.indexes([Delete(o.session_id, o.username, now) for o in lost]))
             refused.update(op.session_id for op in lost)
-    return WriteResult(refused=frozenset(refused))
+    return refused
 
 
 def _bulk(batch: Batch, creates: Sequence[Upsert], size: int, cluster: bool) -> Step[list[str]]:

@@ -142,12 +142,52 @@ return 1
 )
 
 
+# Bring the pool's slot set up to a written batch. KEYS: the slot set. ARGV: the number of
+# rotations, then per rotation the new id, its expiry, the number of earlier ids and those
+# ids (newest first); the number of other written sessions, then their expiry/id pairs;
+# then the ids ended. Scores follow expiry and only grow; a rotation's new id takes the
+# slot of the first earlier id still holding one (a retried write finds the new id
+# holding it already); an end frees its slot. Nothing is ever added: only CLAIM_SLOT adds
+# a slot, under the limit, so a write that lands after its session's slot was handed
+# over or freed cannot bring it back. One script, so its steps keep their order even
+# when it is sent again after a NOSCRIPT. Returns how many slots moved.
+SYNC_SLOTS = Script(
+    """
+local key, i, moved = KEYS[1], 2, 0
+for _ = 1, tonumber(ARGV[1]) do
+  local sid, score, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  if redis.call('ZSCORE', key, sid) then
+    redis.call('ZADD', key, 'XX', 'GT', score, sid)
+  else
+    for k = i + 3, i + 2 + n do
+      if redis.call('ZREM', key, ARGV[k]) == 1 then
+        redis.call('ZADD', key, score, sid)
+        moved = moved + 1
+        break
+      end
+    end
+  end
+  i = i + 3 + n
+end
+local last = i + 2 * tonumber(ARGV[i])
+for s = i + 1, last, 512 do
+  redis.call('ZADD', key, 'XX', 'GT', unpack(ARGV, s, math.min(s + 511, last)))
+end
+for s = last + 1, #ARGV, 512 do
+  redis.call('ZREM', key, unpack(ARGV, s, math.min(s + 511, #ARGV)))
+end
+return moved
+"""
+)
+
+
 # Write new sessions in full, many per call (a migration, a burst of logins): the bulk
 # path of a large batch. KEYS: the index keys (ARGV[3] expiry shards, then the slot set
 # if ARGV[4] is '1'), then the sessions' hashes, then their tombstones, then (when
 # ARGV[2] is '1') their user indexes, in the same order. ARGV: now_ms, indexed ('1':
 # the indexes are written here; '0': the caller sends them, as on a cluster where they
-# live in other slots), nshards, pooled, layout version, and the sessions as one JSON
+# live in other slots), nshards, pooled (the slots of the sessions written get their
+# scores; a slot is never added here), layout version, and the sessions as one JSON
 # array holding, per session:
 #   id, shard (1-based), expires_ms, user, created, absolute, accessed, expires, npairs,
 #   npairs field/value pairs (attributes, client address, user agent)
@@ -228,7 +268,11 @@ for k = 1, n do
   end
 end
 for shard, list in pairs(scored) do many('ZADD', KEYS[shard], 'GT', list) end
-if #slotted > 0 then many('ZADD', KEYS[nshards + 1], 'GT', slotted) end
+if #slotted > 0 then
+  for s = 1, #slotted, 512 do
+    call('ZADD', KEYS[nshards + 1], 'XX', 'GT', unpack(slotted, s, math.min(s + 511, #slotted)))
+  end
+end
 return status
 """
 )
