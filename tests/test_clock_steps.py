@@ -8,7 +8,7 @@ import pytest
 from pooled_sessions import Reason, SessionService, Settings
 from pooled_sessions.adapters import open_store
 from pooled_sessions.clock import FastForwardClock
-from pooled_sessions.engine.wallclock import NeverBack
+from pooled_sessions.engine.wallclock import never_back
 from tests.backends import ServiceFactory
 from tests.enginekit import Rig
 from tests.waiting import wait_until
@@ -34,7 +34,7 @@ def test_step_wall_moves_the_wall_clock_alone() -> None:
 
 def test_never_back_gives_the_latest_reading() -> None:
     readings = iter([10.0, 12.0, 5.0, 11.0, 13.0])
-    now = NeverBack(lambda: next(readings)).now
+    now = never_back(lambda: next(readings))
     assert [now() for _ in range(5)] == [10.0, 12.0, 12.0, 12.0, 13.0]
 
 
