@@ -9,10 +9,17 @@ first), and, for reference, the sync service's `async_force_save` (its flush in 
 thread) in the same two cases. The longest garbage-collector pause is measured apart
 (``gc.callbacks``): it stops every thread, whatever the code around it does.
 
+Garbage collection with 50,000 live sessions (``--gc-only`` runs this part alone): one
+service holds them (created through it, so the engine and the store both keep them), then
+a flush during which a full collection runs (``gc.collect()`` on the loop, as any library
+or a natural collection may start one), then rounds of 1,000 changes and a flush, with
+only the collections CPython starts itself. Each case runs without and with the service
+freezing its long-lived objects (`pooled_sessions.service_gc`), alternately.
+
 Workload: 2,000 sessions, then 20,000 requests (89% validate, 10% update, 1% end and log
 in again), from one task, and spread over 100 concurrent tasks.
 
-Run: ``.venv/bin/python benchmarks/bench_async.py [--sessions N] [--quick]``.
+Run: ``.venv/bin/python benchmarks/bench_async.py [--sessions N] [--quick] [--gc-only]``.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import statistics
 import sys
 import tempfile
 import time
@@ -39,7 +47,7 @@ from benchmarks.compare_backends import (  # noqa: E402
     serve_async,
     summary,
 )
-from pooled_sessions import AsyncSessionService, SessionService  # noqa: E402
+from pooled_sessions import AsyncSessionService, SessionService, service_gc  # noqa: E402
 from pooled_sessions.adapters.file.store import JsonFileStore  # noqa: E402
 from pooled_sessions.adapters.url import StoreURL  # noqa: E402
 from pooled_sessions.config import Settings  # noqa: E402
@@ -75,34 +83,41 @@ def seed_file(path: Path, count: int) -> list[str]:
 
 
 class GCPauses:
-    """The longest collection while active (``gc.callbacks``)."""
+    """The longest collection (wall and thread CPU time), and the full ones, while active
+    (``gc.callbacks``). CPU time leaves out the time other jobs of the machine took."""
 
     def __init__(self) -> None:
-        self.longest = 0.0
-        self._started = 0.0
+        self.longest = self.longest_cpu = 0.0
+        self.full = 0
+        self._started = self._started_cpu = 0.0
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            self._started = time.perf_counter()
+            self._started, self._started_cpu = time.perf_counter(), time.thread_time()
         else:
             self.longest = max(self.longest, time.perf_counter() - self._started)
+            self.longest_cpu = max(self.longest_cpu, time.thread_time() - self._started_cpu)
+            self.full += info["generation"] == 2
 
 
 async def lag_during(action: Callable[[], Awaitable[Any]]) -> dict[str, float]:
     """Run ``action`` while a ticker measures how late the loop wakes it."""
     delays: list[float] = []
+    held: list[float] = []  # the loop thread's CPU time in each tick: lag without preemption
     running = True
     pauses = GCPauses()
 
     async def ticker() -> None:
         while running:
-            begun = time.perf_counter()
+            begun, cpu = time.perf_counter(), time.thread_time()
             await asyncio.sleep(TICK)
             delays.append(time.perf_counter() - begun - TICK)
+            held.append(time.thread_time() - cpu)
 
     task = asyncio.create_task(ticker())
     await asyncio.sleep(0.05)
     delays.clear()
+    held.clear()
     gc.callbacks.append(pauses)
     started = time.perf_counter()
     try:
@@ -116,7 +131,11 @@ async def lag_during(action: Callable[[], Awaitable[Any]]) -> dict[str, float]:
     return {
         "worst_ms": ordered[-1] * 1000,
         "p99_ms": ordered[len(ordered) * 99 // 100] * 1000,
+        "held_ms": max(held) * 1000,
+        "held_p99_ms": sorted(held)[len(held) * 99 // 100] * 1000,
         "gc_ms": pauses.longest * 1000,
+        "gc_cpu_ms": pauses.longest_cpu * 1000,
+        "full_gcs": pauses.full,
         "flush_ms": seconds * 1000,
     }
 
@@ -167,6 +186,94 @@ async def lag_rows(
 def replace_elsewhere(path: Path) -> None:
     """What another process's flush does to the file: a new version replaces it."""
     JsonFileStore(StoreURL.parse(str(path)), Settings()).write([], time.time())
+
+
+GCCase = dict[str, dict[str, float]]
+
+
+async def gc_case(path: Path, sessions: int, changed: int, rounds: int) -> GCCase:
+    """A service holding ``sessions`` live sessions: a flush with a full collection forced
+    into it, then ``rounds`` of ``changed`` updates and a flush."""
+    async with AsyncSessionService(f"aiofile://{path}", **QUIET) as svc:
+        attributes = {"cart": [1, 2], "role": "member"}
+        ids = [await svc.create_session(f"user{n}", attributes, CLIENT) for n in range(sessions)]
+        await svc.force_save()
+        step = sessions // changed
+
+        async def change(round_: int) -> None:
+            for n in range(changed):
+                await svc.update_session(ids[n * step + round_ % step], {"cart": [n, round_]})
+                await asyncio.sleep(0)  # a request's other awaits: the ticker runs between
+
+        async def forced() -> None:
+            flush = asyncio.ensure_future(svc.force_save())
+            await asyncio.sleep(0)  # the flush has begun
+            gc.collect()
+            await flush
+
+        async def natural() -> None:
+            for round_ in range(1, rounds + 1):
+                await change(round_)
+                await svc.force_save()
+
+        await change(0)
+        return {
+            "idle": await lag_during(lambda: asyncio.sleep(1.0)),
+            "forced": await lag_during(forced),
+            "natural": await lag_during(natural),
+        }
+
+
+async def gc_rows(scratch: Path, sessions: int, rounds: int, repeats: int) -> dict[str, GCCase]:
+    """`gc_case` without and with the service's freezing, alternately; the median of each
+    figure over ``repeats`` (the worst lag: also its maximum, as ``worst_max_ms``)."""
+    runs: dict[str, list[GCCase]] = {"without": [], "with": []}
+    first = service_gc.FREEZE_FROM
+    for n in range(repeats):
+        for label in ("without", "with") if n % 2 == 0 else ("with", "without"):
+            service_gc.FREEZE_FROM = first if label == "with" else sys.maxsize
+            gc.unfreeze()
+            gc.collect()
+            path = scratch / f"gc{n}{label}.json"
+            runs[label].append(await gc_case(path, sessions, 1_000, rounds))
+            path.unlink()
+    service_gc.FREEZE_FROM = first
+    gc.unfreeze()
+    return {label: _medians(cases) for label, cases in runs.items()}
+
+
+def _medians(cases: list[GCCase]) -> GCCase:
+    merged: GCCase = {}
+    for part in cases[0]:
+        merged[part] = {k: statistics.median(c[part][k] for c in cases) for k in cases[0][part]}
+        merged[part]["worst_max_ms"] = max(c[part]["worst_ms"] for c in cases)
+    return merged
+
+
+def print_gc(rows: dict[str, GCCase], sessions: int, rounds: int, repeats: int) -> None:
+    print(
+        f"\n### Event-loop lag with {sessions:,} live sessions (aiofile://), without and with "
+        f"the service's gc.freeze; median of {repeats} runs (worst: also the maximum)\n"
+    )
+    print(
+        "| case | freeze | worst lag (max) | p99 lag | loop held, CPU: worst / p99 "
+        "| longest GC pause (CPU) | full GCs |"
+    )
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    titles = {
+        "idle": "idle loop, the sessions held (this machine's noise floor)",
+        "forced": "a flush of 1,000 changes, a full collection forced into it",
+        "natural": f"{rounds} rounds of 1,000 changes and a flush, CPython's own collections",
+    }
+    for part, title in titles.items():
+        for label in ("without", "with"):
+            lag = rows[label][part]
+            print(
+                f"| {title} | {label} | {lag['worst_ms']:.1f} ms ({lag['worst_max_ms']:.1f} ms) "
+                f"| {lag['p99_ms']:.1f} ms | {lag['held_ms']:.1f} / {lag['held_p99_ms']:.1f} ms "
+                f"| {lag['gc_ms']:.1f} ms ({lag['gc_cpu_ms']:.1f} ms) "
+                f"| {lag['full_gcs']:.0f} |"
+            )
 
 
 async def run_concurrent(url: str, plan: Plan, users: int, tasks: int) -> dict[str, Any]:
@@ -237,11 +344,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=2_000)
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--gc-sessions", type=int, default=50_000)
+    parser.add_argument("--gc-rounds", type=int, default=40)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, one repeat")
+    parser.add_argument("--gc-only", action="store_true", help="only the collector's cases")
     args = parser.parse_args(argv)
     if args.quick:
         args.sessions, args.requests, args.repeats = 20_000, 5_000, 1
+        args.gc_sessions, args.gc_rounds = 20_000, 10
     with tempfile.TemporaryDirectory() as scratch:
+        gc_repeats = max(args.repeats, 2)
+        gcs = asyncio.run(gc_rows(Path(scratch), args.gc_sessions, args.gc_rounds, gc_repeats))
+        if args.gc_only:
+            print_gc(gcs, args.gc_sessions, args.gc_rounds, gc_repeats)
+            return 0
         lags = asyncio.run(lag_rows(Path(scratch), args.sessions, args.changed))
         rates = throughput_rows(Path(scratch), args.users, args.requests, args.repeats)
     print(
@@ -255,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {label} | {lag['worst_ms']:.1f} ms | {lag['p99_ms']:.1f} ms "
             f"| {lag['gc_ms']:.1f} ms | {lag['flush_ms']:.0f} ms |"
         )
+    print_gc(gcs, args.gc_sessions, args.gc_rounds, gc_repeats)
     print(
         f"\n### Standard workload: {args.users:,} sessions, {args.requests:,} requests "
         f"(89% validate, 10% update, 1% end), best of {args.repeats}\n"

@@ -3,7 +3,8 @@
 A service reads one `Clock` for every decision: expiry and the records it writes
 (``time()``), and the save delay, cleanup interval, backoff and shutdown limit
 (``monotonic()``). Its flusher sleeps until the next of those moments; a clock that jumps
-tells its watchers, so a flush or cleanup the jump made due runs at once.
+tells its watchers, so a flush or cleanup the jump made due runs at once. The engine never
+lets its wall time go back when ``time()`` steps back (`pooled_sessions.engine.wallclock`).
 """
 
 from __future__ import annotations
@@ -45,15 +46,18 @@ class FastForwardClock(Clock):
     Time still flows, so whatever waits in real time (a pool slot, room in the buffer,
     the shutdown limit) still ends; ``advance`` adds to both readings at once and wakes
     every watcher (a service's flusher), which then runs what has become due.
+    `step_wall` moves the wall clock alone, either way, as NTP or an operator steps a
+    server's clock.
     """
 
     def __init__(self) -> None:
         self._skipped = 0.0
+        self._stepped = 0.0
         self._lock = threading.Lock()
         self._watchers: list[Wake] = []
 
     def time(self) -> float:
-        return time.time() + self._skipped
+        return time.time() + self._skipped + self._stepped
 
     def monotonic(self) -> float:
         return time.monotonic() + self._skipped
@@ -67,6 +71,15 @@ class FastForwardClock(Clock):
             watchers = list(self._watchers)
         for wake in watchers:
             wake()
+
+    def step_wall(self, seconds: float) -> None:
+        """Step ``time()`` by ``seconds`` (back when negative); ``monotonic()`` stays.
+
+        No watcher is woken: the flusher's timers run on the monotonic clock, which did
+        not move.
+        """
+        with self._lock:
+            self._stepped += seconds
 
     def watch(self, wake: Wake) -> Wake:
         with self._lock:

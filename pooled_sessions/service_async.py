@@ -22,6 +22,7 @@ from pooled_sessions.engine.requests import AcquireSlot, Flow, FlushNow
 from pooled_sessions.errors import SessionError
 from pooled_sessions.model import ShutdownReport
 from pooled_sessions.service_base import ServiceBase
+from pooled_sessions.service_gc import Freezer
 
 T = TypeVar("T")
 logger = logging.getLogger("session_service")
@@ -49,6 +50,7 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
         self._flush_lock = asyncio.Lock()  # one flush at a time, never two
         self._tasks: set[asyncio.Task[int]] = set()  # flushes callers await (shielded)
         self._done = asyncio.Event()
+        self._freezer = Freezer()  # long-lived sessions out of the collector's walk
 
     # -- the public API (create_session ... end_session: ServiceBase, `Published`) ------
 
@@ -176,7 +178,9 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
     async def _flush(self) -> int:
         """Write one batch of everything pending; one flush at a time."""
         async with self._flush_lock:
-            return await self._drive(self._flushing())
+            written = await self._drive(self._flushing())
+        self._freezer.after_flush(self._engine)
+        return written
 
     def _flush_now(self, request: FlushNow) -> Awaitable[int]:
         if not request.background:

@@ -47,6 +47,7 @@ from pooled_sessions.engine.requests import Request as Request
 from pooled_sessions.engine.requests import StoreOffers as StoreOffers
 from pooled_sessions.engine.requests import WaitForRoom as WaitForRoom
 from pooled_sessions.engine.requests import new_session_id as new_session_id
+from pooled_sessions.engine.wallclock import never_back
 from pooled_sessions.errors import BackPressureError, IdInUseError, StoreError
 from pooled_sessions.model import ClientInfo, Reason, Session, ValidationResult
 
@@ -74,7 +75,7 @@ class Engine:
     ) -> None:
         self.settings = settings
         self.offers = offers
-        self._clock = clock
+        self._clock = never_back(clock)  # expiry never moves back (wallclock.py)
         self._mono = monotonic
         self._entries = EntryIndex()
         self._ended: dict[str, float] = {}
