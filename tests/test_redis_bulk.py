@@ -95,7 +95,8 @@ def state(store: RedisStore, ids: list[str]) -> dict[str, Any]:
     users = {f"user{n}" for n in range(5)}
     return {
         "hashes": {sid: client.hgetall(keys.session(sid)) for sid in ids},
-        "ttl_s": {sid: round(client.pttl(keys.session(sid)) / 1000) for sid in ids},
+        # absolute (PEXPIREAT), so exact: a relative TTL read a moment later would differ
+        "expire_at_ms": {sid: client.pexpiretime(keys.session(sid)) for sid in ids},
         "users": {u: client.zrange(keys.user(u), 0, -1, withscores=True) for u in users},
         "expiry": sorted(
             m for key in keys.all_shards() for m in client.zrange(key, 0, -1, withscores=True)
