@@ -130,6 +130,7 @@ class Settings:
     absolute_lifetime_minutes: float | None = None
     save_delay_seconds: float = 5.0
     batch_save_threshold: int = 10
+    write_behind: bool = False
     cleanup_interval_minutes: float = 10.0
     touch_step_seconds: float | None = None
     client_binding: ClientBinding = "report"
@@ -171,8 +172,13 @@ class Settings:
 
     @property
     def write_through(self) -> bool:
-        """True when every change must reach the store before its call returns."""
+        """True when every change and every touch is written before its call returns."""
         return self.save_delay_seconds == 0
+
+    @property
+    def commits(self) -> bool:
+        """True when a call that changes a session returns only once the store holds it."""
+        return not self.write_behind
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed, validated again."""
@@ -234,6 +240,7 @@ _FLOATS = {
 }
 _INTS = {"batch_save_threshold": 1, "max_session_bytes": 64, "max_pending_sessions": 1}
 _OPTIONAL = {"absolute_lifetime_minutes", "touch_step_seconds"}
+_BOOLS = {"bind_user_agent", "write_behind"}
 
 
 def _check(name: str, value: Any) -> None:
@@ -254,16 +261,16 @@ def _check(name: str, value: Any) -> None:
     elif name == "client_binding":
         if value not in _BINDINGS:
             raise ConfigError(f"client_binding must be one of {_BINDINGS}, got {value!r}")
-    elif name == "bind_user_agent":
+    elif name in _BOOLS:
         if not isinstance(value, bool):
-            raise ConfigError(f"bind_user_agent must be a bool, not {type(value).__name__}")
+            raise ConfigError(f"{name} must be a bool, not {type(value).__name__}")
     elif not isinstance(value, str) or not value:
         raise ConfigError(f"{name} must be a non-empty str, got {value!r}")
 
 
 def _kind(name: str) -> str:
     base = "float" if name in _FLOATS else "int" if name in _INTS else "str"
-    if name == "bind_user_agent":
+    if name in _BOOLS:
         base = "bool"
     return f"none|{base}" if name in _OPTIONAL else base
 
