@@ -269,7 +269,9 @@ def test_truncated_files_are_refused_at_every_length(tmp_path: Path) -> None:
 
 def test_a_file_corrupted_while_running_is_never_overwritten(tmp_path: Path) -> None:
     path = tmp_path / "sessions.json"
-    with SessionService(path, save_delay_seconds=3600, retry_initial_seconds=60) as svc:
+    with SessionService(
+        path, write_behind=True, save_delay_seconds=3600, retry_initial_seconds=60
+    ) as svc:
         kept = svc.create_session("alice")
         svc.force_save()
         garbage = b'{"format": "pooled_sessions", "version": 1, "sessions": {'
@@ -285,6 +287,27 @@ def test_a_file_corrupted_while_running_is_never_overwritten(tmp_path: Path) -> 
         session = svc.get_session(late)
         assert session is not None and session.attributes == {"pending": True}
         assert svc.get_session(kept) is None, "it lived only in the file that was removed"
+
+
+def test_a_change_to_a_file_corrupted_while_running_is_refused_at_the_call(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "sessions.json"
+    with SessionService(path) as svc:
+        kept = svc.create_session("alice", {"n": 1})
+        garbage = b'{"format": "pooled_sessions", "version": 1, "sessions": {'
+        path.write_bytes(garbage)
+        with pytest.raises(CorruptStoreError, match="left as it is"):
+            svc.create_session("bob", {"pending": True})
+        with pytest.raises(CorruptStoreError, match="left as it is"):
+            svc.update_session(kept, {"n": 2})
+        assert path.read_bytes() == garbage
+        stats = svc.stats()
+        assert stats["pending_sessions"] == 0, "nothing kept to be written later"
+        assert stats["live_sessions"] == 1, "only the session changed, held as it was"
+        path.unlink()  # the operator moves the damaged file aside
+        assert svc.get_session(kept) is None, "it lived only in the file that was removed"
+        assert svc.create_session("carol")
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
