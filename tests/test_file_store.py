@@ -47,15 +47,15 @@ def storekit_upserts(first: int, count: int) -> list[Operation]:
 def test_document_format_and_modes(tmp_path: Path) -> None:
     path = tmp_path / "sessions.json"
     with SessionService(path) as svc:
+        ended = svc.create_session("bob")  # the first write of a new store makes its snapshot
         sid = svc.create_session("alice", {"cart": [3, 7]}, {"ip": "203.0.113.7"})
-        ended = svc.create_session("bob")
-        svc.force_save()  # the first write of a new store makes its snapshot
-        svc.end_session(ended)  # later ones append to the journal
+        svc.end_session(ended)  # later ones append to the journal, a line each
     body = json.loads(path.read_bytes())
     assert (body["format"], body["version"], body["generation"]) == ("pooled_sessions", 2, 1)
     assert ended in body["sessions"], "the end is not in the snapshot ..."
+    assert sid not in body["sessions"]
     found = stored(path)
-    assert found.lines == 1, "... but in one journal line"
+    assert found.lines == 2, "... but in the journal, after alice's line"
     record = found.sessions[sid]
     assert record["username"] == "alice" and record["attributes"] == {"cart": [3, 7]}
     assert record["ip"] == "203.0.113.7"
@@ -253,7 +253,7 @@ def test_corrupt_files_are_refused_and_kept(tmp_path: Path, name: str, data: byt
 
 def test_truncated_files_are_refused_at_every_length(tmp_path: Path) -> None:
     path = tmp_path / "sessions.json"
-    with SessionService(path) as svc:
+    with SessionService(path, write_behind=True) as svc:  # one write: all three in the snapshot
         for n in range(3):
             svc.create_session(f"user{n}", {"n": n})
     whole = path.read_bytes()
