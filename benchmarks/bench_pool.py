@@ -152,7 +152,11 @@ def object_rows(live_count: int, steps: int, repeats: int) -> list[list[str]]:
 def create_validate(pool: PoolLimits | None, count: int) -> tuple[float, float]:
     """create_session/s and validate_session/s on a fresh service."""
     with SessionService(
-        "memory://", pool=pool, save_delay_seconds=60, batch_save_threshold=100_000
+        "memory://",
+        pool=pool,
+        write_behind=True,
+        save_delay_seconds=60,
+        batch_save_threshold=100_000,
     ) as svc:
         ids: list[str] = []
         creates = timed(
@@ -172,7 +176,11 @@ def create_validate(pool: PoolLimits | None, count: int) -> tuple[float, float]:
 def end_create(pool: PoolLimits | None, count: int) -> float:
     """end+create pairs per second with 100 sessions live (the limit, when pooled)."""
     with SessionService(
-        "memory://", pool=pool, save_delay_seconds=60, batch_save_threshold=100_000
+        "memory://",
+        pool=pool,
+        write_behind=True,
+        save_delay_seconds=60,
+        batch_save_threshold=100_000,
     ) as svc:
         live = deque(svc.create_session("alice") for _ in range(100))
 

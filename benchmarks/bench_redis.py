@@ -87,9 +87,9 @@ def baseline(server: RedisServer, users: int, plan: Plan) -> dict[str, Any]:
 
 
 def pooled(server: RedisServer, users: int, plan: Plan) -> dict[str, Any]:
-    """The service with its defaults (write-behind), two app servers on one prefix."""
+    """The service written behind (``write_behind=True``), two app servers on one prefix."""
     url = f"{server.url}?prefix=bench"
-    with SessionService(url) as service, SessionService(url) as peer:
+    with SessionService(url, write_behind=True) as service, SessionService(url) as peer:
         ids = [service.create_session(f"user{n}", {"cart": []}, CLIENT) for n in range(users)]
         service.force_save()
 

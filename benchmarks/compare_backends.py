@@ -40,9 +40,9 @@ from tests.redis_servers import RedisCluster, RedisServer  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 USERS, REQUESTS = 2_000, 20_000
 VALIDATE, UPDATE, END = 0, 1, 2
-MODES: dict[str, dict[str, Any]] = {
-    "write-behind": {},
-    "write-through": {"batch_save_threshold": 1, "save_delay_seconds": 0},
+MODES: dict[str, dict[str, Any]] = {  # commit on return (the default): bench_commit.py
+    "write-behind": {"write_behind": True},
+    "write-through": {"write_behind": True, "batch_save_threshold": 1, "save_delay_seconds": 0},
 }
 CLIENT = {"ip": "203.0.113.7", "user_agent": "Mozilla/5.0 (X11; Linux x86_64)"}
 FLUSH_SIZES = (1_000, 10_000, 100_000)
@@ -305,7 +305,7 @@ def memory_per_session(stores: Stores, live: int) -> dict[str, Any]:
 
 def _held_sync(url: str, live: int) -> float:
     """Traced bytes per session while a service holds ``live`` flushed sessions."""
-    with SessionService(url) as service:
+    with SessionService(url, write_behind=True) as service:
         baseline = tracemalloc.get_traced_memory()[0]
         for n in range(live):
             service.create_session(f"user{n}", {"cart": [n], "role": "member"}, CLIENT)
@@ -317,7 +317,7 @@ def _held_sync(url: str, live: int) -> float:
 async def _held_async(url: str, live: int) -> float:
     from pooled_sessions import AsyncSessionService
 
-    service = AsyncSessionService(url)
+    service = AsyncSessionService(url, write_behind=True)
     try:
         baseline = tracemalloc.get_traced_memory()[0]
         for n in range(live):

@@ -141,6 +141,7 @@ class Settings:
     absolute_lifetime_minutes: float | None = None
     save_delay_seconds: float = 5.0
     batch_save_threshold: int = 10
+    write_behind: bool = False
     cleanup_interval_minutes: float = 10.0
     touch_step_seconds: float | None = None
     client_binding: ClientBinding = "report"
@@ -192,8 +193,13 @@ class Settings:
 
     @property
     def write_through(self) -> bool:
-        """True when every change must reach the store before its call returns."""
+        """True when every change and every touch is written before its call returns."""
         return self.save_delay_seconds == 0
+
+    @property
+    def commits(self) -> bool:
+        """True when a call that changes a session returns only once the store holds it."""
+        return not self.write_behind
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed, validated again."""
@@ -254,7 +260,7 @@ _FLOATS = {  # name: (lowest, lowest allowed, seconds per unit)
     "sync_interval_seconds": (0.0, False, 1.0),
 }
 _INTS = {"batch_save_threshold": 1, "max_session_bytes": 64, "max_pending_sessions": 1}
-_BOOLS = {"bind_user_agent", "check_store"}
+_BOOLS = {"bind_user_agent", "check_store", "write_behind"}
 _OPTIONAL = {"absolute_lifetime_minutes", "touch_step_seconds"}
 
 

@@ -222,11 +222,16 @@ class ValidationResult:
 
 @dataclass(frozen=True, slots=True)
 class ShutdownReport:
-    """What `shutdown` managed to write, and the (shortened) ids it could not."""
+    """What `shutdown` managed to write, and the (shortened) ids it could not.
+
+    ``unwritten_ends``: those of ``unsaved`` that are ends (logouts) the store never got;
+    they are lost with the process, and their sessions stay valid until they expire.
+    """
 
     written: int
     unsaved: tuple[str, ...] = ()
     error: str | None = None
+    unwritten_ends: tuple[str, ...] = ()
 
     @property
     def complete(self) -> bool:

@@ -38,7 +38,7 @@ class SessionService(ServiceBase[Store]):
     def _prepare(self) -> None:
         self._lock = threading.Lock()
         self._wake = self._guard = threading.Condition(self._lock)
-        self._flush_lock = threading.Lock()
+        self._flushed = threading.Condition(self._lock)  # the flush in flight ended
         self._watch_store()
         self._thread = threading.Thread(
             target=self._background, name="pooled-sessions-flusher", daemon=True
@@ -139,11 +139,15 @@ class SessionService(ServiceBase[Store]):
 
     def _flush(self) -> int:
         """Write one batch of everything pending; one flush at a time."""
-        with self._flush_lock:
-            return self._drive(self._flushing())
+        return self._drive(self._flushing())
 
     def _flush_now(self, request: FlushNow) -> int:
         return self._flush()  # a thread cannot be stopped: no limit, caller or not
+
+    def _await_flush(self, round_: int) -> None:
+        commits = self._engine.commits
+        with self._flushed:
+            self._flushed.wait_for(lambda: commits.rounds != round_)
 
     def _wake_flusher(self) -> None:
         with self._wake:
@@ -151,6 +155,7 @@ class SessionService(ServiceBase[Store]):
 
     def _notify(self) -> None:
         self._wake.notify_all()
+        self._flushed.notify_all()
 
     def _time_jumped(self) -> None:
         self._wake_flusher()

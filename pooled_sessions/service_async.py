@@ -46,8 +46,7 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # the flusher: a flush may be due
-        self._settled = asyncio.Event()  # replaced each time room may have come free
-        self._flush_lock = asyncio.Lock()  # one flush at a time, never two
+        self._settled = asyncio.Event()  # replaced each time a flush ended or room came free
         self._tasks: set[asyncio.Task[int]] = set()  # flushes callers await (shielded)
         self._done = asyncio.Event()
         self._freezer = Freezer()  # long-lived sessions out of the collector's walk
@@ -177,10 +176,14 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
 
     async def _flush(self) -> int:
         """Write one batch of everything pending; one flush at a time."""
-        async with self._flush_lock:
-            written = await self._drive(self._flushing())
+        written = await self._drive(self._flushing())
         self._freezer.after_flush(self._engine)
         return written
+
+    async def _await_flush(self, round_: int) -> None:
+        commits = self._engine.commits
+        while commits.rounds == round_:
+            await self._settled.wait()
 
     def _flush_now(self, request: FlushNow) -> Awaitable[int]:
         if not request.background:

@@ -2,10 +2,11 @@
 
 `SessionService` (a lock and a flusher thread) and `AsyncSessionService` (one event loop
 and a flusher task) differ only in how they run a flow (``_drive``: blocking, or
-awaiting) and in their primitives for waiting and waking. The public operations, the
-flush, the flusher's rounds and shutdown's last flushes are written here once, as flows;
-how each request is answered, what watching a shared store means and what ``exclusive``
-holds are decided here too.
+awaiting) and in their primitives for waiting and waking. The public operations are
+written here once, as flows (the service's own flows, group commit and flush included,
+are in service_flows.py); how each request is answered, what watching a shared store
+means, what ``exclusive`` holds and how a service starts afresh after ``fork()`` are
+decided here too.
 """
 
 from __future__ import annotations
@@ -25,16 +26,15 @@ from pooled_sessions.codec import short_id
 from pooled_sessions.config import Settings, resolve_settings
 from pooled_sessions.engine.engine import Engine
 from pooled_sessions.engine.requests import (
-    POLL,
     AcquireSlot,
+    AwaitFlush,
     ClaimSlot,
+    Commit,
     Ended,
     Flow,
-    Flush,
     FlushNow,
     Load,
     LoadUser,
-    Pause,
     Poll,
     Purge,
     Request,
@@ -43,10 +43,11 @@ from pooled_sessions.engine.requests import (
     WakeFlusher,
     Write,
 )
-from pooled_sessions.errors import ServiceClosedError, StoreError, StoreUnavailableError
+from pooled_sessions.errors import ServiceClosedError
 from pooled_sessions.model import ClientInfo, Session, ValidationResult
 from pooled_sessions.redaction import redact
 from pooled_sessions.service_api import Published, UserHold
+from pooled_sessions.service_flows import ServiceFlows
 from pooled_sessions.service_schedule import FinalFlush, Schedule
 
 StoreT = TypeVar("StoreT")
@@ -54,7 +55,7 @@ logger = logging.getLogger("session_service")
 ClientLike = ClientInfo | Mapping[str, Any] | None
 
 
-class ServiceBase(Generic[StoreT]):
+class ServiceBase(ServiceFlows, Generic[StoreT]):
     """What both services hold and build alike: settings, the store, the engine, the schedule.
 
     The first argument is a path or a store URL (the same as ``backend=``); ``settings``
@@ -77,10 +78,8 @@ class ServiceBase(Generic[StoreT]):
         **options: Any,
     ) -> None:
         self.settings = resolve_settings(backend, settings, options)
-        opened = store
-        if opened is None:
-            opener = open_async_store if self.asynchronous else open_store
-            opened = cast(StoreT, opener(self.settings.backend, self.settings))
+        self._owns_store = store is None
+        opened = self._open_store() if store is None else store
         check_kind(opened, asynchronous=self.asynchronous)
         if self.settings.check_store and not self.asynchronous:  # asyncio: at first use
             check_ready(opened, close=store is None)
@@ -91,11 +90,12 @@ class ServiceBase(Generic[StoreT]):
             self.settings, clock=clock.time, monotonic=clock.monotonic, offers=offers(opened)
         )
         self._schedule = Schedule(self.settings, clock)
-        self._closed = self._stopping = False
+        self._closed = self._stopping = self._shared_seen = False
         self._prepare()
         self._unwatch_clock = clock.watch(self._time_jumped)
         self._exit_hook = functools.partial(type(self)._at_exit, weakref.ref(self))
         atexit.register(self._exit_hook)
+        _live_services.add(self)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._url!r})"
@@ -158,64 +158,6 @@ class ServiceBase(Generic[StoreT]):
             logger.debug("ended session %s", short_id(session_id))
         return ended
 
-    # -- the service's own flows -------------------------------------------------------
-
-    def _flushing(self) -> Flow[int]:
-        """One flush of everything pending; returns the sessions written.
-
-        A failed (or cancelled) write keeps its batch pending and raises the store's own
-        error, or `StoreUnavailableError` with the original as its cause.
-        """
-        engine, clock = self._engine, self._clock
-        flush = engine.take_flush()
-        if flush is None:
-            return 0
-        started = clock.monotonic()
-        try:
-            result = yield Write(flush.operations, clock.time())
-        except BaseException as exc:
-            error = flush_failed(engine, flush, exc, self._url)
-            self._notify()
-            if error is exc:
-                raise
-            raise error from exc
-        engine.flush_succeeded(flush, result, clock.monotonic() - started)
-        self._notify()
-        return len(flush.operations)
-
-    def _round(self) -> Flow[None]:
-        """One round of the flusher: the flush, cleanup and poll of the store that are due."""
-        engine = self._engine
-        chores = self._schedule.chores(engine)
-        if chores.flush:
-            with contextlib.suppress(Exception):  # kept pending and logged; retried later
-                yield FlushNow(background=True)
-        if chores.cleanup:
-            evicted = engine.cleanup()
-            self._schedule.cleaned(evicted, (yield Purge(self._clock.time())))
-        if chores.poll and (yield POLL):
-            engine.invalidate(None)
-
-    def _finishing(self, final: FinalFlush) -> Flow[None]:
-        """Shutdown's last flushes: retried until nothing is pending or the time is up."""
-        while True:
-            try:
-                final.written += yield FlushNow(background=True, limit=final.remaining())
-            except TimeoutError:
-                final.timed_out()
-            except Exception as exc:
-                final.failed(exc)
-            pause = final.pause(self._engine)
-            if pause is None:
-                return
-            yield Pause(pause)
-
-    def _rest(self) -> float:
-        """Seconds the flusher may sleep before its next round (0: a flush is due now)."""
-        if self._engine.flush_due():
-            return 0.0
-        return max(0.0, self._schedule.wake_at(self._engine) - self._clock.monotonic())
-
     # -- answering a flow ----------------------------------------------------------------
 
     def _answer(self, request: Request) -> Any:
@@ -224,6 +166,8 @@ class ServiceBase(Generic[StoreT]):
         For an asyncio service the answer is an awaitable of it.
         """
         store: Any = self._store
+        if isinstance(request, Poll):  # first: asked before every call on a polled store
+            return store.poll()
         if isinstance(request, Load):
             return store.load(request.session_id)
         if isinstance(request, LoadUser):
@@ -232,6 +176,10 @@ class ServiceBase(Generic[StoreT]):
             return store.write(request.operations, request.now)
         if isinstance(request, WakeFlusher):
             return self._wake_flusher()
+        if isinstance(request, Commit):
+            return self._drive(self._committing(request.seq))
+        if isinstance(request, AwaitFlush):
+            return self._await_flush(request.round)
         if isinstance(request, FlushNow):
             return self._flush_now(request)
         if isinstance(request, WaitForRoom):
@@ -244,8 +192,6 @@ class ServiceBase(Generic[StoreT]):
             return store.ended(request.session_id)
         if isinstance(request, Purge):
             return store.purge_expired(request.now)
-        if isinstance(request, Poll):
-            return store.poll()
         return self._pause(request.seconds)
 
     # -- what each driver supplies -------------------------------------------------------
@@ -254,11 +200,17 @@ class ServiceBase(Generic[StoreT]):
     """Held while the engine is touched outside a flow (a lock, or nothing on one loop)."""
 
     def _prepare(self) -> None:
-        """Build the driver's own parts (lock and thread, or events); a step of init."""
+        """Build the driver's own parts (lock and thread, or events); a step of init, and
+        again in a child process after ``fork()``."""
         raise NotImplementedError
 
-    def _notify(self) -> None:
-        """Wake the flusher and every caller waiting for room (``_guard`` held)."""
+    def _drive(self, flow: Flow[Any]) -> Any:
+        """Run ``flow`` to its end (for an asyncio service, an awaitable of its result)."""
+        raise NotImplementedError
+
+    def _await_flush(self, round_: int) -> Any:
+        """Wait until the flush in flight or about to begin has ended (``engine.commits.rounds``
+        is no longer ``round_``)."""
         raise NotImplementedError
 
     def _time_jumped(self) -> None:
@@ -298,6 +250,22 @@ class ServiceBase(Generic[StoreT]):
         if self._closed:
             raise ServiceClosedError("the session service was shut down")
 
+    def _open_store(self) -> StoreT:
+        opener = open_async_store if self.asynchronous else open_store
+        return cast(StoreT, opener(self.settings.backend, self.settings))
+
+    def _forked(self) -> None:
+        """In a child process after ``fork()``: what the parent owes stays the parent's (its
+        pending changes and cache are dropped here, so nothing is written twice); the
+        child gets its own store connections, locks, flusher and listener."""
+        if self._closed:
+            return
+        self._engine = self._engine.forked()
+        self._schedule = Schedule(self.settings, self._clock)
+        if self._owns_store:  # the parent's connections and locks stay the parent's
+            self._store = self._open_store()
+        self._prepare()
+
     def _watch_store(self) -> Any:
         """On a store shared with other servers (it has ``watch``): hear their ends and
         changes, and write ends at once so they hear ours. Returns what ``watch`` returns
@@ -306,6 +274,9 @@ class ServiceBase(Generic[StoreT]):
         if watch is None:
             return None
         self._engine.pending.prompt_ends = True
+        if getattr(self, "_watched", None) is self._store:
+            return None  # a store given to a service that forked: watched once, in the parent
+        self._watched = self._store
         return watch(self._invalidated)
 
     def _invalidated(self, session_ids: Collection[str] | None, ended: bool) -> None:
@@ -313,6 +284,8 @@ class ServiceBase(Generic[StoreT]):
         with self._guard:
             self._engine.invalidate(session_ids, ended=ended)
             self._notify()
+            if session_ids is not None:
+                self._shared_store_seen()
 
     def _user_hold(self, username: str, timeout: float, save: Callable[[], Any]) -> Any:
         """What `exclusive` holds (see `UserHold`); nothing on a store without ``user_lock``."""
@@ -342,19 +315,22 @@ def offers(store: object) -> StoreOffers:
     return StoreOffers(
         ended=callable(getattr(store, "ended", None)),
         claim_slot=callable(getattr(store, "claim_slot", None)),
+        watch=callable(getattr(store, "watch", None)),
     )
 
 
-def flush_failed(engine: Engine, flush: Flush, error: BaseException, url: str) -> BaseException:
-    """Keep a failed (or cancelled) batch pending; returns the exception the caller raises.
+_live_services: weakref.WeakSet[ServiceBase[Any]] = weakref.WeakSet()
 
-    A store's own errors pass as they are; anything else is reported as the store being
-    unavailable (with the original as its cause), and cancellation stays cancellation.
-    """
-    delay = engine.flush_failed(flush, error)
-    logger.warning(
-        "flush of %d session(s) failed, retry in %.1f s: %s", len(flush.taken), delay, error
-    )
-    if isinstance(error, Exception) and not isinstance(error, StoreError):
-        return StoreUnavailableError(f"store {url} failed: {error}")
-    return error
+
+def _after_fork_in_child() -> None:
+    """Give every service of this process a fresh start in a forked child (gunicorn
+    ``--preload`` creates the service before forking its workers)."""
+    for service in list(_live_services):
+        try:
+            service._forked()
+        except Exception:  # a child must start even if one service cannot; it is logged
+            logger.exception("a session service could not start afresh after fork()")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -71,6 +71,7 @@ class FinalFlush:
         self.written = 0
         self.error: str | None = None
         self.unsaved: tuple[str, ...] = ()
+        self.ends: tuple[str, ...] = ()
 
     def remaining(self) -> float:
         """Seconds left before the deadline (never negative)."""
@@ -95,6 +96,7 @@ class FinalFlush:
     def pause(self, engine: Engine) -> float | None:
         """Seconds to wait before the next attempt, or None when shutdown should report now."""
         self.unsaved = tuple(short_id(sid) for sid in engine.pending.ids())
+        self.ends = tuple(short_id(sid) for sid in engine.pending.ended_ids())
         if not self.unsaved or self._clock.monotonic() >= self.deadline:
             return None
         return min(FINAL_RETRY_SECONDS, self.remaining())
@@ -110,4 +112,11 @@ class FinalFlush:
                 self.error,
                 ", ".join(self.unsaved[:20]),
             )
-        return ShutdownReport(self.written, self.unsaved, self.error)
+        if self.ends:
+            logger.error(
+                "%d ended session(s) stay valid in the store until they expire: their end "
+                "was never written: %s",
+                len(self.ends),
+                ", ".join(self.ends[:20]),
+            )
+        return ShutdownReport(self.written, self.unsaved, self.error, self.ends)

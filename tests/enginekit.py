@@ -8,7 +8,7 @@ from pooled_sessions.adapters.record_table import RecordTable
 from pooled_sessions.codec import WriteResult
 from pooled_sessions.config import Settings
 from pooled_sessions.engine.engine import Engine, Flow, Flush, Load, LoadUser, WaitForRoom
-from pooled_sessions.engine.requests import FlushNow, WakeFlusher
+from pooled_sessions.engine.requests import Commit, FlushNow, Poll, WakeFlusher
 
 T = TypeVar("T")
 EPOCH = 1_700_000_000.0
@@ -33,28 +33,45 @@ class Clock:
 
 
 class Rig:
-    """An engine, its clock and a `RecordTable` standing in for the store."""
+    """An engine, its clock and a `RecordTable` standing in for the store.
+
+    ``write_behind`` is True unless a test says otherwise: most engine tests look at the
+    write-behind buffer itself (coalescing, thresholds, backoff). With
+    ``write_behind=False`` (the default mode of the services) each change asks for its
+    `Commit`, which the rig answers with a flush to the table, or, while ``down`` holds
+    an error, with a failed flush whose error is thrown into the operation. ``changed``:
+    the answer to the next `Poll` (another process wrote the table).
+    """
 
     def __init__(self, table: RecordTable | None = None, **settings: Any) -> None:
+        settings.setdefault("write_behind", True)
         self.settings = Settings(backend="memory://", **settings)
         self.clock = Clock()
         self.table = table if table is not None else RecordTable()
         self.engine = Engine(self.settings, clock=self.clock.wall, monotonic=self.clock.monotonic)
         self.room = True
+        self.down: BaseException | None = None
+        self.changed = False
         self.requests: list[object] = []
 
     def run(self, flow: Flow[T]) -> T:
         """Run one engine operation, answering its requests from the table (a flush it
         asks for is written to the table at once)."""
         reply: Any = None
+        error: BaseException | None = None
         while True:
             try:
-                request = flow.send(reply)
+                request = flow.send(reply) if error is None else flow.throw(error)
             except StopIteration as stop:
                 result: T = stop.value
                 return result
             self.requests.append(request)
-            if isinstance(request, Load):
+            reply, error = None, None
+            if isinstance(request, Commit):
+                error = self.commit()
+            elif isinstance(request, Poll):
+                reply, self.changed = self.changed, False
+            elif isinstance(request, Load):
                 reply = self.table.load(request.session_id)
             elif isinstance(request, LoadUser):
                 reply = self.table.load_user(request.username)
@@ -66,6 +83,16 @@ class Rig:
             else:
                 assert isinstance(request, WaitForRoom)
                 reply = self.room
+
+    def commit(self) -> BaseException | None:
+        """Answer a `Commit`: flush, or fail the flush while ``down``; the error to throw."""
+        if self.down is None:
+            self.flush()
+            return None
+        flush = self.engine.take_flush()
+        if flush is not None:
+            self.engine.flush_failed(flush, self.down)
+        return self.down
 
     def take(self) -> Flush:
         flush = self.engine.take_flush()

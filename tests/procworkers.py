@@ -1,4 +1,5 @@
-"""Code run in child processes by the file store tests (kept free of pytest imports).
+"""Code run in child processes by the file store tests and tests/test_processes.py (kept
+free of pytest imports).
 
 ``python -m tests.procworkers writer PATH`` creates sessions forever, printing each id
 only after `force_save` returned for it, until it is killed.
@@ -12,6 +13,9 @@ folds the journal into a new snapshot.
 saved and printed once `force_save` (or `async_force_save` for ``aiofile://``) returned.
 ``python -m tests.procworkers unlinker PATH`` deletes PATH every few milliseconds until
 its standard input closes.
+``python -m tests.procworkers fork URL MODE`` creates a service, forks, uses it in both
+processes and prints what each saw (`forked`). `serve` runs the commands of
+tests/test_processes.py in one process of several sharing a store.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
-from pooled_sessions import AsyncSessionService, SessionService
+from pooled_sessions import AsyncSessionService, SessionService, adapters
 from pooled_sessions.adapters.file import fsio, mirror
 from pooled_sessions.adapters.file.store import JsonFileStore
 from pooled_sessions.adapters.url import StoreURL
@@ -219,6 +224,213 @@ def unlinker(path: str) -> None:
     print(removed, flush=True)
 
 
+# -- several processes on one store: commands from the test ------------------------------------
+
+Call = Callable[..., Any]
+
+
+def _created(call: Call, username: str, attributes: dict[str, Any]) -> str:
+    sid: str = call("create_session", username, attributes)
+    return sid
+
+
+def _validated(call: Call, session_id: str) -> list[Any]:
+    """``[valid, reason, attributes or None]``."""
+    result = call("validate_session", session_id)
+    return [bool(result), result.reason.value, result.session and result.session.attributes]
+
+
+def _appended(call: Call, session_id: str, item: int, wait: float) -> list[Any]:
+    """Read the cart, append ``item``, write it back. The cart is expected to hold ``item``
+    entries already; with ``wait`` it is read again until it does, up to ``wait`` seconds.
+    Returns ``[length read, reads again, seconds waited]``."""
+    started, again = time.monotonic(), 0
+    while True:
+        valid, reason, attributes = _validated(call, session_id)
+        if not valid or attributes is None:
+            raise RuntimeError(f"the cart's session is not valid here: {reason}")
+        cart: list[int] = attributes["cart"]
+        if len(cart) == item or time.monotonic() - started >= wait:
+            break
+        again += 1
+        time.sleep(0.001)
+    if not call("update_session", session_id, {"cart": [*cart, item]}):
+        raise RuntimeError("the cart's session ended under the update")
+    return [len(cart), again, time.monotonic() - started if again else 0.0]
+
+
+def _refused_within(call: Call, session_id: str, wait: float) -> list[Any] | None:
+    """``[reads again, seconds]`` until ``session_id`` is refused here (``[0, 0.0]``: at the
+    first call), None if it is still valid after ``wait`` seconds."""
+    started, again = time.monotonic(), 0
+    while _validated(call, session_id)[0]:
+        if time.monotonic() - started >= wait:
+            return None
+        again += 1
+        time.sleep(0.0005)
+    return [again, time.monotonic() - started if again else 0.0]
+
+
+def _ended(call: Call, session_id: str) -> bool:
+    return bool(call("end_session", session_id))
+
+
+def _stopped(call: Call) -> bool:
+    return bool(call("shutdown").complete)
+
+
+COMMANDS: dict[str, Callable[..., Any]] = {
+    "create": _created,
+    "validate": _validated,
+    "append": _appended,
+    "refused_within": _refused_within,
+    "end": _ended,
+    "stop": _stopped,
+}
+
+
+def serve(url: str, asynchronous: bool, inbox: Any, outbox: Any) -> None:
+    """One of several processes on one store: run each command of ``inbox`` with a service
+    of its own (`AsyncSessionService` on a loop of this process when ``asynchronous``) and
+    put ``("ok", result)`` or ``("error", message)`` on ``outbox``."""
+    call: Call
+    if asynchronous:
+        loop = asyncio.new_event_loop()
+        service: Any = loop.run_until_complete(_opened(url))
+
+        def call(name: str, *args: Any) -> Any:
+            return loop.run_until_complete(getattr(service, name)(*args))
+    else:
+        service = SessionService(url)
+
+        def call(name: str, *args: Any) -> Any:
+            return getattr(service, name)(*args)
+
+    while True:
+        command, *args = inbox.get(timeout=120)
+        try:
+            outbox.put(("ok", COMMANDS[command](call, *args)))
+        except Exception as exc:  # the test reports it
+            outbox.put(("error", f"{type(exc).__name__}: {exc}"))
+        if command == "stop":
+            return
+
+
+async def _opened(url: str) -> AsyncSessionService:
+    return AsyncSessionService(url)
+
+
+# -- fork() after the service was created --------------------------------------------------------
+
+
+def forked(url: str, mode: str) -> dict[str, Any]:
+    """Create a service, fork, use it in both processes; what each saw.
+
+    ``mode``: ``commit`` or ``write-behind`` (`SessionService`; the parent owes the store a
+    creation when it forks), or ``async`` (`AsyncSessionService`, first used on a loop of
+    the parent). The child reports through a pipe and exits through the interpreter, so
+    its atexit hooks run as a worker's would.
+    """
+    reader = adapters.open_store(url.replace("aiofile://", "file://"), Settings())
+    if mode == "async":
+        return _forked_async(url, reader)
+    svc = SessionService(
+        url,
+        write_behind=mode == "write-behind",
+        save_delay_seconds=3600,
+        batch_save_threshold=10**6,
+    )
+    shared = svc.create_session("parent", {"n": 0})
+    svc.force_save()
+    owed = svc.create_session("parent", {"owed": True})  # still owed when written behind
+    assert svc.validate_session(shared)  # cached here before the fork
+    child, exit_code = _fork(lambda: _child(svc, shared, owed))
+    seen: dict[str, Any] = {"child": child, "child_exit": exit_code}
+    seen["owed_stored_before_the_parent_flushed"] = reader.load(owed) is not None
+    svc.force_save()
+    seen["owed_stored"] = reader.load(owed) is not None
+    seen["child_end_stored"] = reader.load(child["ended"]) is None
+    mine = svc.create_session("parent", {"after": True})
+    seen["parent_works"] = bool(svc.validate_session(mine)) and svc.force_save() >= 0
+    seen["parent_works"] &= reader.load(mine) is not None
+    seen["parent_sees_the_child_change"] = _within(
+        3.0, lambda: (s := svc.get_session(shared)) is not None and s.attributes.get("child")
+    )
+    seen["parent_refuses_the_child_end"] = not svc.validate_session(child["ended"])
+    seen["parent_shutdown_complete"] = svc.shutdown().complete
+    reader.close()
+    return seen
+
+
+def _child(svc: SessionService, shared: str, owed: str) -> dict[str, Any]:
+    mine = svc.create_session("child", {"n": 1})
+    session = svc.get_session(shared)
+    return {
+        "creates": bool(svc.validate_session(mine)),
+        "reads_the_store": session is not None and session.attributes == {"n": 0},
+        "sees_owed": svc.get_session(owed) is not None,
+        "updates": svc.update_session(shared, {"child": True}),
+        "ends": svc.end_session(mine) and not svc.validate_session(mine),
+        "ended": mine,
+    }
+
+
+def _forked_async(url: str, reader: Any) -> dict[str, Any]:
+    loop = asyncio.new_event_loop()  # the parent's loop, not running while it forks
+    svc = AsyncSessionService(url)
+    shared = loop.run_until_complete(svc.create_session("parent", {"n": 0}))  # bound to it
+
+    async def work() -> dict[str, Any]:
+        mine = await svc.create_session("child")
+        seen = {
+            "creates": bool(await svc.validate_session(mine)),
+            "reads_the_store": bool(await svc.validate_session(shared)),
+            "ends": await svc.end_session(mine),
+            "ended": mine,
+        }
+        await svc.shutdown()
+        return seen
+
+    child, exit_code = _fork(lambda: asyncio.run(work()))
+    seen: dict[str, Any] = {"child": child, "child_exit": exit_code}
+    seen["child_end_stored"] = reader.load(child["ended"]) is None
+    seen["shared_stored"] = reader.load(shared) is not None
+    seen["parent_works"] = loop.run_until_complete(svc.update_session(shared, {"n": 1}))
+    seen["parent_shutdown_complete"] = loop.run_until_complete(svc.shutdown()).complete
+    loop.close()
+    reader.close()
+    return seen
+
+
+def _fork(work: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], int]:
+    """Run ``work`` in a forked child; what it returned and the child's exit code."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        try:
+            report = work()
+        except BaseException as exc:  # reported to the parent, and the child fails
+            report = {"error": f"{type(exc).__name__}: {exc}"}
+        with os.fdopen(write_end, "w") as out:
+            json.dump(report, out)
+        sys.exit(0 if "error" not in report else 1)
+    os.close(write_end)
+    with os.fdopen(read_end) as received:
+        report = json.loads(received.read() or "{}")
+    _, status = os.waitpid(pid, 0)
+    return report, os.waitstatus_to_exitcode(status)
+
+
+def _within(seconds: float, check: Callable[[], object]) -> bool:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
     if command == "writer":
@@ -233,3 +445,5 @@ if __name__ == "__main__":
         confirmed(args[0], args[1], int(args[2]))
     elif command == "unlinker":
         unlinker(args[0])
+    elif command == "fork":
+        print(json.dumps(forked(args[0], args[1])))

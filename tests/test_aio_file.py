@@ -171,6 +171,10 @@ async def test_a_corrupt_file_is_refused_and_left_as_it_is(path: Path, content: 
     async with AsyncSessionService(f"aiofile://{path}") as svc:
         with pytest.raises(CorruptStoreError):
             await svc.get_session(session_id(1))
+        with pytest.raises(CorruptStoreError):  # refused at the call: nothing is kept
+            await svc.create_session("alice")
+        assert (await svc.stats())["live_sessions"] == 0
+    async with AsyncSessionService(f"aiofile://{path}", write_behind=True) as svc:
         await svc.create_session("alice")
         report = await svc.shutdown(timeout=0.1)
         assert not report.complete and "CorruptStoreError" in str(report.error)
@@ -293,7 +297,8 @@ async def test_a_write_cancelled_between_slices_leaves_the_file_as_it_was(
 
 
 async def test_a_full_disk_loses_nothing(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    async with AsyncSessionService(f"aiofile://{path}", save_delay_seconds=3600) as svc:
+    url = f"aiofile://{path}"
+    async with AsyncSessionService(url, write_behind=True, save_delay_seconds=3600) as svc:
         sid = await svc.create_session("alice", {"n": 1})
         await svc.force_save()
         saved = path.read_bytes(), journal_of(path).read_bytes()

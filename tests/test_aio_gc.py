@@ -12,7 +12,11 @@ import pytest
 from pooled_sessions import AsyncSessionService, service_gc
 from pooled_sessions.engine.entry import Entry
 
-ON_DEMAND: dict[str, Any] = {"save_delay_seconds": 3600, "batch_save_threshold": 10**9}
+ON_DEMAND: dict[str, Any] = {
+    "write_behind": True,  # flushes only when the test asks
+    "save_delay_seconds": 3600,
+    "batch_save_threshold": 10**9,
+}
 
 
 @pytest.fixture

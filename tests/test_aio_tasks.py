@@ -87,7 +87,7 @@ async def test_the_store_is_never_written_twice_at_once() -> None:
 
 async def test_a_cancelled_caller_loses_nothing() -> None:
     store = GatedStore()
-    async with AsyncSessionService(store=store, save_delay_seconds=3600) as svc:
+    async with AsyncSessionService(store=store, write_behind=True, save_delay_seconds=3600) as svc:
         sid = await svc.create_session("alice", {"a": 1})
         store.gate.clear()
         saver = asyncio.create_task(svc.force_save())
@@ -104,7 +104,7 @@ async def test_a_cancelled_caller_loses_nothing() -> None:
 async def test_a_cancelled_flush_puts_its_batch_back() -> None:
     store = GatedStore()
     async with AsyncSessionService(
-        store=store, save_delay_seconds=0.01, retry_initial_seconds=3600
+        store=store, write_behind=True, save_delay_seconds=0.01, retry_initial_seconds=3600
     ) as svc:
         store.gate.clear()
         ids = [await svc.create_session(f"u{n}", {"n": n}) for n in range(3)]
@@ -124,7 +124,7 @@ async def test_a_cancelled_flush_puts_its_batch_back() -> None:
 
 async def test_shutdown_time_limit_cancels_a_hung_write_and_reports_it() -> None:
     store = GatedStore()
-    svc = AsyncSessionService(store=store, save_delay_seconds=3600)
+    svc = AsyncSessionService(store=store, write_behind=True, save_delay_seconds=3600)
     ids = [await svc.create_session(f"u{n}") for n in range(3)]
     store.gate.clear()
     started = time.monotonic()
@@ -191,6 +191,7 @@ async def test_back_pressure_waits_then_refuses_then_recovers() -> None:
     store.fail = StoreUnavailableError("store down")
     async with AsyncSessionService(
         store=store,
+        write_behind=True,
         max_pending_sessions=3,
         backpressure_timeout_seconds=0.1,
         retry_initial_seconds=0.02,

@@ -46,7 +46,9 @@ def test_the_service_reads_its_clock(clock: FastForwardClock) -> None:
 
 
 def test_a_skipped_save_delay_and_cleanup_interval_run_at_once(clock: FastForwardClock) -> None:
-    with SessionService("memory://", save_delay_seconds=3600, clock=clock) as svc:
+    with SessionService(
+        "memory://", write_behind=True, save_delay_seconds=3600, clock=clock
+    ) as svc:
         svc.create_session("alice")
         started = time.monotonic()
         clock.advance(3600)
@@ -57,7 +59,9 @@ def test_a_skipped_save_delay_and_cleanup_interval_run_at_once(clock: FastForwar
 
 
 async def test_a_skipped_save_delay_wakes_the_flusher_task(clock: FastForwardClock) -> None:
-    async with AsyncSessionService("memory://", save_delay_seconds=3600, clock=clock) as svc:
+    async with AsyncSessionService(
+        "memory://", write_behind=True, save_delay_seconds=3600, clock=clock
+    ) as svc:
         await svc.create_session("alice")
         clock.advance(3600)
 
@@ -70,7 +74,9 @@ async def test_a_skipped_save_delay_wakes_the_flusher_task(clock: FastForwardClo
 
 def test_a_clock_jump_reaches_a_service_on_another_thread(clock: FastForwardClock) -> None:
     async def scenario() -> None:
-        async with AsyncSessionService("memory://", save_delay_seconds=3600, clock=clock) as svc:
+        async with AsyncSessionService(
+            "memory://", write_behind=True, save_delay_seconds=3600, clock=clock
+        ) as svc:
             await svc.create_session("alice")
             await asyncio.to_thread(clock.advance, 3600)  # from a thread, not the loop
 

@@ -20,6 +20,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert settings.backend == "sessions.json"
     assert settings.pool is None, "no pool configured: live sessions are not capped"
     assert not settings.write_through
+    assert settings.write_behind is False and settings.commits, "changes commit on return"
 
 
 def test_precedence_environment_then_mapping_then_keywords() -> None:
@@ -28,10 +29,12 @@ def test_precedence_environment_then_mapping_then_keywords() -> None:
         "POOLED_SESSIONS_BATCH_SAVE_THRESHOLD": "7",
         "POOLED_SESSIONS_SAVE_DELAY_SECONDS": "2",
         "POOLED_SESSIONS_BIND_USER_AGENT": "no",
+        "POOLED_SESSIONS_WRITE_BEHIND": "true",
     }
     only_env = Settings.load(environ=environ)
     assert only_env.expire_minutes == 1.5 and only_env.batch_save_threshold == 7
     assert only_env.bind_user_agent is False
+    assert only_env.write_behind is True and not only_env.commits
     mapped = Settings.load({"batch_save_threshold": 3, "save_delay_seconds": 1}, environ=environ)
     assert (mapped.expire_minutes, mapped.batch_save_threshold) == (1.5, 3)
     both = Settings.load(
@@ -169,6 +172,8 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("client_binding", "loose"),
     ("client_binding", None),
     ("bind_user_agent", "yes"),
+    ("write_behind", 1),
+    ("write_behind", "false"),
     ("max_session_bytes", 10),
     ("max_pending_sessions", 0),
     ("backpressure_timeout_seconds", -1),
@@ -205,6 +210,7 @@ def test_cross_field_check() -> None:
         ("POOLED_SESSIONS_EXPIRE_MINUTES", "nan", "expire_minutes"),
         ("POOLED_SESSIONS_BATCH_SAVE_THRESHOLD", "1.5", "POOLED_SESSIONS_BATCH_SAVE_THRESHOLD"),
         ("POOLED_SESSIONS_BIND_USER_AGENT", "maybe", "POOLED_SESSIONS_BIND_USER_AGENT"),
+        ("POOLED_SESSIONS_WRITE_BEHIND", "sometimes", "POOLED_SESSIONS_WRITE_BEHIND"),
         ("POOLED_SESSIONS_CLIENT_BINDING", "lax", "client_binding"),
         ("POOLED_SESSIONS_SAVE_DELAY_SECONDS", "-1", "save_delay_seconds"),
         ("POOLED_SESSIONS_POOL_MAX_TOTAL", "0", "max_total"),

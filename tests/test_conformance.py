@@ -162,7 +162,9 @@ def test_sessions_of_lists_live_sessions_oldest_first(make_service: ServiceFacto
 def test_idle_expiry_with_fractional_minutes(
     make_service: ServiceFactory, clock: FastForwardClock
 ) -> None:
-    svc = make_service(expire_minutes=0.5, save_delay_seconds=60, clock=clock)  # 30 s
+    svc = make_service(
+        expire_minutes=0.5, write_behind=True, save_delay_seconds=60, clock=clock
+    )  # 30 s
     sid = svc.create_session("alice", {"a": 1})
     kept = svc.create_session("alice")  # expires before it is written
     session = svc.get_session(sid)
@@ -396,7 +398,7 @@ def test_end_on_a_peer_of_a_session_it_never_saw(
 
 
 def test_stats_fields(make_service: ServiceFactory) -> None:
-    svc = make_service()
+    svc = make_service(write_behind=True)  # changes wait for the flusher and coalesce
     stats = svc.stats()
     for key in (
         "pending_changes",
@@ -412,6 +414,8 @@ def test_stats_fields(make_service: ServiceFactory) -> None:
         "flush_max_seconds",
         "last_cleanup_at",
         "last_error",
+        "store_ok",
+        "unwritten_ends",
         "store",
     ):
         assert key in stats, key
@@ -428,13 +432,14 @@ def test_stats_fields(make_service: ServiceFactory) -> None:
     assert stats["writes_saved"] >= 8, "ten changes of one session coalesce into one write"
     assert stats["live_sessions"] == 1
     assert stats["flush_failures"] == 0 and stats["last_error"] is None
+    assert stats["store_ok"] is True and stats["unwritten_ends"] == 0
     assert 0 <= stats["flush_mean_seconds"] <= stats["flush_max_seconds"]
 
 
 def test_shutdown_flushes_and_closes(
     make_service: ServiceFactory, make_peer: ServiceFactory
 ) -> None:
-    svc = make_service()
+    svc = make_service(write_behind=True)  # the creation waits for shutdown's flush
     sid = svc.create_session("alice", {"kept": True})
     report = svc.shutdown()
     assert report.complete and report.written >= 1

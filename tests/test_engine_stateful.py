@@ -258,7 +258,8 @@ class FileMachine(RuleBasedStateMachine):
     """Two services (two app servers) on one file; a fresh service must read the model.
 
     Service ``a`` creates, updates keys ``a*`` and ends; service ``b`` updates keys ``b*``
-    of sessions it can see. Each service's unsaved changes reach the model at its save.
+    of sessions it can see. Both write behind (``write_behind=True``): each service's
+    unsaved changes reach the model at its save.
     """
 
     ids = Bundle("file_ids")
@@ -275,6 +276,7 @@ class FileMachine(RuleBasedStateMachine):
     def _open(self) -> SessionService:
         return SessionService(
             self.path,
+            write_behind=True,
             save_delay_seconds=3600,
             batch_save_threshold=10**6,
             sync_interval_seconds=3600,

@@ -100,7 +100,9 @@ def saved_files(path: Path) -> tuple[bytes, bytes]:
 
 @pytest.fixture
 def service(path: Path) -> Iterator[SessionService]:
-    svc = SessionService(path, save_delay_seconds=3600, retry_initial_seconds=3600)
+    svc = SessionService(
+        path, write_behind=True, save_delay_seconds=3600, retry_initial_seconds=3600
+    )
     yield svc
     svc.shutdown(timeout=1)
 
@@ -190,7 +192,12 @@ def test_the_flusher_retries_with_backoff_until_the_disk_has_room(
     with pytest.MonkeyPatch.context() as patch:
         fault = Fault(patch, "write_all", errno.ENOSPC, times=3)
         with SessionService(
-            path, save_delay_seconds=1, retry_initial_seconds=1, retry_max_seconds=2, clock=clock
+            path,
+            write_behind=True,
+            save_delay_seconds=1,
+            retry_initial_seconds=1,
+            retry_max_seconds=2,
+            clock=clock,
         ) as svc:
             expected = {svc.create_session(f"u{n}", {"n": n}): {"n": n} for n in range(4)}
             for failures in (1, 2, 3):  # past the save delay, then past each backoff

@@ -160,9 +160,11 @@ def test_the_lock_file_is_created_0600(path: Path) -> None:
 
 
 def test_a_refused_lock_file_loses_nothing_once_it_is_fixed(path: Path, victim: Path) -> None:
-    svc = SessionService(path, save_delay_seconds=3600, retry_initial_seconds=3600)
+    svc = SessionService(
+        path, write_behind=True, save_delay_seconds=3600, retry_initial_seconds=3600
+    )
     try:
-        sid = svc.create_session("alice", {"n": 1})
+        sid = svc.create_session("alice", {"n": 1})  # pending until the flush
         os.unlink(lock_of(path))
         lock_of(path).symlink_to(victim)
         with pytest.raises(StoreUnavailableError, match="symbolic link"):
@@ -174,3 +176,20 @@ def test_a_refused_lock_file_loses_nothing_once_it_is_fixed(path: Path, victim: 
     with SessionService(path) as check:
         session = check.get_session(sid)
         assert session is not None and session.attributes == {"n": 1}
+
+
+def test_a_change_refused_by_the_lock_file_raises_and_changes_nothing(
+    path: Path, victim: Path
+) -> None:
+    with SessionService(path) as svc:
+        kept = svc.create_session("alice", {"n": 1})
+        os.unlink(lock_of(path))
+        lock_of(path).symlink_to(victim)
+        with pytest.raises(StoreUnavailableError, match="symbolic link"):
+            svc.create_session("bob")
+        assert svc.sessions_of("bob") == [], "the refused session does not exist"
+        os.unlink(lock_of(path))
+        later = svc.create_session("bob")
+    with SessionService(path) as check:
+        assert check.get_session(kept) is not None and check.get_session(later) is not None
+        assert len(check.sessions_of("bob")) == 1

@@ -47,15 +47,15 @@ def storekit_upserts(first: int, count: int) -> list[Operation]:
 def test_document_format_and_modes(tmp_path: Path) -> None:
     path = tmp_path / "sessions.json"
     with SessionService(path) as svc:
+        ended = svc.create_session("bob")  # the first write of a new store makes its snapshot
         sid = svc.create_session("alice", {"cart": [3, 7]}, {"ip": "203.0.113.7"})
-        ended = svc.create_session("bob")
-        svc.force_save()  # the first write of a new store makes its snapshot
-        svc.end_session(ended)  # later ones append to the journal
+        svc.end_session(ended)  # later ones append to the journal, a line each
     body = json.loads(path.read_bytes())
     assert (body["format"], body["version"], body["generation"]) == ("pooled_sessions", 2, 1)
     assert ended in body["sessions"], "the end is not in the snapshot ..."
+    assert sid not in body["sessions"]
     found = stored(path)
-    assert found.lines == 1, "... but in one journal line"
+    assert found.lines == 2, "... but in the journal, after alice's line"
     record = found.sessions[sid]
     assert record["username"] == "alice" and record["attributes"] == {"cart": [3, 7]}
     assert record["ip"] == "203.0.113.7"
@@ -253,7 +253,7 @@ def test_corrupt_files_are_refused_and_kept(tmp_path: Path, name: str, data: byt
 
 def test_truncated_files_are_refused_at_every_length(tmp_path: Path) -> None:
     path = tmp_path / "sessions.json"
-    with SessionService(path) as svc:
+    with SessionService(path, write_behind=True) as svc:  # one write: all three in the snapshot
         for n in range(3):
             svc.create_session(f"user{n}", {"n": n})
     whole = path.read_bytes()
@@ -269,7 +269,9 @@ def test_truncated_files_are_refused_at_every_length(tmp_path: Path) -> None:
 
 def test_a_file_corrupted_while_running_is_never_overwritten(tmp_path: Path) -> None:
     path = tmp_path / "sessions.json"
-    with SessionService(path, save_delay_seconds=3600, retry_initial_seconds=60) as svc:
+    with SessionService(
+        path, write_behind=True, save_delay_seconds=3600, retry_initial_seconds=60
+    ) as svc:
         kept = svc.create_session("alice")
         svc.force_save()
         garbage = b'{"format": "pooled_sessions", "version": 1, "sessions": {'
@@ -285,6 +287,27 @@ def test_a_file_corrupted_while_running_is_never_overwritten(tmp_path: Path) -> 
         session = svc.get_session(late)
         assert session is not None and session.attributes == {"pending": True}
         assert svc.get_session(kept) is None, "it lived only in the file that was removed"
+
+
+def test_a_change_to_a_file_corrupted_while_running_is_refused_at_the_call(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "sessions.json"
+    with SessionService(path) as svc:
+        kept = svc.create_session("alice", {"n": 1})
+        garbage = b'{"format": "pooled_sessions", "version": 1, "sessions": {'
+        path.write_bytes(garbage)
+        with pytest.raises(CorruptStoreError, match="left as it is"):
+            svc.create_session("bob", {"pending": True})
+        with pytest.raises(CorruptStoreError, match="left as it is"):
+            svc.update_session(kept, {"n": 2})
+        assert path.read_bytes() == garbage
+        stats = svc.stats()
+        assert stats["pending_sessions"] == 0, "nothing kept to be written later"
+        assert stats["live_sessions"] == 1, "only the session changed, held as it was"
+        path.unlink()  # the operator moves the damaged file aside
+        assert svc.get_session(kept) is None, "it lived only in the file that was removed"
+        assert svc.create_session("carol")
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

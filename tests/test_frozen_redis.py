@@ -69,7 +69,7 @@ def shutdown_threads() -> list[threading.Thread]:
 
 def test_shutdown_keeps_its_limit_against_a_frozen_redis(server: RedisServer) -> None:
     url = f"{server.url}?prefix={unique_prefix()}"
-    svc = SessionService(url, save_delay_seconds=3600)
+    svc = SessionService(url, write_behind=True, save_delay_seconds=3600)
     sid = svc.create_session("alice", ATTRIBUTES)
     freeze(server)
     started = time.monotonic()
@@ -87,7 +87,7 @@ def test_shutdown_keeps_its_limit_against_a_frozen_redis(server: RedisServer) ->
 
 def test_a_flusher_write_hanging_at_shutdown_is_reported_unsaved(server: RedisServer) -> None:
     url = f"{server.url}?prefix={unique_prefix()}"
-    svc = SessionService(url, save_delay_seconds=3600, batch_save_threshold=2)
+    svc = SessionService(url, write_behind=True, save_delay_seconds=3600, batch_save_threshold=2)
     first = svc.create_session("alice", ATTRIBUTES)
     freeze(server)
     second = svc.create_session("bob", ATTRIBUTES)  # a full batch: the flusher writes, hangs
@@ -108,7 +108,7 @@ async def test_the_async_shutdown_keeps_its_limit_against_a_frozen_redis(
     server: RedisServer,
 ) -> None:
     url = f"{server.url}?prefix={unique_prefix()}"
-    svc = AsyncSessionService(url, save_delay_seconds=3600)
+    svc = AsyncSessionService(url, write_behind=True, save_delay_seconds=3600)
     sid = await svc.create_session("alice", ATTRIBUTES)
     freeze(server)
     started = time.monotonic()

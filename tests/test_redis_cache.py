@@ -25,7 +25,7 @@ def url(any_redis_url: str) -> str:
 
 
 def test_sessions_of_drops_cached_sessions_the_store_no_longer_lists(url: str) -> None:
-    with SessionService(url) as a, SessionService(url) as b:
+    with SessionService(url) as a, SessionService(url, write_behind=True) as b:
         first, second = a.create_session("alice"), a.create_session("alice")
         a.force_save()
         assert b.sessions_of("alice") == [first, second]  # b holds both now

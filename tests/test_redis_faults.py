@@ -3,6 +3,7 @@ service recovers by itself."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from pooled_sessions import SessionService, Settings
+from pooled_sessions import AsyncSessionService, SessionService, Settings
 from pooled_sessions.adapters.redis.store import RedisStore
 from pooled_sessions.errors import StoreUnavailableError
 from tests.redis_servers import RedisServer, unique_prefix
@@ -45,22 +46,37 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     return True
 
 
-def test_a_crash_and_restart_mid_load_loses_no_session(durable_redis: RedisServer) -> None:
+@pytest.mark.parametrize("write_behind", [False, True], ids=["commit", "write-behind"])
+def test_a_crash_and_restart_mid_load_loses_no_session(
+    durable_redis: RedisServer, write_behind: bool
+) -> None:
+    """Written behind, every call succeeds and its change is kept until the store takes
+    it; committed, a call during the outage raises, and every call that returned holds."""
     url = f"{durable_redis.url}?prefix={unique_prefix()}&socket_timeout=1"
-    created: list[str] = []
+    created: dict[str, int] = {}
     updated: dict[str, int] = {}
+    unsure: dict[str, set[int]] = {}  # an update that raised may have run (its reply lost)
+    refused = 0
     stop = threading.Event()
-    with SessionService(url, **FAST_RETRY) as service:
+    with SessionService(url, write_behind=write_behind, **FAST_RETRY) as service:
 
         def load() -> None:
+            nonlocal refused
             n = 0
+            order: list[str] = []
             while not stop.is_set():
-                sid = service.create_session(f"user{n}", {"n": n})
-                created.append(sid)
-                if n % 3 == 0:
-                    target = created[n // 2]
-                    assert service.update_session(target, {"n": -n})
-                    updated[target] = -n
+                try:
+                    sid = service.create_session(f"user{n}", {"n": n})
+                    created[sid] = n
+                    order.append(sid)
+                    if n % 3 == 0:
+                        target = order[len(order) // 2]
+                        unsure.setdefault(target, set()).add(-n)
+                        assert service.update_session(target, {"n": -n})
+                        updated[target] = -n
+                except StoreUnavailableError:
+                    assert not write_behind, "written behind, a call never waits for Redis"
+                    refused += 1
                 n += 1
                 time.sleep(0.001)
 
@@ -76,16 +92,18 @@ def test_a_crash_and_restart_mid_load_loses_no_session(durable_redis: RedisServe
         assert wait_until(lambda: settled(service))
         assert service.stats()["flush_failures"] > 0  # the outage was felt, and survived
     with SessionService(url) as fresh:
-        for n, sid in enumerate(created):
+        for sid, n in created.items():
             session = fresh.get_session(sid)
-            assert session is not None, f"session {n} of {len(created)} lost"
-            assert session.attributes["n"] == updated.get(sid, n)
+            assert session is not None, f"session {n} lost"
+            value = session.attributes["n"]
+            assert value == updated.get(sid, n) or value in unsure.get(sid, ())
     assert len(created) > 100
+    assert write_behind or refused > 0, "committed, the outage was felt by the callers"
 
 
 def test_a_read_that_cannot_be_served_names_the_server(durable_redis: RedisServer) -> None:
     url = f"{durable_redis.url}?prefix={unique_prefix()}&socket_connect_timeout=0.5"
-    with SessionService(url, **FAST_RETRY) as service:
+    with SessionService(url, write_behind=True, **FAST_RETRY) as service:
         cached = service.create_session("alice")
         service.force_save()
         durable_redis.stop()
@@ -154,7 +172,7 @@ class ReplyLost:
 def test_a_batch_whose_reply_was_lost_is_retried_harmlessly(redis_server: RedisServer) -> None:
     client = ReplyLost(redis.Redis(port=redis_server.port))
     store = RedisStore(settings=Settings(key_prefix=unique_prefix()), client=client)
-    with SessionService(store=store, **FAST_RETRY) as service:
+    with SessionService(store=store, write_behind=True, **FAST_RETRY) as service:
         first = service.create_session("alice", {"n": 1})
         second = service.create_session("alice", {"n": 2})
         assert wait_until(lambda: settled(service))  # after one failure, then the retry
@@ -163,3 +181,65 @@ def test_a_batch_whose_reply_was_lost_is_retried_harmlessly(redis_server: RedisS
         assert set(store.load_user("alice")) == {first, second}
         assert service.sessions_of("alice") == [first, second]
     client.client.close()
+
+
+def test_a_change_while_redis_is_down_raises_and_changes_nothing(
+    durable_redis: RedisServer,
+) -> None:
+    port = durable_redis.port
+    url = f"{durable_redis.url}?prefix={unique_prefix()}&socket_connect_timeout=0.5"
+    with SessionService(url, **FAST_RETRY) as service:
+        cart = service.create_session("alice", {"cart": [1]})
+        logout = service.create_session("bob")
+        assert service.validate_session(logout)
+        durable_redis.stop()
+        with pytest.raises(StoreUnavailableError, match=f"127.0.0.1:{port}"):
+            service.update_session(cart, {"cart": [1, 2]})
+        result = service.validate_session(cart)
+        assert result and result.session is not None
+        assert result.session.attributes == {"cart": [1]}, "the copy held is as it was"
+        with pytest.raises(StoreUnavailableError, match=f"127.0.0.1:{port}"):
+            service.create_session("carol")
+        with pytest.raises(StoreUnavailableError, match=f"127.0.0.1:{port}"):
+            service.end_session(logout)
+        assert not service.validate_session(logout), "refused here at once"
+        stats = service.stats()
+        assert stats["store_ok"] is False and stats["unwritten_ends"] == 1
+        assert str(port) in stats["last_error"]
+        durable_redis.start()
+        assert wait_until(lambda: service.stats()["unwritten_ends"] == 0), "retried until written"
+        assert service.stats()["store_ok"] is True
+        assert service.sessions_of("carol") == []
+    observer = RedisStore(url, Settings())
+    assert observer.load(logout) is None and observer.ended(logout)
+    record = observer.load(cart)
+    assert record is not None and record["attributes"] == {"cart": [1]}
+    observer.close()
+
+
+async def test_an_asyncio_change_while_redis_is_down_raises_and_changes_nothing(
+    durable_redis: RedisServer,
+) -> None:
+    url = f"{durable_redis.url}?prefix={unique_prefix()}&socket_connect_timeout=0.5"
+    async with AsyncSessionService(url, **FAST_RETRY) as service:
+        cart = await service.create_session("alice", {"cart": [1]})
+        logout = await service.create_session("bob")
+        durable_redis.stop()
+        with pytest.raises(StoreUnavailableError, match=str(durable_redis.port)):
+            await service.update_session(cart, {"cart": [1, 2]})
+        session = await service.get_session(cart)
+        assert session is not None and session.attributes == {"cart": [1]}
+        with pytest.raises(StoreUnavailableError):
+            await service.end_session(logout)
+        assert not await service.validate_session(logout)
+        durable_redis.start()
+        for _ in range(1000):
+            if (await service.stats())["unwritten_ends"] == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert (await service.stats())["unwritten_ends"] == 0, "retried until written"
+    observer = RedisStore(url, Settings())
+    assert observer.load(logout) is None
+    record = observer.load(cart)
+    assert record is not None and record["attributes"] == {"cart": [1]}
+    observer.close()

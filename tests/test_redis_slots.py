@@ -109,7 +109,9 @@ def test_a_slot_freed_on_one_server_lets_the_other_proceed(
 def test_an_end_frees_its_slot_on_its_own_server_before_it_is_written(
     servers: Callable[..., SessionService],
 ) -> None:
-    a = servers(pool=pool(1, 0), save_delay_seconds=60, batch_save_threshold=1000)
+    a = servers(
+        pool=pool(1, 0), write_behind=True, save_delay_seconds=60, batch_save_threshold=1000
+    )
     b = servers(pool=pool(1, 0))
     for n in range(5):  # logout and login at once, again and again: never refused
         sid = a.create_session(f"user{n}")

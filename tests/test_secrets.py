@@ -161,7 +161,7 @@ def test_last_error_report_and_logs_of_a_failed_flush_show_no_password(
 ) -> None:
     server = RedisServer(tmp_path / "restart", "--requirepass", PASSWORD).start()
     try:
-        svc = SessionService(url_of(server, "userinfo"), save_delay_seconds=3600)
+        svc = SessionService(url_of(server, "userinfo"), write_behind=True, save_delay_seconds=3600)
         sid = svc.create_session("alice")
         server.stop()
         with caplog.at_level(logging.WARNING, logger="session_service"):

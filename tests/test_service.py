@@ -121,7 +121,7 @@ BAD_ATTRIBUTES: list[Any] = [
 
 @pytest.mark.parametrize("attributes", BAD_ATTRIBUTES, ids=lambda a: repr(a)[:30])
 def test_unstorable_attributes_are_refused_at_the_call(
-    make_service: ServiceFactory, attributes: dict[Any, Any]
+    make_service: ServiceFactory, make_peer: ServiceFactory, attributes: dict[Any, Any]
 ) -> None:
     svc = make_service()
     sid = svc.create_session("alice", {"ok": 1})
@@ -135,7 +135,10 @@ def test_unstorable_attributes_are_refused_at_the_call(
     session = svc.get_session(sid)
     assert session is not None and session.attributes == {"ok": 1}
     assert svc.update_session(sid, {"good": True})
-    assert svc.force_save() == 1, "the good change is not blocked by the bad one"
+    session = make_peer().get_session(sid)
+    assert session is not None and session.attributes == {"ok": 1, "good": True}, (
+        "the good change is committed, not blocked by the bad one"
+    )
 
 
 def test_oversized_attributes_are_refused(make_service: ServiceFactory) -> None:
@@ -201,7 +204,7 @@ def test_logs_never_hold_a_whole_session_id(
 
 
 def test_shutdown_is_idempotent_and_closes_every_call(tmp_path: Path) -> None:
-    svc = SessionService(tmp_path / "s.json")
+    svc = SessionService(tmp_path / "s.json", write_behind=True)
     sid = svc.create_session("alice")
     first = svc.shutdown()
     assert first.complete and first.written == 1 and first.unsaved == ()
@@ -233,7 +236,7 @@ def test_context_manager(tmp_path: Path) -> None:
 
 
 async def test_async_force_save(tmp_path: Path) -> None:
-    with SessionService(tmp_path / "s.json") as svc:
+    with SessionService(tmp_path / "s.json", write_behind=True) as svc:
         sid = svc.create_session("alice")
         assert await svc.async_force_save() == 1
         assert svc.stats()["pending_changes"] == 0
@@ -244,7 +247,9 @@ async def test_async_force_save(tmp_path: Path) -> None:
 EXIT_SCRIPT = """
 import sys
 from pooled_sessions import SessionService
-svc = SessionService(sys.argv[1], save_delay_seconds=3600, batch_save_threshold=1000)
+svc = SessionService(
+    sys.argv[1], write_behind=True, save_delay_seconds=3600, batch_save_threshold=1000
+)
 print(svc.create_session("alice", {"exit": sys.argv[2]}), flush=True)
 if sys.argv[2] == "exit":
     sys.exit(3)
@@ -272,7 +277,7 @@ def test_pending_changes_are_flushed_at_interpreter_exit(tmp_path: Path, how: st
 
 
 def test_shutdown_reports_what_it_could_not_write(service_on: Any, flaky: FlakyStore) -> None:
-    svc = service_on()
+    svc = service_on(write_behind=True)
     ids = [svc.create_session(f"user{n}") for n in range(3)]
     flaky.down = True
     for sid in ids:
@@ -290,7 +295,11 @@ def test_a_failed_flush_keeps_everything_and_recovers(
     service_on: Any, flaky: FlakyStore, clock: FastForwardClock
 ) -> None:
     svc = service_on(
-        batch_save_threshold=1, retry_initial_seconds=1, retry_max_seconds=2, clock=clock
+        write_behind=True,
+        batch_save_threshold=1,
+        retry_initial_seconds=1,
+        retry_max_seconds=2,
+        clock=clock,
     )
     flaky.down = True
     sid = svc.create_session("alice", {"a": 1})
@@ -313,7 +322,7 @@ def test_a_failed_flush_keeps_everything_and_recovers(
 
 
 def test_back_pressure_then_recovery_loses_nothing(service_on: Any, flaky: FlakyStore) -> None:
-    svc = service_on(max_pending_sessions=5, backpressure_timeout_seconds=0.1)
+    svc = service_on(write_behind=True, max_pending_sessions=5, backpressure_timeout_seconds=0.1)
     flaky.down = True
     accepted = {svc.create_session(f"user{n}", {"n": n}): n for n in range(5)}
     with pytest.raises(StoreError):
@@ -334,7 +343,7 @@ def test_back_pressure_then_recovery_loses_nothing(service_on: Any, flaky: Flaky
 
 
 def test_back_pressure_waits_for_room_that_comes(service_on: Any, flaky: FlakyStore) -> None:
-    svc = service_on(max_pending_sessions=2, backpressure_timeout_seconds=5)
+    svc = service_on(write_behind=True, max_pending_sessions=2, backpressure_timeout_seconds=5)
     flaky.down = True
     for n in range(2):
         svc.create_session(f"user{n}")
@@ -346,8 +355,8 @@ def test_back_pressure_waits_for_room_that_comes(service_on: Any, flaky: FlakySt
     assert flaky.load(sid) is not None
 
 
-def test_write_through_mode(service_on: Any, flaky: FlakyStore) -> None:
-    svc = service_on(batch_save_threshold=1, save_delay_seconds=0)
+def test_write_through_mode_writing_behind(service_on: Any, flaky: FlakyStore) -> None:
+    svc = service_on(write_behind=True, batch_save_threshold=1, save_delay_seconds=0)
     assert svc.settings.write_through
     sid = svc.create_session("alice", {"a": 1})
     assert flaky.load(sid) is not None, "written before create_session returned"
@@ -370,6 +379,32 @@ def test_write_through_mode(service_on: Any, flaky: FlakyStore) -> None:
     svc.update_session(other, {"after": True})
     record = flaky.load(other)
     assert record is not None and record["attributes"] == {"lost?": False, "after": True}
+
+
+def test_write_through_mode(service_on: Any, flaky: FlakyStore, clock: FastForwardClock) -> None:
+    svc = service_on(save_delay_seconds=0, expire_minutes=30, clock=clock)
+    assert svc.settings.write_through and svc.settings.commits
+    sid = svc.create_session("alice", {"a": 1})
+    assert flaky.load(sid) is not None, "written before create_session returned"
+    writes = flaky.writes
+    for _ in range(20):
+        assert svc.validate_session(sid)
+    assert flaky.writes == writes, "reads within the touch step write nothing"
+    clock.advance(61)
+    assert svc.validate_session(sid)
+    assert flaky.writes == writes + 1, "a touch past the step is written before it returns"
+    flaky.down = True
+    for _ in range(3):  # every call says so, also during the backoff
+        with pytest.raises(StoreError, match="No space left"):
+            svc.update_session(sid, {"lost?": True})
+    clock.advance(61)
+    assert svc.validate_session(sid), "a read is served; its touch is left to the retries"
+    flaky.down = False
+    assert svc.update_session(sid, {"after": True})
+    record = flaky.load(sid)
+    assert record is not None and record["attributes"] == {"a": 1, "after": True}, (
+        "the changes that failed were undone, not written later"
+    )
 
 
 # -- threads -----------------------------------------------------------------------------

@@ -165,20 +165,25 @@ CHANGED_BY_JSON: list[tuple[dict[str, Any], str]] = [
 
 @pytest.mark.parametrize(("attributes", "message"), CHANGED_BY_JSON)
 def test_values_json_would_give_back_changed_are_refused_at_every_depth(
-    make_service: ServiceFactory, attributes: dict[str, Any], message: str
+    make_service: ServiceFactory,
+    make_peer: ServiceFactory,
+    attributes: dict[str, Any],
+    message: str,
 ) -> None:
     svc = make_service()
     sid = svc.create_session("alice", {"map": {"1": "a"}})
-    svc.force_save()
     with pytest.raises(SessionDataError, match=message):
         svc.create_session("bob", attributes)
     with pytest.raises(SessionDataError, match=message):
         svc.update_session(sid, attributes)
     assert svc.stats()["pending_changes"] == 0, "nothing was queued"
+    assert svc.sessions_of("bob") == [], "the refused session does not exist"
     assert svc.update_session(sid, {"n": 1})
-    assert svc.force_save() == 1
+    assert svc.force_save() == 0, "the update was committed before it returned"
     session = svc.get_session(sid)
     assert session is not None and session.attributes == {"map": {"1": "a"}, "n": 1}
+    stored = make_peer().get_session(sid)
+    assert stored is not None and stored.attributes == {"map": {"1": "a"}, "n": 1}
 
 
 def test_max_session_bytes_counts_utf8_bytes_not_characters(

@@ -38,7 +38,11 @@ class SharedRig:
     def __init__(self) -> None:
         self.clock = Clock()
         self.engine = Engine(
-            Settings(backend="memory://", pool=PoolLimits(max_total=10, max_wait=0)),
+            Settings(
+                backend="memory://",
+                pool=PoolLimits(max_total=10, max_wait=0),
+                write_behind=True,  # the rigs drive flushes by hand
+            ),
             clock=self.clock.wall,
             monotonic=self.clock.monotonic,
             offers=StoreOffers(claim_slot=True),

@@ -62,10 +62,15 @@ def test_the_bounds_themselves_are_accepted(tmp_path: Path) -> None:
     )
     assert longest.idle_seconds == MAX_SECONDS
     with SessionService(tmp_path / "s.json", settings=longest) as svc:
-        sid = svc.create_session("alice")
-        assert svc.force_save() == 1 and svc.validate_session(sid)
+        sid = svc.create_session("alice")  # committed before it returns
+        assert svc.force_save() == 0 and svc.validate_session(sid)
+    with SessionService(tmp_path / "s.json", settings=longest) as svc:
+        assert svc.validate_session(sid), "the store held the longest expiry"
     with SessionService(tmp_path / "t.json", tombstone_ttl_seconds=0.001) as svc:
-        assert svc.end_session(svc.create_session("bob")) and svc.force_save() == 1
+        bob = svc.create_session("bob")
+        assert svc.end_session(bob) and svc.force_save() == 0
+    with SessionService(tmp_path / "t.json", tombstone_ttl_seconds=0.001) as svc:
+        assert svc.get_session(bob) is None, "the store held the shortest tombstone"
 
 
 def test_an_environment_value_out_of_bounds_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

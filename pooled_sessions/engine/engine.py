@@ -1,26 +1,23 @@
 """The engine: every session decision, with no I/O, no threads and no asyncio.
 
 Each public operation is a flow (`requests.Flow`). It yields a request when it needs the
-store (`Load`, `LoadUser`, and, when the store offers them, `Ended` and `ClaimSlot`) or
-the driver's patience (`WaitForRoom`, `AcquireSlot`, `Pause`), receives the answer, and
-returns its result. An operation that changed a session says itself what must follow:
-in write-through mode the write (`FlushNow`, whose failure it raises or, for a touch,
-leaves to the retries), otherwise a wake-up of the flusher when a flush is due
-(`WakeFlusher`). `SessionService` and `AsyncSessionService` only run these flows and do
-what they ask, so the policy exists once.
+store (`Load`, `LoadUser`, `Poll`, and, when the store offers them, `Ended` and
+`ClaimSlot`) or the driver's patience (`WaitForRoom`, `AcquireSlot`, `Pause`), receives
+the answer, and returns its result. An operation that changed a session says itself what
+must follow: by default its commit (`Commit`: the call returns once the store holds the
+change, or raises with the change undone); with ``write_behind`` a wake-up of the flusher
+when a flush is due (`WakeFlusher`); a touch is written behind, or at once in
+write-through mode (`FlushNow`). `SessionService` and `AsyncSessionService` only run
+these flows and do what they ask, so the policy exists once.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from pooled_sessions.codec import (
-    Delete,
-    Operation,
     Record,
-    WriteResult,
     check_id,
     check_size,
     check_username,
@@ -28,12 +25,11 @@ from pooled_sessions.codec import (
     is_valid_id,
     short_id,
 )
-from pooled_sessions.config import Settings
-from pooled_sessions.engine.binding import ClientBinding
-from pooled_sessions.engine.entry import Entry, EntryIndex
-from pooled_sessions.engine.pending import Dirty, PendingBuffer
-from pooled_sessions.engine.pool_policy import SlotLedger
-from pooled_sessions.engine.requests import FLUSH_NOW, WAKE_FLUSHER
+from pooled_sessions.engine.batches import ENDED_MEMORY_SECONDS as ENDED_MEMORY_SECONDS
+from pooled_sessions.engine.batches import Batches
+from pooled_sessions.engine.entry import Entry
+from pooled_sessions.engine.pending import Dirty
+from pooled_sessions.engine.requests import FLUSH_NOW, POLL, WAKE_FLUSHER, Commit
 from pooled_sessions.engine.requests import NO_OFFERS as NO_OFFERS
 from pooled_sessions.engine.requests import AcquireSlot as AcquireSlot
 from pooled_sessions.engine.requests import ClaimSlot as ClaimSlot
@@ -47,11 +43,9 @@ from pooled_sessions.engine.requests import Request as Request
 from pooled_sessions.engine.requests import StoreOffers as StoreOffers
 from pooled_sessions.engine.requests import WaitForRoom as WaitForRoom
 from pooled_sessions.engine.requests import new_session_id as new_session_id
-from pooled_sessions.engine.wallclock import never_back
 from pooled_sessions.errors import BackPressureError, IdInUseError, StoreError
 from pooled_sessions.model import ClientInfo, Reason, Session, ValidationResult
 
-ENDED_MEMORY_SECONDS = 300.0
 ClientLike = ClientInfo | Mapping[str, Any] | None
 
 
@@ -61,31 +55,11 @@ def _id_or_none(session_id: object) -> str | None:
     return session_id if is_valid_id(session_id) else None
 
 
-class Engine:
-    """Live sessions, their dirty state, and the flush and cleanup decisions."""
+class Engine(Batches):
+    """Live sessions, their dirty state, and the flush and cleanup decisions.
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        clock: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
-        pending: PendingBuffer | None = None,
-        offers: StoreOffers = NO_OFFERS,
-    ) -> None:
-        self.settings = settings
-        self.offers = offers
-        self._clock = never_back(clock)  # expiry never moves back (wallclock.py)
-        self._mono = monotonic
-        self._entries = EntryIndex()
-        self._ended: dict[str, float] = {}
-        self.pending = pending or PendingBuffer(settings)
-        self._next_cleanup = monotonic() + settings.cleanup_interval_minutes * 60.0
-        self.last_cleanup_at: float | None = None
-        self.evicted = 0
-        self.slots = SlotLedger(settings.pool, monotonic, shared=offers.claim_slot)
-        self._idle, self._step = settings.idle_seconds, settings.touch_step
-        self._binding = ClientBinding(settings)
+    The operations below are flows; the state and what flushes settle are `Batches`'.
+    """
 
     # -- public operations -------------------------------------------------------------
 
@@ -125,8 +99,8 @@ class Engine:
         self._extend(entry, now)
         self._entries.install(entry)
         self.slots.hold(entry)
-        self.pending.mark(sid, self._mono(), Dirty(changed=set(encoded), created=True))
-        yield from self._follow(raising=True)
+        seq = self._mark(sid, Dirty(changed=set(encoded), created=True))
+        yield from self._follow(seq, raising=True)
         return sid
 
     def validate(self, session_id: str, client: ClientLike = None) -> Flow[ValidationResult]:
@@ -135,6 +109,7 @@ class Engine:
         if sid is None:
             return ValidationResult(False, Reason.INVALID_ID)
         info = self._binding.coerce(client)
+        yield from self._fresh()
         now = self._clock()
         entry = self._entries.get(sid)
         if entry is None or entry.stale or entry.expired(now):
@@ -144,8 +119,8 @@ class Engine:
                 # A store that drops expired records itself (Redis) must not change the reason.
                 return ValidationResult(False, Reason.EXPIRED if lapsed else reason)
         result = self._validated(entry, info, now)
-        if result.valid and self._touch_written(entry):
-            yield from self._follow(raising=False)
+        if result.valid and (seq := self._touch_written(entry)):
+            yield from self._follow(seq, raising=False)
         return result
 
     def validate_cached(
@@ -154,10 +129,11 @@ class Engine:
         """`validate` of a cached live session whose touch is not written: no request, and
         nothing follows. None otherwise.
 
-        The drivers' fast path for the most common call: None sends them to `validate`.
+        The drivers' fast path for the most common call: None sends them to `validate`
+        (always, on a store that must be asked for others' changes first).
         """
         entry = self._entries.get(session_id) if type(session_id) is str else None
-        if entry is None or entry.stale:
+        if entry is None or entry.stale or self._poll_first:
             return None
         now = self._clock()
         if entry.expired(now):
@@ -182,6 +158,7 @@ class Engine:
         sid = _id_or_none(session_id)
         if sid is None:
             return None
+        yield from self._fresh()
         entry, _ = yield from self._live(sid)
         return None if entry is None else entry.snapshot()
 
@@ -196,19 +173,21 @@ class Engine:
         if sid is None:
             return False
         yield from self._room(sid)
+        yield from self._fresh()
         entry, _ = yield from self._live(sid)
         if entry is None:
             return False
         merged = {k: v for k, v in entry.attributes.items() if k not in remove}
         merged.update(encoded)
         check_size(sid, merged, self.settings.max_session_bytes)
+        before = entry.copy() if self.settings.commits else None
         entry.attributes = merged
         now = self._clock()
         entry.last_accessed_at = now
         self._extend(entry, now)
         removed = {k for k in remove if k not in encoded}
-        self.pending.mark(sid, self._mono(), Dirty(changed=set(encoded), removed=removed))
-        yield from self._follow(raising=True)
+        seq = self._mark(sid, Dirty(changed=set(encoded), removed=removed, before=before))
+        yield from self._follow(seq, raising=True)
         return True
 
     def rotate(self, session_id: str) -> Flow[str | None]:
@@ -218,26 +197,17 @@ class Engine:
             return None
         new_id = new_session_id()
         yield from self._room(new_id)
+        yield from self._fresh()
         entry, _ = yield from self._live(sid)
         if entry is None:
             return None
-        clone = Entry(
-            session_id=new_id,
-            username=entry.username,
-            attributes=entry.attributes,
-            ip=entry.ip,
-            user_agent=entry.user_agent,
-            created_at=entry.created_at,
-            last_accessed_at=entry.last_accessed_at,
-            expires_at=entry.expires_at,
-            absolute_expires_at=entry.absolute_expires_at,
-            stored_expires_at=0.0,
-        )
+        clone = entry.renamed(new_id)
         self.slots.move(sid, clone)
         self._end(entry)
         self._entries.install(clone)
-        self.pending.mark(new_id, self._mono(), Dirty(changed=set(clone.attributes), created=True))
-        yield from self._follow(raising=True)
+        created = Dirty(changed=set(clone.attributes), created=True, rotated_from=sid, before=entry)
+        seq = self._mark(new_id, created)
+        yield from self._follow(seq, raising=True)
         return new_id
 
     def end(self, session_id: str) -> Flow[bool]:
@@ -248,11 +218,12 @@ class Engine:
         sid = _id_or_none(session_id)
         if sid is None:
             return False
+        yield from self._fresh()
         entry, _ = yield from self._live(sid)
         if entry is None:
             return False
-        self._end(entry)
-        yield from self._follow(raising=True)
+        seq = self._end(entry)
+        yield from self._follow(seq, raising=True)
         return True
 
     def sessions_of(self, username: str) -> Flow[list[str]]:
@@ -262,6 +233,7 @@ class Engine:
         it no longer lists ended or expired elsewhere (its event may still be on the way).
         """
         check_username(username)
+        yield from self._fresh()
         dirty = self.pending.is_dirty
         written = {s for s in self._entries.by_user.get(username, ()) if not dirty(s)}
         records: Mapping[str, Record] = yield LoadUser(username)
@@ -280,116 +252,6 @@ class Engine:
         ]
         return [e.session_id for e in sorted(live, key=lambda e: (e.created_at, e.session_id))]
 
-    # -- store feedback ----------------------------------------------------------------
-
-    def invalidate(self, session_ids: Collection[str] | None, *, ended: bool = False) -> None:
-        """Another process changed (or, with ``ended``, ended) these sessions; None: all."""
-        targets = list(self._entries) if session_ids is None else session_ids
-        mono = self._mono()
-        for sid in targets:
-            if ended:
-                self.slots.release(sid, evicted=True)
-                self._ended[sid] = mono
-                self.pending.drop(sid)
-                self._entries.remove(sid)
-            elif self.pending.is_dirty(sid):
-                if sid in self._entries:
-                    self._entries[sid].stale = True
-            else:
-                self._entries.remove(sid)
-
-    def take_flush(self) -> Flush | None:
-        """Every pending change as one batch, or None when nothing is pending."""
-        if not len(self.pending):
-            return None
-        taken = self.pending.take()
-        operations: list[Operation] = []
-        for sid, dirty in taken.items():
-            if dirty.ended_at is not None:
-                operations.append(Delete(sid, dirty.username, dirty.ended_at))
-            elif (entry := self._entries.get(sid)) is not None:
-                moved = self.slots.stored_as(sid) if dirty.created else ()
-                operations.append(entry.upsert(dirty.changed, dirty.removed, dirty.created, moved))
-        return Flush(operations, taken)
-
-    def flush_succeeded(self, flush: Flush, result: WriteResult, seconds: float) -> None:
-        """The store holds ``flush``; note what it refused or reloaded."""
-        self.pending.settle(flush.taken, seconds)
-        for op in flush.operations:
-            if isinstance(op, Delete):
-                self.slots.end_stored(op.session_id)
-            elif (entry := self._entries.get(op.session_id)) is not None:
-                entry.stored_expires_at = max(entry.stored_expires_at, op.expires_at)
-        if result.refused:
-            self.invalidate(result.refused, ended=True)
-        if result.reloaded:
-            self.invalidate(None)
-
-    def flush_failed(self, flush: Flush, error: BaseException) -> float:
-        """Keep a failed batch pending; returns the delay before the retry."""
-        for op in flush.operations:
-            sid = op.session_id
-            if not isinstance(op, Delete) and sid not in self._entries and sid not in self._ended:
-                self._entries.install(Entry.from_upsert(op))
-        return self.pending.restore(flush.taken, self._mono(), error)
-
-    # -- scheduling --------------------------------------------------------------------
-
-    def flush_due(self) -> bool:
-        """True when the batch threshold or the save delay says flush now."""
-        return self.pending.due(self._mono())
-
-    def cleanup_due(self) -> bool:
-        """True when the periodic cleanup should run."""
-        return self._mono() >= self._next_cleanup
-
-    def next_deadline(self) -> float:
-        """Monotonic time of the next flush or cleanup the driver must wake up for."""
-        flush_at = self.pending.deadline()
-        return self._next_cleanup if flush_at is None else min(flush_at, self._next_cleanup)
-
-    def cleanup(self) -> int:
-        """Drop expired sessions that have nothing to write; returns how many."""
-        now, mono = self._clock(), self._mono()
-        expired = [
-            sid
-            for sid, e in self._entries.items()
-            if e.expired(now) and not self.pending.is_dirty(sid)
-        ]
-        for sid in expired:
-            self._entries.remove(sid)
-        self.slots.sweep(self._entries, now)
-        horizon = mono - ENDED_MEMORY_SECONDS
-        dirty = self.pending.is_dirty  # an end the store has not confirmed is never forgotten
-        self._ended = {sid: t for sid, t in self._ended.items() if t > horizon or dirty(sid)}
-        self._next_cleanup = mono + self.settings.cleanup_interval_minutes * 60.0
-        self.last_cleanup_at = now
-        self.evicted += len(expired)
-        return len(expired)
-
-    def stats(self) -> dict[str, Any]:
-        """Engine counters for `SessionService.stats`."""
-        flush = self.pending.stats
-        return {
-            "live_sessions": len(self._entries),
-            "pending_changes": self.pending.changes,
-            "pending_sessions": len(self.pending),
-            "inflight_sessions": self.pending.in_flight,
-            "changes": flush.changes,
-            "flushes": flush.flushes,
-            "store_writes": flush.flushes + flush.failures,
-            "sessions_written": flush.sessions_written,
-            "writes_saved": flush.changes - flush.sessions_written - self.pending.changes,
-            "flush_failures": flush.failures,
-            "flush_retries": flush.retries,
-            "flush_mean_seconds": flush.mean_seconds,
-            "flush_max_seconds": flush.max_seconds,
-            "last_error": flush.last_error,
-            "last_cleanup_at": self.last_cleanup_at,
-            "expired_evicted": self.evicted,
-            "pool": self.slots.stats(),
-        }
-
     # -- internals ---------------------------------------------------------------------
 
     def _unused(self, session_id: str) -> Flow[str]:
@@ -404,6 +266,17 @@ class Engine:
                 "is never used twice (mint a new one)"
             )
         return sid
+
+    def _fresh(self) -> Flow[None]:
+        """Before a call reads the cache: on a store other processes write and that does not
+        push their changes (a file), ask it whether they changed it; if so, read again."""
+        if self._poll_first:
+            try:
+                changed = yield POLL
+            except StoreError:  # it cannot be read now: what is cached is served meanwhile
+                changed = False
+            if changed:
+                self.invalidate(None)
 
     def _room(self, session_id: str) -> Flow[None]:
         if not self.pending.has_room(session_id) and not (yield WaitForRoom(session_id)):
@@ -422,7 +295,13 @@ class Engine:
     def _fetch(self, sid: str) -> Flow[tuple[Entry | None, Reason]]:
         if sid in self._ended:
             return None, Reason.NOT_FOUND
-        record: Record | None = yield Load(sid)
+        try:
+            record: Record | None = yield Load(sid)
+        except StoreError:
+            held = self._entries.get(sid)  # marked to be read again, but the store is down:
+            if held is None or held.expired(self._clock()):  # the copy held is served
+                raise
+            return held, Reason.OK
         return self._admit(sid, record, self._clock())
 
     def _admit(self, sid: str, record: Record | None, now: float) -> tuple[Entry | None, Reason]:
@@ -470,21 +349,29 @@ class Engine:
             and self.pending.has_room(sid)
         )
 
-    def _touch_written(self, entry: Entry) -> bool:
-        """Queue the write of a touch that is pending (see `_touch_pending`); True if queued."""
+    def _touch_written(self, entry: Entry) -> int:
+        """Queue the write of a touch that is pending (see `_touch_pending`); its sequence
+        number, or 0 if none was queued."""
         if not self._touch_pending(entry):
-            return False
-        self.pending.mark(entry.session_id, self._mono(), Dirty())
-        return True
+            return 0
+        return self._mark(entry.session_id, Dirty())
 
-    def _follow(self, *, raising: bool) -> Flow[None]:
-        """What follows a change: write-through writes it before the call returns, else the
-        flusher is woken when a flush is due.
+    def _follow(self, seq: int, *, raising: bool) -> Flow[None]:
+        """What follows change ``seq``: by default the caller's own change is committed
+        before the call returns; a touch (and, with ``write_behind``, every change) waits
+        for the flusher, woken when a flush is due, unless write-through writes it now.
 
-        ``raising``: the caller's own change, whose failed write fails the call (it stays
-        pending and is retried); a touch's failed write is left to the retries.
+        ``raising``: the caller's own change, whose failed write fails the call (undone by
+        default, kept pending with ``write_behind``); a touch's failed write is left to
+        the retries.
         """
-        if not self.settings.write_through:
+        if raising and self.settings.commits:
+            self.commits.watch(seq)  # from here a failed flush is kept for this caller
+            try:
+                yield Commit(seq)
+            finally:
+                self.commits.forget(seq)
+        elif not self.settings.write_through:
             if self.flush_due():
                 yield WAKE_FLUSHER
         elif raising:
@@ -495,10 +382,9 @@ class Engine:
             except StoreError:
                 pass
 
-    def _end(self, entry: Entry) -> None:
+    def _end(self, entry: Entry) -> int:
         sid = entry.session_id
         self._entries.remove(sid)
         self.slots.release(sid)
         self._ended[sid] = self._mono()
-        change = Dirty(ended_at=self._clock(), username=entry.username)
-        self.pending.mark(sid, self._mono(), change)
+        return self._mark(sid, Dirty(ended_at=self._clock(), username=entry.username))

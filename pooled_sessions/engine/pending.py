@@ -9,6 +9,7 @@ import random
 from dataclasses import dataclass, field
 
 from pooled_sessions.config import Settings
+from pooled_sessions.engine.entry import Entry
 
 
 @dataclass(slots=True, kw_only=True)
@@ -20,6 +21,18 @@ class Dirty:
     created: bool = False
     ended_at: float | None = None
     username: str = ""
+    rotated_from: str | None = None
+    """Set on the creation of a rotated id: the id whose end is part of the same change."""
+    before: Entry | None = None
+    """The session as it was before the first change folded in (to undo a failed commit);
+    for a rotated id, the old id's."""
+    seqs: list[int] = field(default_factory=list)
+    """Sequence numbers of the changes folded in (see `CommitLog`)."""
+
+    @property
+    def substantive(self) -> bool:
+        """True for a creation or a change of attributes (not a touch, not an end)."""
+        return self.ended_at is None and bool(self.created or self.changed or self.removed)
 
     def absorb(self, newer: Dirty) -> None:
         """Fold a later change of the same session into this one (later wins per key)."""
@@ -28,6 +41,9 @@ class Dirty:
         self.changed = (self.changed - newer.removed) | newer.changed
         self.removed = (self.removed - newer.changed) | newer.removed
         self.created = self.created or newer.created
+        self.rotated_from = self.rotated_from or newer.rotated_from
+        self.before = self.before or newer.before
+        self.seqs += newer.seqs
 
 
 @dataclass(slots=True, kw_only=True)
@@ -139,6 +155,23 @@ class PendingBuffer:
         """Forget a pending change (its session was ended elsewhere)."""
         self._dirty.pop(session_id, None)
 
+    def undo(self, session_id: str) -> list[int]:
+        """Forget every unwritten change of one session, in flight or pending (its write
+        failed and is undone); returns the numbers of the pending changes dropped."""
+        self._inflight.pop(session_id, None)
+        pending = self._dirty.pop(session_id, None)
+        return [] if pending is None else pending.seqs
+
+    def ended_ids(self) -> list[str]:
+        """Ids of the sessions whose end the store does not hold yet."""
+        ids = (
+            sid
+            for table in (self._inflight, self._dirty)
+            for sid, dirty in table.items()
+            if dirty.ended_at is not None
+        )
+        return list(dict.fromkeys(ids))
+
     def due(self, mono: float) -> bool:
         """True when a flush should run now."""
         if not self._dirty or mono < self._retry_at:
@@ -202,7 +235,7 @@ class PendingBuffer:
             self._events += 1
         restored.update((k, v) for k, v in self._dirty.items() if k not in restored)
         self._dirty = restored
-        if self._first_at is None:
+        if self._first_at is None and self._dirty:
             self._first_at = mono
         self._failures += 1
         self.stats.failures += 1

@@ -67,6 +67,7 @@ class StoreOffers(NamedTuple):
 
     ended: bool = False  # store.ended(id): ids ended by any process are never reused
     claim_slot: bool = False  # store.claim_slot(...): max_total counted across servers
+    watch: bool = False  # store.watch(...): other processes' changes are pushed, not polled
 
 
 NO_OFFERS = StoreOffers()
@@ -103,6 +104,24 @@ class FlushNow(NamedTuple):
 
 FLUSH_NOW = FlushNow()
 
+
+class Commit(NamedTuple):
+    """Return only once change ``seq`` is committed to the store; answered by the group
+    commit (``ServiceBase._committing``): wait for the flush in flight, or lead the next.
+
+    A failed write is thrown into the flow; the engine has undone the change by then.
+    """
+
+    seq: int
+
+
+class AwaitFlush(NamedTuple):
+    """Wait until the flush in flight (or about to begin) has ended: until
+    ``engine.commits.rounds`` is no longer ``round``. The answer is ignored."""
+
+    round: int
+
+
 # AcquireSlot, ClaimSlot and Pause (pool_policy.py; their docstrings are the driver's
 # contract): with a pool configured and every live-session slot taken, `create` waits for
 # one, up to max_wait; on a store shared by several servers it also claims the store's.
@@ -119,6 +138,8 @@ Request = (
     | Pause
     | WakeFlusher
     | FlushNow
+    | Commit
+    | AwaitFlush
 )
 Flow = Generator[Request, Any, T]
 """A generator that yields requests, is sent their answers, and returns a ``T``."""
@@ -126,10 +147,12 @@ Flow = Generator[Request, Any, T]
 
 @dataclass(slots=True)
 class Flush:
-    """One batch handed to a store, and the changes it settles."""
+    """One batch handed to a store, the changes it settles, and the number of the latest
+    change it covers (see `CommitLog`)."""
 
     operations: list[Operation]
     taken: dict[str, Dirty]
+    upto: int = 0
 
 
 def new_session_id() -> str:

@@ -1,0 +1,241 @@
+"""Commit on return (the default): a change is in the store when its call returns, calls of
+many threads or tasks share one write, a write that fails changes nothing, an end is never
+reported done unless it is written, and write-behind warns when another process writes."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pooled_sessions import (
+    AsyncSessionService,
+    Reason,
+    SessionService,
+    StoreUnavailableError,
+)
+from pooled_sessions.adapters import Store, open_store
+from pooled_sessions.adapters.file import fsio
+from pooled_sessions.service import SHUTDOWN_THREAD
+from tests.aiokit import GatedStore, eventually, holds
+from tests.backends import ServiceAPI, ServiceFactory
+from tests.waiting import wait_until
+
+THREADS, STEPS = 16, 12
+
+
+def reader_of(svc: ServiceAPI) -> Store:
+    """A blocking store of its own on ``svc``'s store: what any other process would read."""
+    service: Any = getattr(svc, "service", svc)  # an asyncio service behind its facade
+    url = str(service.settings.backend).replace("aiofile://", "file://")
+    return open_store(url, service.settings)
+
+
+# -- group commit ------------------------------------------------------------------------------
+
+
+@pytest.mark.backends("file", "aiofile", "redis", "cluster")
+def test_sixteen_threads_share_writes_and_every_change_is_stored_when_its_call_returns(
+    make_service: ServiceFactory,
+) -> None:
+    svc = make_service()
+    reader = reader_of(svc)
+    ids = [svc.create_session(f"user{n}", {"step": 0}) for n in range(THREADS)]
+    writes_before = svc.stats()["store_writes"]
+    start = threading.Barrier(THREADS)
+    problems: list[str] = []
+
+    def worker(n: int) -> None:
+        start.wait()
+        for step in range(1, STEPS + 1):
+            if not svc.update_session(ids[n], {"step": step, f"by{n}": step}):
+                problems.append(f"thread {n}: update {step} refused")
+            record = reader.load(ids[n])
+            if record is None or record["attributes"]["step"] != step:
+                problems.append(f"thread {n}: update {step} not stored when it returned")
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    reader.close()
+    assert problems == []
+    writes = svc.stats()["store_writes"] - writes_before
+    calls = THREADS * STEPS
+    assert writes < calls, f"{writes} store writes for {calls} calls: none were shared"
+    print(f"{calls} calls from {THREADS} threads, {writes} store writes")
+
+
+async def test_tasks_that_arrive_during_a_write_share_the_next_one() -> None:
+    store = GatedStore()
+    async with AsyncSessionService(store=store) as svc:
+        ids = [await svc.create_session(f"u{n}") for n in range(100)]
+        before = store.writes
+        store.gate.clear()
+        store.started.clear()
+        early = [asyncio.create_task(svc.update_session(sid, {"x": 1})) for sid in ids[:50]]
+        await store.started.wait()  # one write holds the first fifty, held at the gate
+        late = [asyncio.create_task(svc.update_session(sid, {"x": 2})) for sid in ids[50:]]
+        await asyncio.sleep(0.01)  # the fifty others mark their changes and wait
+        assert not any(call.done() for call in early + late)
+        store.gate.set()
+        assert all(await asyncio.gather(*early, *late))
+        assert store.writes - before == 2, "the write in flight, then one for all who came"
+        assert store.most_active == 1, "never two writes at once"
+        for n, sid in enumerate(ids):
+            record = await store.inner.load(sid)
+            assert record is not None and record["attributes"] == {"x": 1 if n < 50 else 2}
+
+
+async def test_a_cancelled_caller_stops_waiting_and_its_write_goes_on() -> None:
+    store = GatedStore()
+    async with AsyncSessionService(store=store) as svc:
+        sid = await svc.create_session("alice", {"a": 1})
+        store.gate.clear()
+        store.started.clear()
+        caller = asyncio.create_task(svc.update_session(sid, {"a": 2}))
+        await store.started.wait()
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        store.gate.set()
+        assert await eventually(lambda: holds(store.writes == 2))
+        record = await store.inner.load(sid)
+        assert record is not None and record["attributes"] == {"a": 2}
+
+
+# -- a write that fails changes nothing ------------------------------------------------------
+
+
+def disk_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(fd: int, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(fsio, "write_all", refuse)
+
+
+def test_a_change_the_disk_refuses_raises_and_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.json"
+    with SessionService(path, retry_initial_seconds=0.02, retry_max_seconds=0.05) as svc:
+        cart = svc.create_session("alice", {"cart": [1]})
+        logout = svc.create_session("bob")
+        saved = path.read_bytes()
+        with pytest.MonkeyPatch.context() as patch:
+            disk_full(patch)
+            with pytest.raises(StoreUnavailableError, match=f"{path}.*disk full"):
+                svc.update_session(cart, {"cart": [1, 2]})
+            with pytest.raises(StoreUnavailableError, match="disk full"):
+                svc.create_session("carol")
+            with pytest.raises(StoreUnavailableError, match="disk full"):
+                svc.rotate_session(cart)
+            with pytest.raises(StoreUnavailableError, match="disk full"):
+                svc.end_session(logout)
+            result = svc.validate_session(cart)
+            assert result and result.session is not None
+            assert result.session.attributes == {"cart": [1]}, "as it was before the call"
+            assert svc.sessions_of("alice") == [cart] and svc.sessions_of("carol") == []
+            assert svc.validate_session(logout).reason is Reason.NOT_FOUND, "refused at once"
+            stats = svc.stats()
+            assert stats["store_ok"] is False and "disk full" in stats["last_error"]
+            assert stats["unwritten_ends"] == 1 and stats["pending_sessions"] == 1
+            assert path.read_bytes() == saved
+        assert wait_until(lambda: svc.stats()["unwritten_ends"] == 0), "the end is retried"
+        assert svc.stats()["store_ok"] is True
+    with SessionService(path) as fresh:
+        session = fresh.get_session(cart)
+        assert session is not None and session.attributes == {"cart": [1]}
+        assert fresh.get_session(logout) is None and fresh.sessions_of("carol") == []
+
+
+def test_shutdown_reports_an_end_it_could_not_write(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.json"
+    svc = SessionService(path)
+    sid = svc.create_session("alice")
+    with pytest.MonkeyPatch.context() as patch:
+        disk_full(patch)
+        with pytest.raises(StoreUnavailableError):
+            svc.end_session(sid)
+        report = svc.shutdown(timeout=0.2)
+        for thread in threading.enumerate():  # a last write it gave up on ends on a full disk
+            if thread.name == SHUTDOWN_THREAD:
+                thread.join(5)
+    assert not report.complete
+    assert report.unwritten_ends == (sid[:8] + "…",) and report.unsaved == report.unwritten_ends
+    with SessionService(path) as fresh:
+        assert fresh.validate_session(sid), "lost with the process: valid until it expires"
+
+
+async def test_an_asyncio_change_the_store_refuses_changes_nothing() -> None:
+    store = GatedStore()
+    async with AsyncSessionService(store=store) as svc:
+        sid = await svc.create_session("alice", {"a": 1})
+        store.fail = StoreUnavailableError("store down")
+        with pytest.raises(StoreUnavailableError, match="store down"):
+            await svc.update_session(sid, {"a": 2})
+        with pytest.raises(StoreUnavailableError, match="store down"):
+            await svc.create_session("bob")
+        session = await svc.get_session(sid)
+        assert session is not None and session.attributes == {"a": 1}
+        assert await svc.sessions_of("bob") == []
+        with pytest.raises(StoreUnavailableError, match="store down"):
+            await svc.end_session(sid)
+        assert not await svc.validate_session(sid)
+        assert (await svc.stats())["unwritten_ends"] == 1
+        store.fail = None
+        await svc.force_save()
+        assert await store.inner.load(sid) is None
+        assert (await svc.stats())["unwritten_ends"] == 0
+
+
+# -- write-behind: one process per store -------------------------------------------------------
+
+
+def test_write_behind_warns_once_when_another_process_writes_the_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "sessions.json"
+    with (
+        SessionService(path, write_behind=True, sync_interval_seconds=0.01) as behind,
+        SessionService(path) as other,
+    ):
+        behind.create_session("alice")
+        behind.force_save()
+        with caplog.at_level(logging.WARNING, logger="session_service"):
+            for n in range(3):
+                other.create_session(f"user{n}")
+                assert wait_until(lambda: "write_behind=True" in caplog.text)
+    warnings = [r for r in caplog.records if "write_behind" in r.getMessage()]
+    assert len(warnings) == 1, "said once"
+    assert "POOLED_SESSIONS_WRITE_BEHIND" in warnings[0].getMessage()
+
+
+def test_committing_services_sharing_a_file_do_not_warn(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "sessions.json"
+    with caplog.at_level(logging.WARNING, logger="session_service"):
+        with SessionService(path) as one, SessionService(path) as two:
+            sid = one.create_session("alice", {"n": 1})
+            assert two.update_session(sid, {"n": 2})
+            session = one.get_session(sid)
+            assert session is not None and session.attributes == {"n": 2}, "seen at once"
+    assert "write_behind" not in caplog.text
+
+
+@pytest.mark.redis
+def test_write_behind_warns_when_another_server_writes_redis(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with SessionService(redis_url, write_behind=True) as behind, SessionService(redis_url) as other:
+        with caplog.at_level(logging.WARNING, logger="session_service"):
+            sid = other.create_session("alice")
+            assert behind.validate_session(sid)
+            assert other.end_session(sid)
+            assert wait_until(lambda: "write_behind=True" in caplog.text)
