@@ -65,7 +65,7 @@ class ServiceBase(Generic[StoreT]):
         check_kind(opened, asynchronous=self.asynchronous)
         self._store: StoreT = opened
         self._engine = Engine(self.settings, offers=offers(opened))
-        self._schedule = Schedule(self.settings)
+        self._schedule = Schedule(self.settings, opened)
         self._closed = self._stopping = False
         self._prepare()
 
@@ -175,9 +175,10 @@ class Chores(NamedTuple):
 class Schedule:
     """When the background flusher wakes, what it does then, and the store-side counters."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, store: object = None) -> None:
         self._interval = settings.sync_interval_seconds
         self._next_sync = time.monotonic() + self._interval
+        self._store = store
         self.purged = 0
 
     def wake_at(self, engine: Engine) -> float:
@@ -200,6 +201,8 @@ class Schedule:
         """`stats()` of a service: the engine's counters and the store's."""
         stats = engine.stats()
         stats.update(store=url, store_purged=self.purged, closed=closed)
+        if hasattr(self._store, "eviction_policy"):  # Redis: its maxmemory-policy
+            stats["store_eviction_policy"] = self._store.eviction_policy
         return stats
 
 

@@ -109,6 +109,7 @@ class Entry:
             expires_at=self.expires_at,
             absolute_expires_at=self.absolute_expires_at,
             created=created,
+            create=created,
         )
 
     def overlay(self, local: Entry, changed: set[str], removed: set[str]) -> None:

@@ -66,10 +66,12 @@ def upsert(
     record: Record,
     *,
     created: bool = True,
+    create: bool = False,
     changed: Iterable[str] | None = None,
     removed: Iterable[str] = (),
 ) -> Upsert:
-    """The write of ``record``: every attribute carried, ``changed`` (default all) moved."""
+    """The write of ``record``: every attribute carried, ``changed`` (default all) moved;
+    ``create``: a create-if-absent (a session a service just started)."""
     encoded = encode_attributes(record["attributes"])
     return Upsert(
         session_id=session_id,
@@ -84,6 +86,7 @@ def upsert(
         expires_at=record["expires_at"],
         absolute_expires_at=record["absolute_expires_at"],
         created=created,
+        create=create,
     )
 
 

@@ -94,19 +94,22 @@ class FileMirror:
             return (yield from self.adopting(content))
         return self.adopt(content)
 
-    def writing(self, operations: Sequence[Operation]) -> Steps[WriteResult]:
+    def writing(self, operations: Sequence[Operation], now: float) -> Steps[WriteResult]:
         """Read-merge-write of one batch; the caller holds the lock file."""
         reloaded = yield from self.refreshing()
         refused: set[str] = set()
+        taken: set[str] = set()
         try:
             for start in range(0, len(operations), PACE):
-                refused |= self.table.apply(operations[start : start + PACE]).refused
+                result = self.table.apply(operations[start : start + PACE], now)
+                refused |= result.refused
+                taken |= result.taken
                 yield None
             yield from self._saving()
         except BaseException:
             self.stamp = UNKNOWN  # the table may be ahead of the file
             raise
-        return WriteResult(frozenset(refused), reloaded)
+        return WriteResult(frozenset(refused), reloaded, frozenset(taken))
 
     def purging(self, now: float, tombstone_ttl: float) -> Steps[int]:
         """Drop expired records and old tombstones, saving if any went; caller holds the lock."""
@@ -201,7 +204,7 @@ class JsonFileStore:
 
     def write(self, operations: Sequence[Operation], now: float) -> WriteResult:
         with self._guard():
-            return run(self._mirror.writing(operations), self.path)
+            return run(self._mirror.writing(operations, now), self.path)
 
     def purge_expired(self, now: float) -> int:
         with self._guard():
