@@ -383,3 +383,15 @@ def test_event_messages_are_json_with_ids(redis_server: RedisServer) -> None:
     finally:
         listener.close()
         opened.close()
+
+
+@pytest.mark.cluster
+def test_a_closed_cluster_store_leaves_no_connection_open(cluster_url: str) -> None:
+    """redis-py's blocking cluster client keeps its nodes' pools open on close."""
+    store = RedisStore(cluster_url, Settings())
+    store.load(SID)  # and, after the first call, CONFIG GET on every master
+    nodes = store._client.get_nodes()
+    pools = [node.redis_connection.connection_pool for node in nodes]
+    assert any(conn._sock is not None for pool in pools for conn in pool._available_connections)
+    store.close()
+    assert all(conn._sock is None for pool in pools for conn in pool._available_connections)

@@ -188,6 +188,17 @@ class RedisBase:
             self._policy_checked = False
         logger.debug("%s: maxmemory-policy not read: %s", self.where, exc)
 
+    def _close_node_pools(self) -> None:
+        """Disconnect the node pools of a blocking cluster client: redis-py's ``close``
+        leaves open the pools it made for a URL, and their sockets would wait for the
+        garbage collector. (The asyncio client's nodes have no such pool.)"""
+        if not self.options.cluster:
+            return
+        for node in self._client.get_nodes():
+            connection = getattr(node, "redis_connection", None)
+            if connection is not None:
+                connection.connection_pool.disconnect()
+
     def _route(self, command: plan.Command) -> dict[str, Any]:
         """On a cluster, the node of a script call, from its first key: redis-py's blocking
         cluster pipeline would otherwise ask the server (COMMAND GETKEYS) once per script

@@ -161,3 +161,4 @@ class RedisStore(RedisBase):
             self._listener = None
         if self._owns_client:
             self._client.close()
+            self._close_node_pools()

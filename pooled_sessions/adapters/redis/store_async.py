@@ -186,3 +186,4 @@ class AsyncRedisStore(RedisBase):
             self._listener = None
         if self._owns_client:
             await self._client.aclose()
+            self._close_node_pools()
