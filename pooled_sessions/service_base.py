@@ -90,7 +90,7 @@ class ServiceBase(Generic[StoreT]):
         self._engine = Engine(
             self.settings, clock=clock.time, monotonic=clock.monotonic, offers=offers(opened)
         )
-        self._schedule = Schedule(self.settings, clock)
+        self._schedule = Schedule(self.settings, clock, opened)
         self._closed = self._stopping = False
         self._prepare()
         self._unwatch_clock = clock.watch(self._time_jumped)

@@ -26,6 +26,7 @@ from pooled_sessions.codec import (
     check_username,
     encode_attributes,
     is_valid_id,
+    same_creation,
     short_id,
 )
 from pooled_sessions.config import Settings
@@ -313,15 +314,17 @@ class Engine:
         return Flush(operations, taken)
 
     def flush_succeeded(self, flush: Flush, result: WriteResult, seconds: float) -> None:
-        """The store holds ``flush``; note what it refused or reloaded."""
+        """The store holds ``flush``; note what it refused, found taken or reloaded."""
         self.pending.settle(flush.taken, seconds)
         for op in flush.operations:
             if isinstance(op, Delete):
                 self.slots.end_stored(op.session_id)
             elif (entry := self._entries.get(op.session_id)) is not None:
                 entry.stored_expires_at = max(entry.stored_expires_at, op.expires_at)
-        if result.refused:
-            self.invalidate(result.refused, ended=True)
+        if result.refused or result.taken:
+            # A taken id is another user's session: ours never existed in the store, and a
+            # request here with that id comes from our user, so it is refused here as ended.
+            self.invalidate(result.refused | result.taken, ended=True)
         if result.reloaded:
             self.invalidate(None)
 
@@ -431,6 +434,14 @@ class Engine:
             return None, Reason.NOT_FOUND
         local = self._entries.get(sid)
         unwritten = self.pending.unwritten(sid)
+        if (
+            record is not None
+            and local is not None
+            and unwritten is not None
+            and unwritten.created
+            and not same_creation(record, local.username, local.created_at)
+        ):
+            record = None  # another server's session under the id our unwritten create claims
         if record is None:
             if local is not None and unwritten is not None and unwritten.created:
                 local.stale = False
