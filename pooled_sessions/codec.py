@@ -48,8 +48,13 @@ class Upsert:
     """Write one session: every attribute is carried, ``changed``/``removed`` say which moved.
 
     A store that holds the session applies only the changed keys (so concurrent writers
-    of different attributes both keep theirs) and never shortens ``expires_at``; a store
-    that lacks it writes the whole snapshot, unless the session was ended (tombstone).
+    of different attributes both keep theirs) and never shortens ``expires_at``. A store
+    that lacks it (never written, expired, evicted, purged) writes the whole snapshot only
+    for a full write (``created``: a new session, a migration); a partial write of a
+    missing session is refused, so a late write never brings one back. A tombstone refuses
+    every upsert. ``create`` (with ``created``) makes it a create-if-absent: a store that
+    holds another session under the id refuses it (`WriteResult.taken`); the same creation
+    sent again (same user and creation time: a retried batch) is applied as usual.
     """
 
     session_id: str
@@ -67,6 +72,11 @@ class Upsert:
     rotated_from: tuple[str, ...] = ()
     """Ids this session had before a rotation the store has not confirmed, newest first:
     a store that counts pool slots moves the slot one of them holds to this id."""
+    create: bool = False
+
+    def __post_init__(self) -> None:
+        if self.create and not self.created:
+            raise ValueError("Upsert(create=True) needs created=True: a create carries it all")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +93,17 @@ Operation = Upsert | Delete
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:
-    """What a store reports after a batch: ids it refused because they were ended, and
-    whether it ``reloaded`` other processes' writes on the way (cached sessions are stale)."""
+    """What a store reports after a batch.
+
+    ``refused``: upserts of sessions that are gone (ended, or a partial write of one the
+    store lacks); the writer drops them. ``reloaded``: the store read other processes'
+    writes on the way (cached sessions are stale). ``taken``: creates refused because
+    another session holds the id; it is live, just not the writer's.
+    """
 
     refused: frozenset[str] = frozenset()
     reloaded: bool = False
+    taken: frozenset[str] = frozenset()
 
 
 def short_id(session_id: str) -> str:
@@ -205,10 +221,12 @@ def upsert_of(
     changed: Iterable[str] | None = None,
     removed: Iterable[str] = (),
     created: bool = True,
+    create: bool = False,
     rotated_from: tuple[str, ...] = (),
 ) -> Upsert:
     """The write of ``record`` with its ``attributes`` already encoded; ``changed``
-    (default: every attribute) and ``removed`` say which moved."""
+    (default: every attribute) and ``removed`` say which moved; ``create``: a
+    create-if-absent (a session a service just started)."""
     return Upsert(
         session_id=session_id,
         username=record["username"],
@@ -222,8 +240,15 @@ def upsert_of(
         expires_at=record["expires_at"],
         absolute_expires_at=record["absolute_expires_at"],
         created=created,
+        create=create,
         rotated_from=rotated_from,
     )
+
+
+def same_creation(record: Record, username: str, created_at: float) -> bool:
+    """True when ``record`` is the session created for ``username`` at ``created_at``: a
+    create sent again (a retried batch) rather than another writer's session."""
+    return record["created_at"] == created_at and record["username"] == username
 
 
 def merge(record: Record | None, op: Upsert) -> Record:

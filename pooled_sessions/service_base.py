@@ -89,7 +89,7 @@ class ServiceBase(ServiceFlows, Generic[StoreT]):
         self._engine = Engine(
             self.settings, clock=clock.time, monotonic=clock.monotonic, offers=offers(opened)
         )
-        self._schedule = Schedule(self.settings, clock)
+        self._schedule = Schedule(self.settings, clock, opened)
         self._closed = self._stopping = self._shared_seen = False
         self._prepare()
         self._unwatch_clock = clock.watch(self._time_jumped)

@@ -31,8 +31,9 @@ class Chores(NamedTuple):
 class Schedule:
     """When the background flusher wakes, what it does then, and the store-side counters."""
 
-    def __init__(self, settings: Settings, clock: Clock) -> None:
+    def __init__(self, settings: Settings, clock: Clock, store: object = None) -> None:
         self._clock = clock
+        self._store = store
         self._interval = settings.sync_interval_seconds
         self._next_sync = clock.monotonic() + self._interval
         self.purged = 0
@@ -58,6 +59,8 @@ class Schedule:
         """`stats()` of a service: the engine's counters and the store's."""
         stats = engine.stats()
         stats.update(store=url, store_purged=self.purged, closed=closed)
+        if hasattr(self._store, "eviction_policy"):  # Redis: its maxmemory-policy
+            stats["store_eviction_policy"] = self._store.eviction_policy
         return stats
 
 

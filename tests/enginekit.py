@@ -105,7 +105,7 @@ class Rig:
         if flush is None:
             return WriteResult()
         result = self.table.apply(flush.operations)
-        result = WriteResult(result.refused, reloaded)
+        result = WriteResult(result.refused, reloaded, result.taken)
         self.engine.flush_succeeded(flush, result, 0.001)
         return result
 

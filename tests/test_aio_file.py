@@ -276,10 +276,10 @@ async def test_a_write_cancelled_between_slices_leaves_the_file_as_it_was(
     applied = 0
     real_apply = RecordTable.apply
 
-    def counting_apply(table: RecordTable, operations: Any) -> Any:
+    def counting_apply(table: RecordTable, operations: Any, now: Any = None) -> Any:
         nonlocal applied
         applied += 1
-        return real_apply(table, operations)
+        return real_apply(table, operations, now)
 
     monkeypatch.setattr(RecordTable, "apply", counting_apply)
     monkeypatch.setattr(aiofile, "SLICE_SECONDS", 0.0)  # a loop turn at every pause point

@@ -189,7 +189,9 @@ def test_sliding_expiry_keeps_an_active_session(
     for _ in range(5):  # 100 s in all, each step well inside the idle window
         clock.advance(20)
         assert svc.validate_session(sid), "an active session must not expire"
-    svc.force_save()
+        # Each touch reaches the store before the next jump, as it would within the save
+        # delay on a real clock: a store refuses a late touch of a copy it holds expired.
+        svc.force_save()
     clock.advance(61)
     assert svc.validate_session(sid).reason is Reason.EXPIRED
 
@@ -477,3 +479,41 @@ def test_an_ended_custom_id_is_refused_everywhere(
         assert not service.validate_session("minted-0001")
     assert peer.sessions_of("mallory") == [] and peer.sessions_of("alice") == []
     assert peer.create_session("mallory", session_id="minted-0002") == "minted-0002"
+
+
+def test_two_services_creating_one_custom_id_never_merge_them(
+    make_service: ServiceFactory, make_peer: ServiceFactory
+) -> None:
+    """Two app servers accept one custom id before either wrote it: the store keeps the
+    creation written first, whole; the other server drops its own and refuses the id."""
+    slow = {"write_behind": True, "save_delay_seconds": 60, "batch_save_threshold": 1000}
+    first, second = make_service(**slow), make_peer(**slow)
+    assert first.create_session("alice", {"owner": "alice"}, session_id="shared-0001")
+    assert second.create_session("bob", {"owner": "bob", "cart": [1]}, session_id="shared-0001")
+    first.force_save()
+    second.force_save()
+    won = first.validate_session("shared-0001")
+    assert won and won.session is not None and won.session.username == "alice"
+    assert second.validate_session("shared-0001").reason is Reason.NOT_FOUND
+    stored = make_peer().get_session("shared-0001")
+    assert stored is not None and stored.username == "alice"
+    assert stored.attributes == {"owner": "alice"}, "the two creations were merged"
+    assert make_peer().sessions_of("bob") == []
+
+
+def test_a_create_of_an_id_another_server_holds_raises_at_the_call(
+    make_service: ServiceFactory, make_peer: ServiceFactory
+) -> None:
+    """By default a create is committed before it returns, so the second server's create of
+    an id the first one holds is refused there and then, and nothing of it is stored; the id
+    stays alice's on every server (her next request may reach either)."""
+    first, second = make_service(), make_peer()
+    assert first.create_session("alice", {"owner": "alice"}, session_id="shared-0002")
+    with pytest.raises(IdInUseError):
+        second.create_session("bob", {"owner": "bob"}, session_id="shared-0002")
+    seen = second.validate_session("shared-0002")
+    assert seen and seen.session is not None and seen.session.username == "alice"
+    stored = make_peer().get_session("shared-0002")
+    assert stored is not None and stored.username == "alice"
+    assert stored.attributes == {"owner": "alice"}
+    assert make_peer().sessions_of("bob") == []

@@ -124,19 +124,28 @@ def test_a_read_that_cannot_be_served_names_the_server(durable_redis: RedisServe
         assert fresh.get_session(late) is not None and fresh.get_session(cached) is not None
 
 
-def test_a_restart_that_lost_the_data_is_repaired_from_the_cache(tmp_path: Path) -> None:
+def test_a_restart_that_lost_the_data_brings_no_session_back(tmp_path: Path) -> None:
+    """Redis cannot tell a session it lost from one it expired, evicted or ended (the
+    tombstones went too), so a late change is refused and the session is gone everywhere;
+    a creation not yet written is still written."""
     server = RedisServer(tmp_path / "volatile").start()  # no persistence at all
     url = f"{server.url}?prefix=p"
     try:
-        with SessionService(url, **FAST_RETRY) as service:
+        with SessionService(
+            url, **{**FAST_RETRY, "save_delay_seconds": 60, "write_behind": True}
+        ) as service:
             sid = service.create_session("alice", {"a": 1, "b": 2})
             service.force_save()
+            pending = service.create_session("bob", {"cart": [1]})
             server.restart()  # every key is gone
-            assert service.update_session(sid, {"a": 3})
+            assert service.update_session(sid, {"a": 3})  # served from the cache
             service.force_save()
+            assert service.validate_session(sid).reason.value == "not_found"
+            assert service.validate_session(pending)
         with SessionService(url) as fresh:
-            session = fresh.get_session(sid)
-            assert session is not None and session.attributes == {"a": 3, "b": 2}
+            assert fresh.get_session(sid) is None
+            written = fresh.get_session(pending)
+            assert written is not None and written.attributes == {"cart": [1]}
     finally:
         server.stop()
 

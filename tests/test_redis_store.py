@@ -7,6 +7,7 @@ idempotent batches, index upkeep without keyspace notifications, options and err
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -168,12 +169,36 @@ def test_a_retried_batch_applies_once(store: RedisStore) -> None:
     assert store.count() == 1 and store.load(SID) is None
 
 
-def test_a_partial_write_to_a_session_redis_lost_sends_it_whole(store: RedisStore) -> None:
+def expiry_members(store: RedisStore) -> set[str]:
+    """Every ``id:user`` member of the expiry index."""
+    return {m.decode() for key in store.keys.all_shards() for m in raw(store).zrange(key, 0, -1)}
+
+
+def test_a_partial_write_to_a_session_redis_lost_is_refused_and_unindexed(
+    store: RedisStore,
+) -> None:
     store.write([upsert(attrs={"a": 1, "b": 2}, created=True)], time.time())
-    raw(store).delete(store.keys.session(SID))  # Redis lost it (a restart without persistence)
-    assert not store.write([upsert(attrs={"a": 5, "b": 2}, changed={"a"})], time.time()).refused
-    record = store.load(SID)
-    assert record is not None and record["attributes"] == {"a": 5, "b": 2}
+    raw(store).delete(store.keys.session(SID))  # evicted, or lost in a restart
+    result = store.write([upsert(attrs={"a": 5, "b": 2}, changed={"a"})], time.time())
+    assert result.refused == {SID} and not result.taken
+    assert store.load(SID) is None and not raw(store).exists(store.keys.session(SID))
+    assert raw(store).zscore(store.keys.user("alice"), SID) is None
+    assert expiry_members(store) == set() and store.count() == 0
+
+
+def test_a_taken_create_leaves_the_holders_indexes_alone(store: RedisStore) -> None:
+    holders = [upsert(attrs={"mine": 1}, created=True), upsert(OTHER, created=True)]
+    store.write(holders, time.time())
+    holder = store.load(SID)
+    later = time.time() + 1.0
+    bob = dataclasses.replace(upsert(user="bob", created=True), create=True, created_at=later)
+    alice = dataclasses.replace(upsert(OTHER, created=True), create=True, created_at=later)
+    result = store.write([bob, alice], time.time())
+    assert result.taken == {SID, OTHER} and not result.refused
+    assert store.load(SID) == holder and store.load_user("bob") == {}
+    assert raw(store).zscore(store.keys.user("bob"), SID) is None
+    assert set(store.load_user("alice")) == {SID, OTHER}
+    assert expiry_members(store) == {f"{SID}:alice", f"{OTHER}:alice"}
 
 
 def test_purge_and_load_user_keep_the_indexes_free_of_dead_ids(store: RedisStore) -> None:
@@ -358,3 +383,15 @@ def test_event_messages_are_json_with_ids(redis_server: RedisServer) -> None:
     finally:
         listener.close()
         opened.close()
+
+
+@pytest.mark.cluster
+def test_a_closed_cluster_store_leaves_no_connection_open(cluster_url: str) -> None:
+    """redis-py's blocking cluster client keeps its nodes' pools open on close."""
+    store = RedisStore(cluster_url, Settings())
+    store.load(SID)  # and, after the first call, CONFIG GET on every master
+    nodes = store._client.get_nodes()
+    pools = [node.redis_connection.connection_pool for node in nodes]
+    assert any(conn._sock is not None for pool in pools for conn in pool._available_connections)
+    store.close()
+    assert all(conn._sock is None for pool in pools for conn in pool._available_connections)

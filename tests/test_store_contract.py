@@ -193,6 +193,25 @@ class WritesWholeSessions(MemoryStore):
         return super().write(whole, now)
 
 
+class MergesCreates(MemoryStore):
+    def write(self, operations, now):
+        plain = [
+            dataclasses.replace(op, create=False) if isinstance(op, Upsert) else op
+            for op in operations
+        ]
+        return super().write(plain, now)
+
+
+class RecreatesLostSessions(MemoryStore):
+    def write(self, operations, now):
+        whole = [
+            dataclasses.replace(op, created=True)
+            if isinstance(op, Upsert) and self.load(op.session_id) is None else op
+            for op in operations
+        ]
+        return super().write(whole, now)
+
+
 class ForgetsEnds(MemoryStore):
     def write(self, operations, now):
         result = super().write(operations, now)
@@ -220,6 +239,18 @@ class TestWritesWholeSessions(BasicStoreContract):
     @pytest.fixture
     def store_factory(self):
         return factory(WritesWholeSessions)
+
+
+class TestMergesCreates(BasicStoreContract):
+    @pytest.fixture
+    def store_factory(self):
+        return factory(MergesCreates)
+
+
+class TestRecreatesLostSessions(BasicStoreContract):
+    @pytest.fixture
+    def store_factory(self):
+        return factory(RecreatesLostSessions)
 
 
 class TestForgetsEnds(TombstoneContract):
@@ -292,8 +323,13 @@ def test_the_contract_fails_stores_that_break_it(pytester: pytest.Pytester) -> N
         "TestForgetsEnds::test_an_end_is_seen_by_every_store_object",
         "TestForgetsEnds::test_a_late_write_to_an_ended_id_is_refused",
         "TestNeverPolls::test_poll_reports_another_store_objects_write_once",
+        "TestMergesCreates::test_a_create_of_an_id_another_session_holds_is_taken",
+        "TestMergesCreates::test_a_large_batch_reports_exactly_its_taken_ids",
+        "TestRecreatesLostSessions::test_a_partial_upsert_of_a_session_the_store_lacks_is_refused",
     } <= failed
     assert "TestDropsUserAgent::test_load_user_returns_that_users_sessions_only" not in failed
+    assert "TestMergesCreates::test_a_create_sent_again_is_applied_not_taken" in passed
+    assert "TestRecreatesLostSessions::test_a_create_sent_again_is_applied_not_taken" in passed
     for name in ("TestDropsUserAgent", "TestWritesWholeSessions", "TestForgetsEnds"):
         assert any(test.startswith(f"{name}::") for test in passed), f"{name}: nothing ran"
 

@@ -55,9 +55,9 @@ class MemoryStore:
     def write(self, operations: Sequence[Operation], now: float) -> WriteResult:
         with self._lock:
             foreign = self._table.version != self._seen
-            result = self._table.apply(operations)
+            result = self._table.apply(operations, now)
             self._seen = self._table.version
-        return WriteResult(result.refused, reloaded=foreign)
+        return WriteResult(result.refused, reloaded=foreign, taken=result.taken)
 
     def purge_expired(self, now: float) -> int:
         with self._lock:

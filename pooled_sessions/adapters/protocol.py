@@ -13,8 +13,11 @@ class Store(Protocol):
     """A blocking session store.
 
     ``write`` applies a whole batch or raises (then nothing may be assumed written, and the
-    same batch is sent again: applying it twice must be harmless). ``poll`` reports whether
-    another process changed the data since this store last looked.
+    same batch is sent again: applying it twice must be harmless, a create included). It
+    refuses upserts of ended ids and partial upserts of sessions it lacks
+    (``WriteResult.refused``) and creates of ids another session holds (``taken``); see
+    `codec.Upsert`. ``poll`` reports whether another process changed the data since this
+    store last looked.
     """
 
     url: str

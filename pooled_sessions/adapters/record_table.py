@@ -12,12 +12,14 @@ from pooled_sessions.codec import (
     Delete,
     Operation,
     Record,
+    Upsert,
     WriteResult,
     document_member,
     document_parts,
     encode_record,
     is_expired,
     merge,
+    same_creation,
 )
 
 ENCODE_AT_ONCE = 1024
@@ -54,9 +56,13 @@ class RecordTable:
         """Every record of one user."""
         return {sid: self.records[sid] for sid in self._by_user.get(username, ())}
 
-    def apply(self, operations: Sequence[Operation]) -> WriteResult:
-        """Apply a batch; upserts of ended sessions are refused, deletes leave tombstones."""
-        refused = set()
+    def apply(self, operations: Sequence[Operation], now: float | None = None) -> WriteResult:
+        """Apply a batch as every store does (see `Upsert`): deletes leave tombstones; upserts
+        of ended ids, and partial upserts of sessions not held, are refused; creates of ids
+        another session holds are taken. With ``now``, a record expired by then is not held
+        (as on Redis, where it is gone)."""
+        refused: set[str] = set()
+        taken: set[str] = set()
         self.version += 1
         for op in operations:
             sid = op.session_id
@@ -65,11 +71,26 @@ class RecordTable:
                 self.tombstones[sid] = max(op.ended_at, self.tombstones.get(sid, 0.0))
             elif sid in self.tombstones:
                 refused.add(sid)
-            else:
-                self.records[sid] = merge(self.records.get(sid), op)
-                self._unencoded[sid] = None
-                self._by_user.setdefault(op.username, set()).add(sid)
-        return WriteResult(refused=frozenset(refused))
+            elif (outcome := self._upsert(op, now)) is not None:
+                (taken if outcome else refused).add(sid)
+        return WriteResult(refused=frozenset(refused), taken=frozenset(taken))
+
+    def _upsert(self, op: Upsert, now: float | None) -> bool | None:
+        """Apply one upsert of an id without a tombstone: None if written, True if the id
+        is taken, False if refused (a partial write of a session not held)."""
+        sid, current = op.session_id, self.records.get(op.session_id)
+        if current is not None and now is not None and is_expired(current, now):
+            current = None
+        if current is None:
+            if not op.created:
+                return False
+            self._drop(sid)  # an expired record is replaced, not merged
+        elif op.create and not same_creation(current, op.username, op.created_at):
+            return True
+        record = self.records[sid] = merge(current, op)
+        self._unencoded[sid] = None
+        self._by_user.setdefault(record["username"], set()).add(sid)
+        return None
 
     def purge(self, now: float, tombstone_ttl: float) -> tuple[int, int]:
         """Remove expired records and old tombstones; returns how many of each went."""

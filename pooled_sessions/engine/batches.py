@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any, Self
 
-from pooled_sessions.codec import Delete, Operation, WriteResult
+from pooled_sessions.codec import Delete, Operation, WriteResult, short_id
 from pooled_sessions.config import Settings
 from pooled_sessions.engine.binding import ClientBinding
 from pooled_sessions.engine.commits import CommitLog
@@ -20,6 +20,7 @@ from pooled_sessions.engine.pending import Dirty, PendingBuffer
 from pooled_sessions.engine.pool_policy import SlotLedger
 from pooled_sessions.engine.requests import NO_OFFERS, Flush, StoreOffers
 from pooled_sessions.engine.wallclock import never_back
+from pooled_sessions.errors import IdInUseError
 
 ENDED_MEMORY_SECONDS = 300.0
 
@@ -97,18 +98,30 @@ class Batches:
         return Flush(operations, taken, self.commits.begin())
 
     def flush_succeeded(self, flush: Flush, result: WriteResult, seconds: float) -> None:
-        """The store holds ``flush``; note what it refused or reloaded."""
+        """The store holds ``flush``; note what it refused, found taken or reloaded."""
         self.pending.settle(flush.taken, seconds)
+        self._refuse_creates(flush, result.refused | result.taken)
         self.commits.end(flush.upto)
         for op in flush.operations:
             if isinstance(op, Delete):
                 self.slots.end_stored(op.session_id)
             elif (entry := self._entries.get(op.session_id)) is not None:
                 entry.stored_expires_at = max(entry.stored_expires_at, op.expires_at)
-        if result.refused:
-            self.invalidate(result.refused, ended=True)
+        if result.refused or result.taken:
+            # A taken id is another user's session: ours never existed in the store, and a
+            # request here with that id comes from our user, so it is refused here as ended.
+            self.invalidate(result.refused | result.taken, ended=True)
         if result.reloaded:
             self.invalidate(None)
+
+    def _refuse_creates(self, flush: Flush, ids: Collection[str]) -> None:
+        """A create the store refused (its id live under another creation, or ended): the
+        caller waiting for it raises `IdInUseError` rather than returning the id."""
+        for sid in ids:
+            dirty = flush.taken.get(sid)
+            if dirty is not None and dirty.created:
+                error = IdInUseError(f"session id {short_id(sid)} is already in use")
+                self.commits.refuse(dirty.seqs, error)
 
     def flush_failed(
         self, flush: Flush, error: BaseException, told: BaseException | None = None

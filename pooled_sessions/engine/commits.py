@@ -77,6 +77,13 @@ class CommitLog:
         self.flushing = False
         self.rounds += 1
 
+    def refuse(self, seqs: Collection[int], failure: Exception) -> None:
+        """The store refused these changes (a create of an id in use): their callers raise
+        ``failure`` instead of hearing that they were committed."""
+        for seq in seqs:
+            if seq in self._watched:
+                self._failed[seq] = failure
+
     def watch(self, seq: int) -> None:
         """A caller waits for change ``seq``: keep the failure of its flush for it."""
         self._watched.add(seq)

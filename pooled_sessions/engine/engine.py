@@ -23,6 +23,7 @@ from pooled_sessions.codec import (
     check_username,
     encode_attributes,
     is_valid_id,
+    same_creation,
     short_id,
 )
 from pooled_sessions.engine.batches import ENDED_MEMORY_SECONDS as ENDED_MEMORY_SECONDS
@@ -310,6 +311,14 @@ class Engine(Batches):
             return None, Reason.NOT_FOUND
         local = self._entries.get(sid)
         unwritten = self.pending.unwritten(sid)
+        if (
+            record is not None
+            and local is not None
+            and unwritten is not None
+            and unwritten.created
+            and not same_creation(record, local.username, local.created_at)
+        ):
+            record = None  # another server's session under the id our unwritten create claims
         if record is None:
             if local is not None and unwritten is not None and unwritten.created:
                 local.stale = False

@@ -137,6 +137,7 @@ class Entry:
             absolute_expires_at=self.absolute_expires_at,
             created=created,
             rotated_from=rotated_from,
+            create=created,
         )
 
     def overlay(self, local: Entry, changed: set[str], removed: set[str]) -> None:

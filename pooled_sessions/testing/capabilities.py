@@ -79,6 +79,16 @@ class TombstoneContract(StoreContractBase):
             assert set(self.call(reader.load_user("alice"))) == {other}, f"{where}: load_user"
         assert_same_record(self.call(store.load(other)), late, "the batch's other session")
 
+    def test_a_create_of_an_ended_id_is_refused_not_taken(self) -> None:
+        store, peer, sid = self.open(), self.open(), new_id()
+        record = make_record(time.time())
+        self.write(store, [upsert(sid, record, create=True)])
+        self.write(store, [delete(sid, record, time.time())])
+        result = self.write(peer, [upsert(sid, make_record(time.time(), "bob"), create=True)])
+        assert result.refused == frozenset({sid}), f"a create of an ended id: {result}"
+        assert result.taken == frozenset(), "an ended id is reported taken, not ended"
+        assert self.call(store.load(sid)) is None, "a create revived an ended id"
+
     def test_a_large_batch_refuses_exactly_its_ended_ids(self) -> None:
         store, peer, now = self.open(), self.open(), time.time()
         ended = [new_id(f"ended{n}") for n in range(5)]

@@ -66,11 +66,13 @@ def upsert(
     record: Record,
     *,
     created: bool = True,
+    create: bool = False,
     changed: Iterable[str] | None = None,
     removed: Iterable[str] = (),
     rotated_from: tuple[str, ...] = (),
 ) -> Upsert:
-    """The write of ``record``: every attribute carried, ``changed`` (default all) moved."""
+    """The write of ``record``: every attribute carried, ``changed`` (default all) moved;
+    ``create``: a create-if-absent (a session a service just started)."""
     encoded = encode_attributes(record["attributes"])
     return upsert_of(
         session_id,
@@ -80,6 +82,7 @@ def upsert(
         removed=removed,
         created=created,
         rotated_from=rotated_from,
+        create=create,
     )
 
 

@@ -64,6 +64,8 @@ class BasicStoreContract(StoreContractBase):
         assert isinstance(result.refused, frozenset), f"refused is {result.refused!r}"
         assert result.refused == frozenset(), f"a new session was refused: {result.refused}"
         assert isinstance(result.reloaded, bool), f"reloaded is {result.reloaded!r}"
+        assert isinstance(result.taken, frozenset), f"taken is {result.taken!r}"
+        assert result.taken == frozenset(), f"a new session was taken: {result.taken}"
 
     def test_an_upsert_applies_only_its_changed_and_removed_attributes(self) -> None:
         now, sid = time.time(), new_id()
@@ -103,11 +105,90 @@ class BasicStoreContract(StoreContractBase):
         assert found["ip"] == "198.51.100.9", "a new client address was not written"
         assert found["user_agent"] == first["user_agent"], "user_agent None erased the stored one"
 
-    def test_an_upsert_of_a_session_the_store_lacks_writes_it_whole(self) -> None:
+    def test_a_full_upsert_of_a_session_the_store_lacks_writes_it_whole(self) -> None:
         now, sid, store = time.time(), new_id(), self.open()
         record = make_record(now)
-        self.write(store, [upsert(sid, record, created=False, changed={"note"})])
-        assert_same_record(self.call(store.load(sid)), record, "a partial upsert of a lost session")
+        result = self.write(store, [upsert(sid, record, changed={"note"})])
+        assert result.refused == frozenset(), "a full upsert (a migration) was refused"
+        assert_same_record(self.call(store.load(sid)), record, "a full upsert of a new session")
+
+    def test_a_partial_upsert_of_a_session_the_store_lacks_is_refused(self) -> None:
+        now, store, peer = time.time(), self.open(), self.open()
+        gone, kept = new_id("gone"), new_id("kept")
+        self.write(store, [upsert(kept, make_record(now))])
+        late = upsert(gone, make_record(now), created=False, changed={"note"})
+        result = self.write(peer, [late, upsert(kept, make_record(now), created=False)])
+        assert result.refused == frozenset({gone}), f"refused {set(result.refused)}"
+        assert result.taken == frozenset(), f"a partial upsert was taken: {set(result.taken)}"
+        for where, reader in (("store", store), ("the writing store object", peer)):
+            assert self.call(reader.load(gone)) is None, f"{where}: a late write created it"
+            assert set(self.call(reader.load_user("alice"))) == {kept}, f"{where}: load_user"
+            assert self.call(reader.count()) == 1, f"{where}: count"
+
+    def test_a_late_partial_upsert_never_revives_an_expired_session(self) -> None:
+        now, sid, store = time.time(), new_id(), self.open()
+        brief = make_record(now, expires_at=now + 0.2, absolute_expires_at=None)
+        self.write(store, [upsert(sid, brief, create=True)], now)
+        sleep_past(brief["expires_at"])
+        later = make_record(time.time(), attributes={"late": 1}, absolute_expires_at=None)
+        result = self.write(store, [upsert(sid, later, created=False, changed={"late"})])
+        assert result.refused == frozenset({sid}), "a late write to an expired session passed"
+        found = self.call(store.load(sid))
+        assert found is None or found == brief, f"the expired session was changed: {found}"
+        self.call(store.purge_expired(time.time()))
+        assert self.call(store.load(sid)) is None, "an expired session outlived a purge"
+
+    def test_a_create_of_an_id_another_session_holds_is_taken(self) -> None:
+        now, store, peer = time.time(), self.open(), self.open()
+        sid, same_user = new_id("theirs"), new_id("same-user")
+        theirs = make_record(now, attributes={"owner": "alice"})
+        self.write(store, [upsert(sid, theirs, create=True), upsert(same_user, theirs)])
+        mine = make_record(now + 1.0, "bob", attributes={"owner": "bob", "cart": [1]})
+        also_mine = make_record(now + 1.0, attributes={"owner": "alice, again"})
+        batch = [upsert(sid, mine, create=True), upsert(same_user, also_mine, create=True)]
+        result = self.write(peer, batch)
+        assert result.taken == frozenset({sid, same_user}), f"taken {set(result.taken)}"
+        assert result.refused == frozenset(), f"a taken id is not ended: {set(result.refused)}"
+        for where, reader in (("store", store), ("the refused store object", peer)):
+            assert_same_record(self.call(reader.load(sid)), theirs, f"{where}: the holder")
+            assert_same_record(self.call(reader.load(same_user)), theirs, f"{where}: same user")
+            assert dict(self.call(reader.load_user("bob"))) == {}, f"{where}: bob has it"
+            assert self.call(reader.count()) == 2, f"{where}: count"
+
+    def test_a_create_sent_again_is_applied_not_taken(self) -> None:
+        now, store = time.time(), self.open()
+        sid = new_id()
+        record = make_record(now)
+        for attempt in ("first", "repeated"):
+            result = self.write(store, [upsert(sid, record, create=True)])
+            assert result.taken == frozenset(), f"{attempt} create: its own session is taken"
+            assert_same_record(self.call(store.load(sid)), record, f"{attempt} create")
+
+    def test_a_large_batch_reports_exactly_its_taken_ids(self) -> None:
+        now, store, peer = time.time(), self.open(), self.open()
+        held = [new_id(f"held{n}") for n in range(5)]
+        self.write(store, [upsert(sid, make_record(now, "carol")) for sid in held])
+        fresh = [new_id(f"new{n}") for n in range(100)]
+        mine = make_record(now + 1.0, "dave")
+        batch = [upsert(sid, mine, create=True) for sid in [*fresh[:50], *held, *fresh[50:]]]
+        for attempt in ("first", "repeated"):
+            result = self.write(peer, batch, now)
+            assert result.taken == frozenset(held), f"{attempt}: taken {len(result.taken)} of 5"
+            assert result.refused == frozenset(), f"{attempt}: refused {set(result.refused)}"
+        assert set(self.call(store.load_user("dave"))) == set(fresh), "dave's sessions"
+        assert set(self.call(store.load_user("carol"))) == set(held), "carol's sessions"
+        assert self.call(store.count()) == len(fresh) + len(held)
+
+    def test_a_create_of_an_expired_id_writes_it_whole(self) -> None:
+        now, sid, store = time.time(), new_id(), self.open()
+        brief = make_record(now, expires_at=now + 0.2, absolute_expires_at=None)
+        self.write(store, [upsert(sid, brief, create=True)], now)
+        sleep_past(brief["expires_at"])
+        fresh = make_record(time.time(), "bob", attributes={"only": "bob's"})
+        result = self.write(store, [upsert(sid, fresh, create=True)])
+        assert result.taken == frozenset() and result.refused == frozenset()
+        assert_same_record(self.call(store.load(sid)), fresh, "a create after an expiry")
+        assert set(self.call(store.load_user("bob"))) == {sid}
 
     def test_writing_a_batch_twice_is_harmless(self) -> None:
         now, store = time.time(), self.open()

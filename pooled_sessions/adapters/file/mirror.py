@@ -218,22 +218,29 @@ class FileMirror:
 
     # -- writing (the caller holds the lock file) ------------------------------------------
 
-    def writing(self, operations: Sequence[Operation]) -> Steps[WriteResult]:
-        """Merge one batch and commit it: one journal line, or a new snapshot."""
+    def writing(self, operations: Sequence[Operation], now: float) -> Steps[WriteResult]:
+        """Merge one batch and commit it: one journal line, or a new snapshot.
+
+        ``now`` decides which records are expired, hence not held (see `RecordTable.apply`).
+        """
         reloaded = yield from self.refreshing(settled=True)
         try:
             refused: set[str] = set()
+            taken: set[str] = set()
             for start in range(0, len(operations), PACE):
-                refused |= self.table.apply(operations[start : start + PACE]).refused
+                result = self.table.apply(operations[start : start + PACE], now)
+                refused |= result.refused
+                taken |= result.taken
                 yield None
-            touched = [op.session_id for op in operations if op.session_id not in refused]
+            unwritten = refused | taken
+            touched = [op.session_id for op in operations if op.session_id not in unwritten]
             line = yield from self._line_of(list(dict.fromkeys(touched)))
             if line is not None:
                 yield from self._committing(line)
         except BaseException:
             self.release()  # the table may be ahead of the files
             raise
-        return WriteResult(frozenset(refused), reloaded)
+        return WriteResult(frozenset(refused), reloaded, frozenset(taken))
 
     def purging(self, now: float, tombstone_ttl: float) -> Steps[int]:
         """Drop expired records and old tombstones, committing a line if any went."""

@@ -119,7 +119,7 @@ class JsonFileStore:
 
     def write(self, operations: Sequence[Operation], now: float) -> WriteResult:
         with self._guard():
-            return run(self._mirror.writing(operations), self.path)
+            return run(self._mirror.writing(operations, now), self.path)
 
     def purge_expired(self, now: float) -> int:
         with self._guard():

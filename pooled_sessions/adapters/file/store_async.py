@@ -80,7 +80,7 @@ class AioFileStore:
     async def write(self, operations: Sequence[Operation], now: float) -> WriteResult:
         await self._ready()
         async with self._exclusive():
-            return await self._run(self._mirror.writing(operations))
+            return await self._run(self._mirror.writing(operations, now))
 
     async def purge_expired(self, now: float) -> int:
         await self._ready()

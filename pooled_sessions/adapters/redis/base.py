@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pooled_sessions.adapters.redis import plan, probe
@@ -32,6 +33,11 @@ from pooled_sessions.redaction import Secrets, scrub
 INSTALL_HINT = 'pip install "pooled-sessions[redis]"'
 LOCK_POLL_SECONDS, LOCK_MIN_SECONDS = 0.005, 1.0
 SCRIPT_CALLS = ("EVALSHA", "EVAL")
+POLICY = "maxmemory-policy"
+EVICTING = ("allkeys-", "volatile-")
+"""Policies that may evict session keys: every session hash and tombstone has a TTL, so the
+``volatile-*`` ones reach them as well as ``allkeys-*``."""
+logger = logging.getLogger("session_service")
 
 
 def _redis() -> Any:
@@ -105,6 +111,23 @@ def _client_secrets(client: Any) -> tuple[str, ...]:
     return tuple(value for value in found if isinstance(value, str) and value)
 
 
+def _policies(reply: Any) -> dict[str, str]:
+    """``{node: policy}`` from CONFIG GET's reply: one mapping, or one per cluster node."""
+    fields = {_text(k): v for k, v in dict(reply or {}).items()}
+    if POLICY in fields:
+        return {"": _text(fields[POLICY])}
+    return {
+        node: policy
+        for node, inner in fields.items()
+        if isinstance(inner, Mapping)
+        for policy in _policies(inner).values()
+    }
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class RedisBase:
     """What both stores share: options, keys, an origin token, error translation."""
 
@@ -131,6 +154,11 @@ class RedisBase:
         self._clients = _package(clients)
         self._redis = _redis()
         self._node_name = ""  # the cluster node the events listener subscribes through
+        self.eviction_policy: str | None = None
+        """Redis's ``maxmemory-policy``, read after the first call that reached it (on a
+        cluster, each master's: ``node=policy`` pairs when they differ); None until then,
+        or when the server refuses CONFIG GET."""
+        self._policy_checked = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
@@ -165,6 +193,51 @@ class RedisBase:
             f"{self.where} cannot be used: {reason} (checked at start; check_store=False "
             "skips the check)"
         )
+
+    def _policy_nodes(self) -> dict[str, Any]:
+        """Where CONFIG GET goes: every master of a cluster (each evicts on its own)."""
+        return {"target_nodes": "primaries"} if self.options.cluster else {}
+
+    def _note_policy(self, reply: Any) -> None:
+        """Keep what CONFIG GET answered; warn if the policy can evict session keys."""
+        found = _policies(reply)
+        distinct = sorted(set(found.values()))
+        if not distinct:
+            logger.debug("%s: CONFIG GET %s answered %r", self.where, POLICY, reply)
+            return
+        if len(distinct) == 1:
+            self.eviction_policy = distinct[0]
+        else:
+            self.eviction_policy = ", ".join(f"{node}={p}" for node, p in sorted(found.items()))
+        evicting = [policy for policy in distinct if policy.startswith(EVICTING)]
+        if evicting:
+            logger.warning(
+                "%s runs with maxmemory-policy %s: when it reaches maxmemory it may evict "
+                "session keys, so live sessions vanish before they expire and an ended "
+                "session's tombstone can go, after which its id is no longer refused (an "
+                "ended session must never come back); set maxmemory-policy noeviction on the "
+                "Redis that keeps sessions",
+                self.where,
+                self.eviction_policy if len(distinct) == 1 else ", ".join(evicting),
+            )
+
+    def _policy_unread(self, exc: Exception) -> None:
+        """CONFIG GET failed: refused (renamed, disabled, no ACL permission) is final;
+        anything else is tried again after the next call."""
+        if not isinstance(exc, self._redis.exceptions.ResponseError):
+            self._policy_checked = False
+        logger.debug("%s: maxmemory-policy not read: %s", self.where, exc)
+
+    def _close_node_pools(self) -> None:
+        """Disconnect the node pools of a blocking cluster client: redis-py's ``close``
+        leaves open the pools it made for a URL, and their sockets would wait for the
+        garbage collector. (The asyncio client's nodes have no such pool.)"""
+        if not self.options.cluster:
+            return
+        for node in self._client.get_nodes():
+            connection = getattr(node, "redis_connection", None)
+            if connection is not None:
+                connection.connection_pool.disconnect()
 
     def _route(self, command: plan.Command) -> dict[str, Any]:
         """On a cluster, the node of a script call, from its first key: redis-py's blocking

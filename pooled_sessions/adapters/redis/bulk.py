@@ -95,6 +95,7 @@ def _call(keys: KeySchema, creates: Sequence[Upsert], now_ms: int, indexed: bool
             "" if absolute is None else repr(absolute),
             repr(op.last_accessed_at),
             repr(op.expires_at),
+            1 if op.create else 0,
             len(attributes) + (ip is not None) + (agent is not None),
         )
         for name, value in attributes.items():

@@ -38,7 +38,10 @@ T = TypeVar("T")
 Command = tuple[Any, ...]
 Step = Generator[list[Command], list[Any], T]
 PAGE = 500
-WRITTEN, REFUSED, MISSING = 1, 0, 2
+WRITTEN, REFUSED, GONE = 1, 0, 2
+Status = int | str
+"""Of one write in a script's reply: `WRITTEN`, `REFUSED` (ended), `GONE` (a partial write of
+a session Redis lacks), or the user whose session holds the id a create wanted."""
 _SCRIPTS = {
     script.sha: script
     for script in (APPLY, BULK_CREATE, CLAIM_SLOT, LOAD_HASHES, SYNC_SLOTS, UNLOCK)
@@ -82,7 +85,7 @@ class Batch:
         self.keys = keys
         self.head = (ms(now), tombstone_ttl_ms, keys.channel, origin)
 
-    def apply(self, group: Sequence[Operation], full: bool) -> Command:
+    def apply(self, group: Sequence[Operation]) -> Command:
         """One APPLY call for operations whose keys share a slot (or any, on one server)."""
         keys: list[str] = []
         args: list[Any] = list(self.head)
@@ -91,14 +94,13 @@ class Batch:
             if isinstance(op, Delete):
                 args += ("D", op.session_id, repr(op.ended_at))
                 continue
-            whole = full or op.created
-            fields = upsert_fields(op, whole)
-            dels = [] if whole else removed_fields(op)
+            fields = upsert_fields(op, op.created)
+            dels = [] if op.created else removed_fields(op)
             notify = not op.created and bool(op.changed or op.removed)
             args += (
                 "U",
                 op.session_id,
-                "F" if whole else "P",
+                "C" if op.create else "F" if op.created else "P",
                 ms(op.expires_at),
                 repr(op.expires_at),
                 repr(op.last_accessed_at),
@@ -171,7 +173,8 @@ def write(
     chunk_size: int,
     cluster: bool,
 ) -> Step[WriteResult]:
-    """Apply a batch: one pipeline per chunk, plus a second only for rare repairs.
+    """Apply a batch: one pipeline per chunk, plus a second only to undo the index entries
+    of writes the scripts refused.
 
     Many new sessions in one batch (a migration, a burst of logins) go through the bulk
     path (`redis_bulk`): script calls of up to ``chunk_size`` sessions, several per
@@ -179,39 +182,66 @@ def write(
     took are written before them.
     """
     batch = Batch(keys, now, origin, tombstone_ttl_ms)
+    refused: set[str] = set()
+    taken: set[str] = set()
     parts = bulk.split(ops)
     creates, ops = ([], ops) if parts is None else parts
-    refused = yield from _ordinary(batch, ops, chunk_size, cluster, now)
+    for start in range(0, len(ops), chunk_size):
+        chunk = ops[start : start + chunk_size]
+        statuses = yield from _apply(batch, chunk, cluster)
+        lost_ops, owned_ops = _refusals(chunk, statuses)
+        undo = batch.indexes([Delete(o.session_id, o.username, now) for o in lost_ops])
+        if undo or owned_ops:
+            yield from run(undo + _disown(keys, owned_ops))
+        refused.update(op.session_id for op in lost_ops)
+        taken.update(op.session_id for op, _ in owned_ops)
     step = chunk_size * bulk.CALLS_PER_PIPELINE
     for start in range(0, len(creates), step):
         group = creates[start : start + step]
-        refused.update((yield from _bulk(batch, group, chunk_size, cluster)))
-    return WriteResult(refused=frozenset(refused))
+        lost, owned = yield from _bulk(batch, group, chunk_size, cluster)
+        refused.update(lost)
+        taken.update(owned)
+    return WriteResult(refused=frozenset(refused), taken=frozenset(taken))
 
 
-def _ordinary(
-    batch: Batch, ops: Sequence[Operation], chunk_size: int, cluster: bool, now: float
-) -> Step[set[str]]:
-    """Write ``ops`` through APPLY, a chunk per pipeline; returns the ids refused (ended)."""
-    refused: set[str] = set()
-    for start in range(0, len(ops), chunk_size):
-        chunk = ops[start : start + chunk_size]
-        statuses = yield from _apply(batch, chunk, full=False, cluster=cluster)
-        missing = [op for op, status in zip(chunk, statuses, strict=True) if status == MISSING]
-        if missing:
-            again = yield from _apply(batch, missing, full=True, cluster=cluster)
-            statuses += again
-            chunk = [*chunk, *missing]
-        lost = [op for op, s in zip(chunk, statuses, strict=True) if s == REFUSED]
-        if lost:
-            yield from run(batch.indexes([Delete(o.session_id, o.username, now) for o in lost]))
-            refused.update(op.session_id for op in lost)
-    return refused
+def _refusals(
+    ops: Sequence[Operation], statuses: Sequence[Status]
+) -> tuple[list[Operation], list[tuple[Upsert, str]]]:
+    """The writes refused (ended or gone), and the creates refused with the user whose
+    session holds their id."""
+    lost: list[Operation] = []
+    owned: list[tuple[Upsert, str]] = []
+    for op, status in zip(ops, statuses, strict=True):
+        if isinstance(status, str):
+            assert isinstance(op, Upsert)
+            owned.append((op, status))
+        elif status != WRITTEN:
+            lost.append(op)
+    return lost, owned
 
 
-def _bulk(batch: Batch, creates: Sequence[Upsert], size: int, cluster: bool) -> Step[list[str]]:
+def _disown(keys: KeySchema, owned: Sequence[tuple[Upsert, str]]) -> list[Command]:
+    """Undo the index entries of refused creates whose id another user's session holds
+    (the same user's entries are that session's too; the id's pool slot is its)."""
+    commands: list[Command] = []
+    for op, owner in owned:
+        if owner != op.username:
+            sid = op.session_id
+            commands.append(("ZREM", keys.shard_of(sid), member(sid, op.username)))
+            commands.append(("ZREM", keys.user(op.username), sid))
+    return commands
+
+
+def _statuses(reply: Sequence[Any]) -> list[Status]:
+    """A script's statuses: numbers, and users as str whatever the client decodes."""
+    return [s if isinstance(s, int) else texts([s])[0] for s in reply]
+
+
+def _bulk(
+    batch: Batch, creates: Sequence[Upsert], size: int, cluster: bool
+) -> Step[tuple[list[str], list[str]]]:
     """Write new sessions in full through `BULK_CREATE`, in one pipeline of calls of up to
-    ``size`` sessions; returns the ids refused (ended).
+    ``size`` sessions; returns the ids refused (ended) and taken (another session's).
 
     On a cluster the index updates go in the same pipeline and are undone for refused ids.
     """
@@ -220,23 +250,24 @@ def _bulk(batch: Batch, creates: Sequence[Upsert], size: int, cluster: bool) -> 
     alive = [op for op in creates if ms(op.expires_at) > now_ms]  # what the script writes
     indexes = batch.indexes(alive) if cluster else []
     replies = yield from run([command for command, _ in calls] + indexes)
-    lost = [
-        op
-        for (_, group), statuses in zip(calls, replies, strict=False)
-        for op, status in zip(group, statuses, strict=True)
-        if not int(status)
-    ]
-    if lost and cluster:
-        yield from run(batch.indexes([Delete(op.session_id, op.username, 0.0) for op in lost]))
-    return [op.session_id for op in lost]
+    lost: list[Operation] = []
+    owned: list[tuple[Upsert, str]] = []
+    for (_, group), reply in zip(calls, replies, strict=False):
+        gone, held = _refusals(group, _statuses(reply))
+        lost += gone
+        owned += held
+    if cluster and (lost or owned):
+        undo = batch.indexes([Delete(op.session_id, op.username, 0.0) for op in lost])
+        yield from run(undo + _disown(batch.keys, owned))
+    return [op.session_id for op in lost], [op.session_id for op, _ in owned]
 
 
-def _apply(batch: Batch, ops: Sequence[Operation], full: bool, cluster: bool) -> Step[list[int]]:
+def _apply(batch: Batch, ops: Sequence[Operation], cluster: bool) -> Step[list[Status]]:
     """Statuses of ``ops`` after one pipeline of APPLY calls and index updates."""
     groups = [[op] for op in ops] if cluster else [list(ops)]
-    commands = [batch.apply(group, full) for group in groups]
+    commands = [batch.apply(group) for group in groups]
     replies = yield from run(commands + batch.indexes(ops))
-    return [int(status) for reply in replies[: len(groups)] for status in reply]
+    return [status for reply in replies[: len(groups)] for status in _statuses(reply)]
 
 
 # -- reads ----------------------------------------------------------------------------

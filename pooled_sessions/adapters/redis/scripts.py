@@ -25,13 +25,19 @@ class Script:
 # Apply a batch of writes. KEYS: hash and tombstone of each operation, in order.
 # ARGV: now_ms, tombstone_ttl_ms, channel, origin, then per operation either
 #   "D", id, ended_at
-#   "U", id, mode ("F" full / "P" partial), expires_ms, expires, accessed, notify, nset, ndel,
-#        nset field/value pairs, ndel field names
-# Returns one status per operation: 1 written, 0 refused (ended), 2 missing (the
-# session is not in Redis and a partial write cannot rebuild it: send it in full).
+#   "U", id, mode ("C" create / "F" full / "P" partial), expires_ms, expires, accessed,
+#        notify, nset, ndel, nset field/value pairs, ndel field names
+# Returns one status per operation: 1 written, 0 refused (ended), 2 gone (a partial
+# write of a session not in Redis: expired, evicted, or lost in a restart), or, for a
+# create refused because another session holds the id, that session's user (a string).
 # Why each step:
 # - the tombstone is checked only when the hash is missing: an ended session has no
 #   hash, so a live hash proves no tombstone applies (one read instead of two);
+# - only a full write ("C", "F") brings a missing hash into being: a late partial write
+#   never recreates a session Redis dropped;
+# - a create ("C") finding a hash is the same creation sent again (a retried batch) only
+#   when its "@user" and "@created" match; otherwise the id is another's and nothing is
+#   written;
 # - "@expires" (exact) and the TTL (PEXPIREAT, in ms rounded up) only move forward, and
 #   "@accessed" too: a late or retried write never shortens expiry or rolls time back;
 # - ids ended or changed are published from inside the script, after the write, so a
@@ -45,6 +51,15 @@ local function hset(h, list)
   for s = 1, #list, 512 do
     redis.call('HSET', h, unpack(list, s, math.min(s + 511, #list)))
   end
+end
+local function same_creation(list, user, created)
+  for f = 1, #list, 2 do
+    if (list[f] == '@user' and list[f + 1] ~= user)
+      or (list[f] == '@created' and list[f + 1] ~= created) then
+      return false
+    end
+  end
+  return true
 end
 for k = 1, #KEYS, 2 do
   local h, t = KEYS[k], KEYS[k + 1]
@@ -61,11 +76,11 @@ for k = 1, #KEYS, 2 do
     local j = i + 9
     local fields = {}
     for f = j, j + 2 * nset - 1 do fields[#fields + 1] = ARGV[f] end
-    local current = redis.call('HMGET', h, '@accessed', '@expires')
+    local current = redis.call('HMGET', h, '@accessed', '@expires', '@user', '@created')
     if not current[1] then
       if redis.call('EXISTS', t) == 1 then
         status[#status + 1] = 0
-      elseif mode ~= 'F' then
+      elseif mode == 'P' then
         status[#status + 1] = 2
       else
         if exp_ms > now then
@@ -77,6 +92,8 @@ for k = 1, #KEYS, 2 do
         end
         status[#status + 1] = 1
       end
+    elseif mode == 'C' and not same_creation(fields, current[3], current[4]) then
+      status[#status + 1] = current[3] or ''
     else
       if tonumber(accessed) > tonumber(current[1]) then
         fields[#fields + 1] = '@accessed'
@@ -189,12 +206,15 @@ return moved
 # live in other slots), nshards, pooled (the slots of the sessions written get their
 # scores; a slot is never added here), layout version, and the sessions as one JSON
 # array holding, per session:
-#   id, shard (1-based), expires_ms, user, created, absolute, accessed, expires, npairs,
-#   npairs field/value pairs (attributes, client address, user agent)
-# Returns one status per session: 1 written, 0 refused (ended). The rules of APPLY in
-# full mode: a tombstone refuses; an existing hash keeps a later access and a longer
-# expiry. Why a second script: the sessions travel as one JSON text (a client packs one
-# argument rather than twenty per session, and cjson decodes it in C); one EXISTS over
+#   id, shard (1-based), expires_ms, user, created, absolute, accessed, expires, create
+#   (1: a create, "C" of APPLY; 0: a full write, "F"), npairs, npairs field/value pairs
+#   (attributes, client address, user agent)
+# Returns one status per session as APPLY does: 1 written, 0 refused (ended), or the user
+# of the session holding the id a create wanted. The rules of APPLY in full and create
+# mode: a tombstone refuses; a create finding another creation's hash writes nothing;
+# otherwise an existing hash keeps a later access and a longer expiry. Why a second
+# script: the sessions travel as one JSON text (a client packs one argument rather than
+# twenty per session, and cjson decodes it in C); one EXISTS over
 # every hash and tombstone tells whether any session is known at all, so a chunk of new
 # ids (a first migration) skips the per-session checks; constant field names stay here;
 # and on one server the indexes are written here too: a chunk is one command, not one
@@ -225,16 +245,20 @@ for k = 1, n do
   local h, t = KEYS[base + k], KEYS[base + n + k]
   local sid, shard, exp_ms, user = data[d], data[d + 1], data[d + 2], data[d + 3]
   local created, accessed, expires = data[d + 4], data[d + 6], data[d + 7]
+  local create = data[d + 8] == 1
   local fields = {'@v', layout, '@user', user, '@created', created, '@absolute', data[d + 5]}
-  local j, m = d + 9, 8
-  d = j + 2 * data[d + 8]
+  local j, m = d + 10, 8
+  d = j + 2 * data[d + 9]
   for f = j, d - 1 do m = m + 1; fields[m] = data[f] end
   local current = nil
   if known > 0 and call('EXISTS', h, t) > 0 then
-    current = call('HMGET', h, '@accessed', '@expires')
+    current = call('HMGET', h, '@accessed', '@expires', '@user', '@created')
   end
-  local state = 1  -- 1 written, 0 refused, 2 expired on arrival (nothing to index)
-  if not current or not current[1] then
+  -- 1 written, 0 refused, 2 expired on arrival (nothing to index), 3 taken
+  local state = 1
+  if current and current[1] and create and (current[3] ~= user or current[4] ~= created) then
+    state = 3
+  elseif not current or not current[1] then
     if current and call('EXISTS', t) == 1 then
       state = 0
     elseif exp_ms > now then
@@ -254,7 +278,7 @@ for k = 1, n do
     many('HSET', h, nil, fields)
     if longer then call('PEXPIREAT', h, exp_ms, 'GT') end
   end
-  status[k] = state == 0 and 0 or 1
+  if state == 3 then status[k] = current[3] or '' else status[k] = state == 0 and 0 or 1 end
   if state == 1 and indexed then
     call('ZADD', KEYS[base + 2 * n + k], 'NX', created, sid)
     local list = scored[shard]

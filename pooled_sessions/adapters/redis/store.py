@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from pooled_sessions.adapters.redis import events, plan, probe
-from pooled_sessions.adapters.redis.base import LOCK_POLL_SECONDS, RedisBase
+from pooled_sessions.adapters.redis.base import LOCK_POLL_SECONDS, POLICY, RedisBase
 from pooled_sessions.adapters.url import StoreURL
 from pooled_sessions.codec import Operation, Record, WriteResult
 from pooled_sessions.config import Settings
@@ -47,11 +47,27 @@ class RedisStore(RedisBase):
                 replies = pipe.execute(raise_on_error=False)
         except StopIteration as stop:
             result: T = stop.value
-            return result
         except Exception as exc:
             raise self._failure(exc) from exc
         finally:
             step.close()
+        if not self._policy_checked:
+            self._check_eviction_policy()
+        return result
+
+    def _check_eviction_policy(self) -> None:
+        """Read ``maxmemory-policy`` (of every master of a cluster) once, after the first
+        call that reached Redis, and warn if Redis may evict session keys."""
+        self._policy_checked = True
+        try:
+            reply = self._client.config_get(POLICY, **self._policy_nodes())
+        except Exception as exc:
+            self._policy_unread(exc)
+        except BaseException:  # cancelled: look again after the next call
+            self._policy_checked = False
+            raise
+        else:
+            self._note_policy(reply)
 
     def check(self) -> None:
         """Raise `StoreUnavailableError` saying why unless Redis takes a write under the
@@ -153,3 +169,4 @@ class RedisStore(RedisBase):
             self._listener = None
         if self._owns_client:
             self._client.close()
+            self._close_node_pools()

@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from pooled_sessions.adapters.redis import events, plan, probe
-from pooled_sessions.adapters.redis.base import LOCK_POLL_SECONDS, RedisBase
+from pooled_sessions.adapters.redis.base import LOCK_POLL_SECONDS, POLICY, RedisBase
 from pooled_sessions.adapters.url import StoreURL
 from pooled_sessions.codec import Operation, Record, WriteResult
 from pooled_sessions.config import Settings
@@ -50,11 +50,27 @@ class AsyncRedisStore(RedisBase):
                 replies = await pipe.execute(raise_on_error=False)
         except StopIteration as stop:
             result: T = stop.value
-            return result
         except Exception as exc:
             raise self._failure(exc) from exc
         finally:
             step.close()
+        if not self._policy_checked:
+            await self._check_eviction_policy()
+        return result
+
+    async def _check_eviction_policy(self) -> None:
+        """Read ``maxmemory-policy`` (of every master of a cluster) once, after the first
+        call that reached Redis, and warn if Redis may evict session keys."""
+        self._policy_checked = True
+        try:
+            reply = await self._client.config_get(POLICY, **self._policy_nodes())
+        except Exception as exc:
+            self._policy_unread(exc)
+        except BaseException:  # cancelled: look again after the next call
+            self._policy_checked = False
+            raise
+        else:
+            self._note_policy(reply)
 
     async def check(self) -> None:
         """Raise `StoreUnavailableError` saying why unless Redis takes a write under the
@@ -178,3 +194,4 @@ class AsyncRedisStore(RedisBase):
             self._listener = None
         if self._owns_client:
             await self._client.aclose()
+            self._close_node_pools()
