@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from pooled_sessions.codec import Record, Upsert, encode_stored
 from pooled_sessions.model import Session, snapshot
 
@@ -86,25 +88,17 @@ class Entry:
         )
 
     def copy(self) -> Entry:
-        """This entry as it is now (``attributes`` are shared: they are never changed in place)."""
-        twin = self.renamed(self.session_id)
-        twin.stored_expires_at = self.stored_expires_at
+        """This entry as it is now, not stale (``attributes`` are shared: they are never
+        changed in place)."""
+        twin = copy.copy(self)
+        twin.stale = False
         return twin
 
     def renamed(self, session_id: str) -> Entry:
         """The same session under another id, not yet written (a rotation)."""
-        return Entry(
-            session_id=session_id,
-            username=self.username,
-            attributes=self.attributes,
-            ip=self.ip,
-            user_agent=self.user_agent,
-            created_at=self.created_at,
-            last_accessed_at=self.last_accessed_at,
-            expires_at=self.expires_at,
-            absolute_expires_at=self.absolute_expires_at,
-            stored_expires_at=0.0,
-        )
+        twin = self.copy()
+        twin.session_id, twin.stored_expires_at = session_id, 0.0
+        return twin
 
     def expired(self, now: float) -> bool:
         """True once the idle or the absolute expiry has passed."""
