@@ -1,0 +1,171 @@
+"""What a web request does with its session, decided once for every framework (no I/O).
+
+A request opens its session from the cookie's id (`opening`); the view reads and changes a
+plain dict; when the response is built, `closing` names the few service calls that make
+the store hold what the view left: none for a request that changed nothing, one for a
+change, a login or a logout. Each framework module runs these flows on its own service
+(`drive` for a blocking one, `adrive` for asyncio), so no decision exists twice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pooled_sessions.codec import check_username, encode_attributes
+from pooled_sessions.config import Settings
+from pooled_sessions.engine.engine import ClientLike
+from pooled_sessions.model import ValidationResult
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One service call a flow asks for: ``service.<name>(*args, **kwargs)``."""
+
+    name: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+Flow = Generator[Call, Any, T]
+
+
+class RequestSession(dict[str, Any]):
+    """One request's session: a dict, plus the id and user it was loaded with.
+
+    What changed is found by comparing with what was loaded when the response is built,
+    so a value changed in place (``session["cart"].append(3)``) is saved too, and a key
+    set back to its loaded value costs no write.
+    """
+
+    def __init__(
+        self,
+        session_id: str | None = None,
+        username: str | None = None,
+        loaded: Mapping[str, str] | None = None,
+        attributes: Mapping[str, Any] | None = None,
+        absolute_expires_at: float | None = None,
+    ) -> None:
+        super().__init__(attributes or {})
+        self.session_id = session_id
+        self.username = username
+        self.absolute_expires_at = absolute_expires_at
+        self._loaded: Mapping[str, str] = loaded or {}
+        self._login: str | None = None
+        self._logout = False
+
+    @property
+    def new(self) -> bool:
+        """True when the store holds no session for this request (yet)."""
+        return self.session_id is None
+
+    def login(self, username: str) -> None:
+        """Bind ``username`` when the response is built, under a new id (never the old one)."""
+        self._login = check_username(username)
+
+    def logout(self) -> None:
+        """End the session everywhere when the response is built, and empty it now."""
+        self._logout = True
+        self._login = None
+        self.clear()
+
+
+def changes(
+    loaded: Mapping[str, str], current: Mapping[str, Any]
+) -> tuple[dict[str, Any], set[str]]:
+    """The values to write and the keys to remove to turn ``loaded`` (encoded) into ``current``."""
+    encoded = encode_attributes(current)
+    changed = {key: current[key] for key, text in encoded.items() if loaded.get(key) != text}
+    return changed, {key for key in loaded if key not in encoded}
+
+
+def opening(cookie: str | None, client: ClientLike = None) -> Flow[RequestSession]:
+    """The session a request's cookie names, or a new empty one when it names no live session
+    (the client's value is never adopted: a new session gets a new id)."""
+    if not cookie:
+        return RequestSession()
+    result: ValidationResult = yield Call("validate_session", (cookie, client))
+    session = result.session
+    if not result.valid or session is None:
+        return RequestSession()
+    return RequestSession(
+        session.session_id,
+        session.username,
+        session._encoded,
+        session.attributes,
+        session.absolute_expires_at,
+    )
+
+
+def closing(session: RequestSession, client: ClientLike = None) -> Flow[str | None]:
+    """Make the store hold what the request left in ``session``; returns the id the cookie
+    must carry, or None when the request ends with no stored session (no cookie, or delete
+    the one the client sent)."""
+    sid = session.session_id
+    loaded = session._loaded
+    if session._logout and sid is not None:
+        yield Call("end_session", (sid,))
+        sid, loaded = None, {}
+    if sid is None:
+        if not session and session._login is None:
+            return None
+        created = yield Call(
+            "create_session", (session._login, dict(session)), {"client_info": client}
+        )
+        return str(created)
+    changed, removed = changes(loaded, session)
+    if session._login is not None:
+        rotated = yield Call(
+            "rotate_session",
+            (sid,),
+            {"username": session._login, "attributes": changed, "remove": removed},
+        )
+        if rotated is None:  # ended elsewhere during the request: log in afresh
+            create = Call(
+                "create_session", (session._login, dict(session)), {"client_info": client}
+            )
+            return str((yield create))
+        return str(rotated)
+    if changed or removed:
+        updated = yield Call("update_session", (sid, changed), {"remove": removed})
+        if not updated:  # ended elsewhere during the request (a logout everywhere)
+            return None
+    return sid
+
+
+def max_age(settings: Settings, absolute_expires_at: float | None, now: float) -> int:
+    """The cookie's ``Max-Age``, whole seconds: the idle timeout the session slides to, cut
+    at its absolute expiry (a session created by this request starts both clocks now)."""
+    seconds = settings.expire_minutes * 60.0
+    lifetime = settings.absolute_lifetime_minutes
+    if absolute_expires_at is not None:
+        seconds = min(seconds, absolute_expires_at - now)
+    elif lifetime is not None:
+        seconds = min(seconds, lifetime * 60.0)
+    return max(0, math.floor(seconds))
+
+
+def drive(service: Any, flow: Flow[T]) -> T:
+    """Run ``flow`` on a blocking service."""
+    try:
+        call = next(flow)
+        while True:
+            call = flow.send(getattr(service, call.name)(*call.args, **call.kwargs))
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+
+
+async def adrive(service: Any, flow: Flow[T]) -> T:
+    """Run ``flow`` on an asyncio service."""
+    try:
+        call = next(flow)
+        while True:
+            call = flow.send(await getattr(service, call.name)(*call.args, **call.kwargs))
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
