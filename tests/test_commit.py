@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from pooled_sessions import (
     AsyncSessionService,
@@ -25,6 +26,7 @@ from pooled_sessions.adapters.file import fsio
 from pooled_sessions.service import SHUTDOWN_THREAD
 from tests.aiokit import GatedStore, eventually, holds
 from tests.backends import ServiceAPI, ServiceFactory
+from tests.redis_servers import RedisServer, unique_prefix
 from tests.waiting import wait_until
 
 THREADS, STEPS = 16, 12
@@ -192,6 +194,31 @@ async def test_an_asyncio_change_the_store_refuses_changes_nothing() -> None:
         await svc.force_save()
         assert await store.inner.load(sid) is None
         assert (await svc.stats())["unwritten_ends"] == 0
+
+
+def test_a_change_to_a_session_gone_from_redis_returns_false(redis_server: RedisServer) -> None:
+    url = f"{redis_server.url}?prefix={unique_prefix()}"
+    with SessionService(url) as svc:
+        sid = svc.create_session("alice", {"a": 1})
+        assert svc.validate_session(sid)  # cached here
+        gone = redis.Redis.from_url(redis_server.url).delete(svc._store.keys.session(sid))
+        assert gone == 1  # evicted or purged, with no event: only the write can tell
+        assert svc.update_session(sid, {"a": 2}) is False
+        assert not svc.validate_session(sid)
+        assert svc.rotate_session(sid) is None
+    with SessionService(url) as peer:
+        assert peer.get_session(sid) is None
+
+
+async def test_an_asyncio_change_to_a_session_gone_from_redis_returns_false(
+    redis_server: RedisServer,
+) -> None:
+    url = f"{redis_server.url}?prefix={unique_prefix()}"
+    async with AsyncSessionService(url) as svc:
+        sid = await svc.create_session("alice", {"a": 1})
+        assert redis.Redis.from_url(redis_server.url).delete(svc._store.keys.session(sid)) == 1
+        assert await svc.update_session(sid, {"a": 2}) is False
+        assert await svc.get_session(sid) is None
 
 
 # -- write-behind: one process per store -------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any, Self
 from pooled_sessions.codec import Delete, Operation, WriteResult, short_id
 from pooled_sessions.config import Settings
 from pooled_sessions.engine.binding import ClientBinding
-from pooled_sessions.engine.commits import CommitLog
+from pooled_sessions.engine.commits import CommitLog, Gone
 from pooled_sessions.engine.entry import Entry, EntryIndex
 from pooled_sessions.engine.pending import Dirty, PendingBuffer
 from pooled_sessions.engine.pool_policy import SlotLedger
@@ -100,7 +100,7 @@ class Batches:
     def flush_succeeded(self, flush: Flush, result: WriteResult, seconds: float) -> None:
         """The store holds ``flush``; note what it refused, found taken or reloaded."""
         self.pending.settle(flush.taken, seconds)
-        self._refuse_creates(flush, result.refused | result.taken)
+        self._refuse(flush, result.refused | result.taken)
         self.commits.end(flush.upto)
         for op in flush.operations:
             if isinstance(op, Delete):
@@ -114,14 +114,19 @@ class Batches:
         if result.reloaded:
             self.invalidate(None)
 
-    def _refuse_creates(self, flush: Flush, ids: Collection[str]) -> None:
-        """A create the store refused (its id live under another creation, or ended): the
-        caller waiting for it raises `IdInUseError` rather than returning the id."""
+    def _refuse(self, flush: Flush, ids: Collection[str]) -> None:
+        """Changes the store refused: the caller of a create (its id live under another
+        creation, or ended) raises `IdInUseError` rather than returning the id; the caller
+        of a change to a session the store no longer holds hears that it was not live."""
         for sid in ids:
             dirty = flush.taken.get(sid)
-            if dirty is not None and dirty.created:
-                error = IdInUseError(f"session id {short_id(sid)} is already in use")
-                self.commits.refuse(dirty.seqs, error)
+            if dirty is None:
+                continue
+            if dirty.created:
+                error: Exception = IdInUseError(f"session id {short_id(sid)} is already in use")
+            else:
+                error = Gone(sid)
+            self.commits.refuse(dirty.seqs, error)
 
     def flush_failed(
         self, flush: Flush, error: BaseException, told: BaseException | None = None

@@ -16,6 +16,11 @@ from collections.abc import Collection
 from pooled_sessions.errors import StoreUnavailableError
 
 
+class Gone(Exception):
+    """The store refused a change because it no longer holds the session (ended or gone
+    elsewhere): the change is moot, and its caller answers as for a session not live."""
+
+
 class Turn(enum.Enum):
     """What a caller waiting for its change does next."""
 
@@ -78,8 +83,8 @@ class CommitLog:
         self.rounds += 1
 
     def refuse(self, seqs: Collection[int], failure: Exception) -> None:
-        """The store refused these changes (a create of an id in use): their callers raise
-        ``failure`` instead of hearing that they were committed."""
+        """The store refused these changes (a create of an id in use, a change of a session
+        gone): their callers raise ``failure`` instead of hearing that they were committed."""
         for seq in seqs:
             if seq in self._watched:
                 self._failed[seq] = failure

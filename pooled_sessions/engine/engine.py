@@ -29,6 +29,7 @@ from pooled_sessions.codec import (
 )
 from pooled_sessions.engine.batches import ENDED_MEMORY_SECONDS as ENDED_MEMORY_SECONDS
 from pooled_sessions.engine.batches import Batches
+from pooled_sessions.engine.commits import Gone
 from pooled_sessions.engine.entry import Entry
 from pooled_sessions.engine.pending import Dirty
 from pooled_sessions.engine.requests import FLUSH_NOW, POLL, WAKE_FLUSHER, Commit
@@ -190,8 +191,7 @@ class Engine(Batches):
         self._accessed(entry)
         removed = {k for k in remove if k not in encoded}
         seq = self._mark(sid, Dirty(changed=set(encoded), removed=removed, before=before))
-        yield from self._follow(seq, raising=True)
-        return True
+        return (yield from self._follow(seq, raising=True))
 
     def rotate(
         self,
@@ -397,19 +397,21 @@ class Engine(Batches):
             return 0
         return self._mark(entry.session_id, Dirty())
 
-    def _follow(self, seq: int, *, raising: bool) -> Flow[None]:
+    def _follow(self, seq: int, *, raising: bool) -> Flow[bool]:
         """What follows change ``seq``: by default the caller's own change is committed
         before the call returns; a touch (and, with ``write_behind``, every change) waits
         for the flusher, woken when a flush is due, unless write-through writes it now.
 
         ``raising``: the caller's own change, whose failed write fails the call (undone by
         default, kept pending with ``write_behind``); a touch's failed write is left to
-        the retries.
+        the retries. False when the store refused the change because the session is gone.
         """
         if raising and self.settings.commits:
             self.commits.watch(seq)  # from here a failed flush is kept for this caller
             try:
                 yield Commit(seq)
+            except Gone:
+                return False
             finally:
                 self.commits.forget(seq)
         elif not self.settings.write_through:
@@ -422,6 +424,7 @@ class Engine(Batches):
                 yield FLUSH_NOW
             except StoreError:
                 pass
+        return True
 
     def _end(self, entry: Entry) -> int:
         sid = entry.session_id
