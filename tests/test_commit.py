@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -201,7 +201,9 @@ def test_a_change_to_a_session_gone_from_redis_returns_false(redis_server: Redis
     with SessionService(url) as svc:
         sid = svc.create_session("alice", {"a": 1})
         assert svc.validate_session(sid)  # cached here
-        gone = redis.Redis.from_url(redis_server.url).delete(svc._store.keys.session(sid))
+        gone = redis.Redis.from_url(redis_server.url).delete(
+            cast(Any, svc._store).keys.session(sid)
+        )
         assert gone == 1  # evicted or purged, with no event: only the write can tell
         assert svc.update_session(sid, {"a": 2}) is False
         assert not svc.validate_session(sid)
@@ -216,7 +218,10 @@ async def test_an_asyncio_change_to_a_session_gone_from_redis_returns_false(
     url = f"{redis_server.url}?prefix={unique_prefix()}"
     async with AsyncSessionService(url) as svc:
         sid = await svc.create_session("alice", {"a": 1})
-        assert redis.Redis.from_url(redis_server.url).delete(svc._store.keys.session(sid)) == 1
+        assert (
+            redis.Redis.from_url(redis_server.url).delete(cast(Any, svc._store).keys.session(sid))
+            == 1
+        )
         assert await svc.update_session(sid, {"a": 2}) is False
         assert await svc.get_session(sid) is None
 

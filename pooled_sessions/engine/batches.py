@@ -18,9 +18,17 @@ from pooled_sessions.engine.commits import CommitLog, Gone
 from pooled_sessions.engine.entry import Entry, EntryIndex
 from pooled_sessions.engine.pending import Dirty, PendingBuffer
 from pooled_sessions.engine.pool_policy import SlotLedger
-from pooled_sessions.engine.requests import NO_OFFERS, Flush, StoreOffers
+from pooled_sessions.engine.requests import (
+    FLUSH_NOW,
+    NO_OFFERS,
+    WAKE_FLUSHER,
+    Commit,
+    Flow,
+    Flush,
+    StoreOffers,
+)
 from pooled_sessions.engine.wallclock import never_back
-from pooled_sessions.errors import IdInUseError
+from pooled_sessions.errors import IdInUseError, StoreError
 
 ENDED_MEMORY_SECONDS = 300.0
 
@@ -174,6 +182,35 @@ class Batches:
             if old is not None:
                 self.slots.move(sid, before)
         return later
+
+    def _follow(self, seq: int, *, raising: bool) -> Flow[bool]:
+        """What follows change ``seq``: by default the caller's own change is committed
+        before the call returns; a touch (and, with ``write_behind``, every change) waits
+        for the flusher, woken when a flush is due, unless write-through writes it now.
+
+        ``raising``: the caller's own change, whose failed write fails the call (undone by
+        default, kept pending with ``write_behind``); a touch's failed write is left to
+        the retries. False when the store refused the change because the session is gone.
+        """
+        if raising and self.settings.commits:
+            self.commits.watch(seq)  # from here a failed flush is kept for this caller
+            try:
+                yield Commit(seq)
+            except Gone:
+                return False
+            finally:
+                self.commits.forget(seq)
+        elif not self.settings.write_through:
+            if self.flush_due():
+                yield WAKE_FLUSHER
+        elif raising:
+            yield FLUSH_NOW
+        elif self.flush_due():
+            try:
+                yield FLUSH_NOW
+            except StoreError:
+                pass
+        return True
 
     def _mark(self, session_id: str, change: Dirty) -> int:
         """Record one change for the next flush; returns its sequence number."""
