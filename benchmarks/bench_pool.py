@@ -31,7 +31,7 @@ from pooled_sessions import (
     SessionService,
 )
 from pooled_sessions.engine.entry import Entry
-from pooled_sessions.engine.pool_policy import SlotLedger
+from pooled_sessions.engine.slot_ledger import SlotLedger
 
 TTL = 1800.0
 NOW = 1_700_000_000.0

@@ -17,7 +17,6 @@ from pooled_sessions.engine.binding import ClientBinding
 from pooled_sessions.engine.commits import CommitLog, Gone
 from pooled_sessions.engine.entry import Entry, EntryIndex
 from pooled_sessions.engine.pending import Dirty, PendingBuffer
-from pooled_sessions.engine.pool_policy import SlotLedger
 from pooled_sessions.engine.requests import (
     FLUSH_NOW,
     NO_OFFERS,
@@ -27,6 +26,7 @@ from pooled_sessions.engine.requests import (
     Flush,
     StoreOffers,
 )
+from pooled_sessions.engine.slot_ledger import SlotLedger
 from pooled_sessions.engine.wallclock import never_back
 from pooled_sessions.errors import IdInUseError, StoreError
 

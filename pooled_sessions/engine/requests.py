@@ -16,8 +16,8 @@ from typing import Any, NamedTuple, TypeVar
 from pooled_sessions.codec import Operation
 from pooled_sessions.engine.pending import Dirty
 from pooled_sessions.engine.pool_policy import AcquireSlot as AcquireSlot
-from pooled_sessions.engine.pool_policy import ClaimSlot as ClaimSlot
-from pooled_sessions.engine.pool_policy import Pause as Pause
+from pooled_sessions.engine.slot_ledger import ClaimSlot as ClaimSlot
+from pooled_sessions.engine.slot_ledger import Pause as Pause
 
 T = TypeVar("T")
 
