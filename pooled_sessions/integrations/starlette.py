@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from http.cookies import SimpleCookie
 from typing import Any, Literal
 
@@ -33,14 +32,10 @@ from pooled_sessions.service_async import AsyncSessionService
 try:
     from starlette.datastructures import MutableHeaders
     from starlette.requests import HTTPConnection
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 except ImportError as exc:  # pragma: no cover - the extra is installed for the tests
     raise missing("Starlette", "starlette") from exc
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 logger = logging.getLogger("session_service")
 
 
@@ -69,6 +64,7 @@ class SessionMiddleware:
     def __init__(
         self,
         app: ASGIApp,
+        /,
         backend: str | None = None,
         session_cookie: str = "session",
         max_age: int | None = None,
