@@ -8,16 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
 from tests import webapps
-from tests.redis_servers import RedisServer, unique_prefix
-from tests.webkit import COOKIE, EXPIRE_MINUTES, Browser, Reply, Send, Store, file_store
-from tests.webkit import redis_store as redis_store_of
+from tests.webkit import COOKIE, EXPIRE_MINUTES, Browser, Reply, Send, Store
 
 
 def flask_send(app: Any) -> Iterator[Send]:
@@ -64,20 +61,12 @@ class Shop:
         return Browser(self.send, cookie)
 
 
-@pytest.fixture(params=["file", pytest.param("redis", marks=pytest.mark.redis)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    if request.param == "file":
-        return file_store(tmp_path / "store")
-    server: RedisServer = request.getfixturevalue("redis_server")
-    return redis_store_of(server, unique_prefix())
-
-
 @pytest.fixture(params=list(FRAMEWORKS))
-def shop(request: pytest.FixtureRequest, store: Store) -> Iterator[Shop]:
+def shop(request: pytest.FixtureRequest, web_store: Store) -> Iterator[Shop]:
     build, sender = FRAMEWORKS[request.param]
-    app = build(store.url, expire_minutes=EXPIRE_MINUTES)
+    app = build(web_store.url, expire_minutes=EXPIRE_MINUTES)
     for send in sender(app):
-        yield Shop(send, store)
+        yield Shop(send, web_store)
     if request.param == "flask":
         app.extensions["pooled_sessions"].shutdown()
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.redis_servers import RedisServer, free_port, unique_prefix
-from tests.webkit import Browser, Send, Store, environment, file_store, http_send, redis_store
+from tests.redis_servers import free_port
+from tests.webkit import Browser, Send, Store, environment, http_send
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_SECONDS = 20.0
@@ -32,12 +32,12 @@ SERVERS = {
 
 
 @contextmanager
-def serving(kind: str, store: Store, folder: Path) -> Iterator[Send]:
+def serving(kind: str, web_store: Store, folder: Path) -> Iterator[Send]:
     """Run the shop under ``kind`` until the block ends; fails on any traceback it logged."""
     port = free_port()
     where = ["--bind", f"127.0.0.1:{port}"] if kind.startswith("gunicorn") else []
     where = where or ["--host", "127.0.0.1", "--port", str(port)]
-    env = environment(WEB_BACKEND=store.url, WEB_WARM="1" if kind.endswith("preload") else "0")
+    env = environment(WEB_BACKEND=web_store.url, WEB_WARM="1" if kind.endswith("preload") else "0")
     log = folder / f"{kind}.log"
     with open(log, "wb") as out:
         server = subprocess.Popen(
@@ -83,24 +83,16 @@ def _stop(server: subprocess.Popen[bytes]) -> None:
         pass
 
 
-@pytest.fixture(params=["file", pytest.param("redis", marks=pytest.mark.redis)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    if request.param == "file":
-        return file_store(tmp_path / "store")
-    server: RedisServer = request.getfixturevalue("redis_server")
-    return redis_store(server, unique_prefix())
-
-
 @pytest.mark.parametrize("kind", list(SERVERS))
 def test_every_worker_agrees_on_every_visitors_session(
-    kind: str, store: Store, tmp_path: Path
+    kind: str, web_store: Store, tmp_path: Path
 ) -> None:
-    with serving(kind, store, tmp_path) as send:
+    with serving(kind, web_store, tmp_path) as send:
         stranger = Browser(send)
         for _ in range(4):
             reply = stranger.get()
             assert reply.set_cookies == [] and reply.body["cart"] is None
-        assert store.session_count() == 0, "a visitor who stores nothing stores nothing"
+        assert web_store.session_count() == 0, "a visitor who stores nothing stores nothing"
 
         forged = "forged-" + "x" * 40
         intruder = Browser(send, forged)

@@ -1,6 +1,6 @@
-"""A browser of one visitor and the checks every framework's sessions must pass, shared by
-the test-client tests (tests/test_flask.py, tests/test_starlette.py) and the real servers
-(tests/test_web_servers.py).
+"""A browser of one visitor and the store under a web app, shared by the test-client tests
+(tests/test_web_clients.py) and the real servers (tests/test_web_servers.py); a pytest
+plugin (listed in tests/conftest.py) for its `web_store` fixture.
 
 A `Send` performs one request with the cookie given (or none) and returns a `Reply`; the
 browser keeps the session cookie the way a browser does, from ``Set-Cookie`` alone.
@@ -17,10 +17,12 @@ from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from pooled_sessions import SessionService
 from pooled_sessions.adapters import open_store
 from pooled_sessions.config import Settings
-from tests.redis_servers import RedisServer, commands_called
+from tests.redis_servers import RedisServer, commands_called, unique_prefix
 
 COOKIE = "session"
 EXPIRE_MINUTES = 30
@@ -152,3 +154,12 @@ def environment(**values: str) -> dict[str, str]:
     """The environment of a server process: this one's, without pooled_sessions settings."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("POOLED_SESSIONS_")}
     return {**base, **values}
+
+
+@pytest.fixture(params=["file", pytest.param("redis", marks=pytest.mark.redis)])
+def web_store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    """This test's store: a JSON file in its folder, then a prefix on the shared Redis."""
+    if request.param == "file":
+        return file_store(tmp_path / "store")
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return redis_store(server, unique_prefix())
