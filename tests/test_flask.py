@@ -5,8 +5,6 @@ the client's address and agent, and the error when Flask is missing.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from pooled_sessions.client_ip import ClientIPResolver
 from pooled_sessions.errors import SessionError
 from pooled_sessions.integrations.flask import PooledSessions, interface_of, login, logout
 from tests import webapps
+from tests.webkit import import_error
 
 
 def test_flasks_cookie_settings_are_honoured(tmp_path: Path) -> None:
@@ -126,11 +125,6 @@ def test_the_client_address_and_agent_are_stored_with_the_session(tmp_path: Path
 
 
 def test_without_flask_the_import_names_the_extra_to_install() -> None:
-    code = (
-        "import sys; sys.modules['flask'] = None\n"
-        "try:\n    import pooled_sessions.integrations.flask\n"
-        "except ImportError as exc:\n    print(type(exc).__name__, exc)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.startswith("MissingDependencyError")
-    assert 'pip install "pooled-sessions[flask]"' in done.stdout
+    error = import_error("pooled_sessions.integrations.flask", "flask")
+    assert error.startswith("MissingDependencyError")
+    assert 'pip install "pooled-sessions[flask]"' in error

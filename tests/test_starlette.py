@@ -6,8 +6,6 @@ outside the middleware, and the error when Starlette is missing.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from starlette.websockets import WebSocket
 from pooled_sessions.errors import ConfigError, SessionError
 from pooled_sessions.integrations.starlette import SessionMiddleware, login, logout
 from tests import webapps
+from tests.webkit import import_error
 
 
 def middleware_of(app: Starlette) -> SessionMiddleware:
@@ -110,11 +109,6 @@ async def test_the_helpers_refuse_a_request_without_the_middleware() -> None:
 
 
 def test_without_starlette_the_import_names_the_extra_to_install() -> None:
-    code = (
-        "import sys; sys.modules['starlette'] = None\n"
-        "try:\n    import pooled_sessions.integrations.starlette\n"
-        "except ImportError as exc:\n    print(type(exc).__name__, exc)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.startswith("MissingDependencyError")
-    assert 'pip install "pooled-sessions[starlette]"' in done.stdout
+    error = import_error("pooled_sessions.integrations.starlette", "starlette")
+    assert error.startswith("MissingDependencyError")
+    assert 'pip install "pooled-sessions[starlette]"' in error

@@ -11,6 +11,8 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
@@ -163,3 +165,15 @@ def web_store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
         return file_store(tmp_path / "store")
     server: RedisServer = request.getfixturevalue("redis_server")
     return redis_store(server, unique_prefix())
+
+
+def import_error(module: str, missing: str) -> str:
+    """What importing ``module`` raises, in a fresh interpreter where ``missing`` cannot be
+    imported: ``"<error class> <message>"``."""
+    code = (
+        f"import sys; sys.modules[{missing!r}] = None\n"
+        f"try:\n    import {module}\n"
+        "except ImportError as exc:\n    print(type(exc).__name__, exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return done.stdout.strip()
