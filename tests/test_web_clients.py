@@ -6,8 +6,10 @@ for all three.
 
 from __future__ import annotations
 
+import runpy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +17,8 @@ from starlette.testclient import TestClient
 
 from tests import webapps
 from tests.webkit import COOKIE, EXPIRE_MINUTES, Browser, Reply, Send, Store
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def flask_send(app: Any) -> Iterator[Send]:
@@ -173,3 +177,24 @@ def test_a_request_that_changes_nothing_writes_nothing(shop: Shop) -> None:
     assert shop.store.snapshot() == before
     visitor.post("/cart/3")
     assert shop.store.snapshot() != before
+
+
+@pytest.mark.parametrize(
+    ("example", "framework"), [("flask_app", "flask"), ("fastapi_app", "fastapi")]
+)
+def test_the_example_apps_keep_a_cart_through_login_and_logout(
+    example: str, framework: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SESSIONS_BACKEND", str(tmp_path / "sessions.json"))
+    app = runpy.run_path(str(ROOT / "examples" / f"{example}.py"))["app"]
+    for send in FRAMEWORKS[framework][1](app):
+        visitor = Browser(send)
+        assert visitor.get().set_cookies == []
+        assert visitor.post("/cart/3").body["cart"] == [3]
+        anonymous = visitor.cookie
+        assert visitor.post("/login/alice").body["cart"] == [3]
+        assert visitor.cookie not in (None, anonymous)
+        visitor.post("/logout")
+        assert visitor.cookie is None and visitor.get().body["cart"] == []
+    if framework == "flask":
+        app.extensions["pooled_sessions"].shutdown()
