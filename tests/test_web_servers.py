@@ -24,10 +24,15 @@ ROOT = Path(__file__).resolve().parents[1]
 READY_SECONDS = 20.0
 CART = 12
 REPLAYS = 10
-SERVERS = {
-    "gunicorn": ["-m", "gunicorn", "-w", "4", "tests.webapps:flask_app()"],
-    "gunicorn-preload": ["-m", "gunicorn", "-w", "4", "--preload", "tests.webapps:flask_app()"],
-    "uvicorn": ["-m", "uvicorn", "--workers", "2", "--factory", "tests.webapps:fastapi_app"],
+MOST = 60
+"""Requests at most until two workers have served a step (the kernel picks each one)."""
+SERVERS = {  # kind: (workers, arguments)
+    "gunicorn": (4, ["-m", "gunicorn", "-w", "4", "tests.webapps:flask_app()"]),
+    "gunicorn-preload": (
+        4,
+        ["-m", "gunicorn", "-w", "4", "--preload", "tests.webapps:flask_app()"],
+    ),
+    "uvicorn": (2, ["-m", "uvicorn", "--workers", "2", "--factory", "tests.webapps:fastapi_app"]),
 }
 
 
@@ -41,7 +46,7 @@ def serving(kind: str, web_store: Store, folder: Path) -> Iterator[Send]:
     log = folder / f"{kind}.log"
     with open(log, "wb") as out:
         server = subprocess.Popen(
-            [sys.executable, *SERVERS[kind], *where],
+            [sys.executable, *SERVERS[kind][1], *where],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -50,7 +55,7 @@ def serving(kind: str, web_store: Store, folder: Path) -> Iterator[Send]:
         )
     try:
         send = http_send(port)
-        _wait_ready(send, server, log)
+        _wait_ready(send, server, log, SERVERS[kind][0])
         yield send
     finally:
         _stop(server)
@@ -58,11 +63,14 @@ def serving(kind: str, web_store: Store, folder: Path) -> Iterator[Send]:
     assert "Traceback" not in text and "Exception" not in text, text[-4000:]
 
 
-def _wait_ready(send: Send, server: subprocess.Popen[bytes], log: Path) -> None:
+def _wait_ready(send: Send, server: subprocess.Popen[bytes], log: Path, workers: int) -> None:
+    """Until every worker has answered (each request a new connection), so all serve."""
     deadline = time.monotonic() + READY_SECONDS
+    answered: set[int] = set()
     while True:
         try:
-            if send("GET", "/ping", None).status == 200:
+            answered.add(send("GET", "/ping", None).body["pid"])
+            if len(answered) == workers:
                 return
         except OSError:
             pass
@@ -102,20 +110,24 @@ def test_every_worker_agrees_on_every_visitors_session(
         assert intruder.cookie not in (None, forged), "a forged id is never adopted"
 
         shopper = Browser(send)
-        writers = set()
-        for item in range(CART):  # each change and read on whichever worker accepts it
+        writers: set[int] = set()
+        item = 0
+        while item < CART or len(writers) < 2:  # on whichever worker accepts each request
+            assert item < MOST, f"every cart change went to one worker: {writers}"
             changed = shopper.post(f"/cart/{item}").body
             assert changed["cart"] == list(range(item + 1)), f"a change was lost at {item}"
             writers.add(changed["pid"])
             assert shopper.get().body["cart"] == list(range(item + 1))
+            item += 1
+        cart = list(range(item))
         anonymous = shopper.cookie
 
         shopper.post("/login/alice")
         first = shopper.cookie
         assert first not in (None, anonymous), "a login rotates the id"
         for _ in range(REPLAYS):
-            assert shopper.get().body == {**shopper.get().body, "user": "alice"}
-            assert shopper.get().body["cart"] == list(range(CART))
+            read = shopper.get().body
+            assert (read["user"], read["cart"]) == ("alice", cart)
             assert Browser(send, anonymous).get().body["user"] is None
 
         shopper.post("/login/alice")
@@ -124,11 +136,9 @@ def test_every_worker_agrees_on_every_visitors_session(
         shopper.post("/logout")
         assert shopper.cookie is None
         refusing = Browser(send)
-        for old in [first, second] * REPLAYS:
-            refusing.cookie = old
+        for replay in range(MOST):
+            refusing.cookie = (first, second)[replay % 2]
             assert refusing.get().body["user"] is None, "every worker refuses a logged-out id"
-
-    everyone = stranger.pids | intruder.pids | shopper.pids | refusing.pids
-    assert len(everyone) >= 2, f"all requests went to one worker: {everyone}"
-    assert len(writers) >= 2, f"every cart change went to one worker: {writers}"
-    assert len(refusing.pids) >= 2, f"one worker refused every ended id: {refusing.pids}"
+            if replay >= REPLAYS and len(refusing.pids) >= 2:
+                break
+        assert len(refusing.pids) >= 2, f"one worker refused every ended id: {refusing.pids}"

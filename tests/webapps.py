@@ -3,10 +3,10 @@ end-to-end tests start (``gunicorn "tests.webapps:flask_app()"``, ``uvicorn --fa
 tests.webapps:fastapi_app``).
 
 Every app answers the same routes with ``{"pid", "user", "cart"}``: ``GET /`` reads the
-session, ``GET /ping`` never touches it, ``POST /cart/<n>`` appends to the cart in place,
-``POST /login/<name>`` and ``POST /logout``. With no backend given, the store is
-``$WEB_BACKEND``; ``$WEB_WARM=1`` starts the Flask service at import (so gunicorn
-``--preload`` forks a live service).
+session, ``POST /cart/<n>`` appends to the cart in place, ``POST /login/<name>`` and
+``POST /logout``; ``GET /ping`` never touches it and answers ``{"pid"}`` alone. With no
+backend given, the store is ``$WEB_BACKEND``; ``$WEB_WARM=1`` starts the Flask service at
+import (so gunicorn ``--preload`` forks a live service).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import flask
 from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from pooled_sessions.integrations import flask as flask_sessions
@@ -54,8 +54,8 @@ def flask_app(backend: str | None = None, **settings: Any) -> flask.Flask:
         return current()
 
     @app.get("/ping")
-    def ping() -> str:
-        return "pong"
+    def ping() -> dict[str, int]:
+        return {"pid": os.getpid()}
 
     @app.post("/cart/<int:item>")
     def add(item: int) -> Any:
@@ -79,8 +79,8 @@ async def _read(request: Request) -> JSONResponse:
     return JSONResponse(view(request.session))  # type: ignore[arg-type]
 
 
-async def _ping(request: Request) -> PlainTextResponse:
-    return PlainTextResponse("pong")
+async def _ping(request: Request) -> JSONResponse:
+    return JSONResponse({"pid": os.getpid()})
 
 
 async def _add(request: Request) -> JSONResponse:
@@ -128,8 +128,8 @@ def fastapi_app(backend: str | None = None, **settings: Any) -> FastAPI:
         return await _read(request)
 
     @app.get("/ping")
-    async def ping() -> str:
-        return "pong"
+    async def ping() -> dict[str, int]:
+        return {"pid": os.getpid()}
 
     @app.post("/cart/{item}")
     async def add(item: int, request: Request) -> JSONResponse:
