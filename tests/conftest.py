@@ -10,7 +10,13 @@ import pytest
 
 from pooled_sessions.clock import FastForwardClock
 
-pytest_plugins = ["pytester", "tests.backends", "tests.redis_servers", "tests.aio_backends"]
+pytest_plugins = [
+    "pytester",
+    "tests.backends",
+    "tests.redis_servers",
+    "tests.aio_backends",
+    "tests.webkit",
+]
 
 
 @pytest.fixture(autouse=True)

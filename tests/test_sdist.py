@@ -21,7 +21,7 @@ def _wanted() -> set[str]:
     """Every file the sdist must hold, as paths relative to its top folder."""
     top = {"pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "Makefile"}
     top |= {path.name for path in ROOT.glob("*.md")}  # CHANGELOG.md, when there is one
-    trees = ("pooled_sessions", "tests", "docs", "benchmarks")
+    trees = ("pooled_sessions", "tests", "docs", "benchmarks", "examples")
     files = {
         str(path.relative_to(ROOT))
         for tree in trees

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
 
 from pooled_sessions.codec import check_username, encode_attributes
 from pooled_sessions.config import Settings
@@ -19,9 +20,20 @@ from pooled_sessions.engine.engine import ClientLike
 from pooled_sessions.model import ValidationResult
 from pooled_sessions.service_calls import Call, Flow, adrive, drive
 
-__all__ = ["Call", "RequestSession", "adrive", "changes", "closing", "drive", "max_age", "opening"]
+__all__ = [
+    "Call",
+    "CookieUpdate",
+    "RequestSession",
+    "adrive",
+    "changes",
+    "closing",
+    "cookie_update",
+    "drive",
+    "max_age",
+    "opening",
+]
 
-T = TypeVar("T")
+S = TypeVar("S", bound="RequestSession")
 
 
 class RequestSession(dict[str, Any]):
@@ -61,6 +73,7 @@ class RequestSession(dict[str, Any]):
         """End the session everywhere when the response is built, and empty it now."""
         self._logout = True
         self._login = None
+        self.absolute_expires_at = None
         self.clear()
 
 
@@ -73,16 +86,27 @@ def changes(
     return changed, {key for key in loaded if key not in encoded}
 
 
-def opening(cookie: str | None, client: ClientLike = None) -> Flow[RequestSession]:
+@overload
+def opening(cookie: str | None, client: ClientLike = None) -> Flow[RequestSession]: ...
+
+
+@overload
+def opening(cookie: str | None, client: ClientLike, kind: type[S]) -> Flow[S]: ...
+
+
+def opening(
+    cookie: str | None, client: ClientLike = None, kind: type[RequestSession] = RequestSession
+) -> Flow[RequestSession]:
     """The session a request's cookie names, or a new empty one when it names no live session
-    (the client's value is never adopted: a new session gets a new id)."""
+    (the client's value is never adopted: a new session gets a new id). ``kind`` is the
+    class to build, a framework's subclass of `RequestSession`."""
     if not cookie:
-        return RequestSession()
+        return kind()
     result: ValidationResult = yield Call("validate_session", (cookie, client))
     session = result.session
     if not result.valid or session is None:
-        return RequestSession()
-    return RequestSession(
+        return kind()
+    return kind(
         session.session_id,
         session.username,
         session._encoded,
@@ -103,10 +127,7 @@ def closing(session: RequestSession, client: ClientLike = None) -> Flow[str | No
     if sid is None:
         if not session and session._login is None:
             return None
-        created = yield Call(
-            "create_session", (session._login, dict(session)), {"client_info": client}
-        )
-        return str(created)
+        return (yield from _created(session, client))
     changed, removed = changes(loaded, session)
     if session._login is not None:
         rotated = yield Call(
@@ -115,16 +136,20 @@ def closing(session: RequestSession, client: ClientLike = None) -> Flow[str | No
             {"username": session._login, "attributes": changed, "remove": removed},
         )
         if rotated is None:  # ended elsewhere during the request: log in afresh
-            create = Call(
-                "create_session", (session._login, dict(session)), {"client_info": client}
-            )
-            return str((yield create))
+            return (yield from _created(session, client))
         return str(rotated)
     if changed or removed:
         updated = yield Call("update_session", (sid, changed), {"remove": removed})
         if not updated:  # ended elsewhere during the request (a logout everywhere)
             return None
     return sid
+
+
+def _created(session: RequestSession, client: ClientLike) -> Flow[str]:
+    """Store ``session`` as a new session (its clocks start now); its new id."""
+    session.absolute_expires_at = None
+    created = yield Call("create_session", (session._login, dict(session)), {"client_info": client})
+    return str(created)
 
 
 def max_age(settings: Settings, absolute_expires_at: float | None, now: float) -> int:
@@ -137,3 +162,30 @@ def max_age(settings: Settings, absolute_expires_at: float | None, now: float) -
     elif lifetime is not None:
         seconds = min(seconds, lifetime * 60.0)
     return max(0, math.floor(seconds))
+
+
+@dataclass(frozen=True, slots=True)
+class CookieUpdate:
+    """What a response does with the session cookie: set it to ``value`` for ``max_age``
+    seconds, or delete it (``value`` None)."""
+
+    value: str | None
+    max_age: int = 0
+
+
+def cookie_update(
+    settings: Settings,
+    session: RequestSession,
+    sent: str | None,
+    sid: str | None,
+    now: float,
+    *,
+    refresh: bool = True,
+) -> CookieUpdate | None:
+    """The cookie change a response carries once `closing` returned ``sid``: none when
+    nothing is to be said (``refresh=False`` keeps an unchanged id's cookie as it is)."""
+    if sid is None:
+        return CookieUpdate(None) if sent else None
+    if sid == sent and not refresh:
+        return None
+    return CookieUpdate(sid, max_age(settings, session.absolute_expires_at, now))
