@@ -58,6 +58,8 @@ def flask_app(layer: str, url: str, prefix: str) -> Any:
     app = Flask(__name__)
     app.config["SESSION_COOKIE_SECURE"] = False
     state: dict[str, Any] = {}
+    log_in: Callable[[str], None] = print  # replaced below: "none" never logs in
+    log_out: Callable[[], None] = print
     if layer == "pooled":
         from pooled_sessions.integrations import flask as pooled
 
@@ -74,12 +76,14 @@ def flask_app(layer: str, url: str, prefix: str) -> Any:
         )
         Session(app)
 
-        def log_in(user: str) -> None:
+        def regenerate(user: str) -> None:
             app.session_interface.regenerate(session)  # type: ignore[attr-defined]
             session["user"] = user
 
-        def log_out() -> None:
+        def clear() -> None:
             session.clear()
+
+        log_in, log_out = regenerate, clear
 
     @app.get("/login")
     def login() -> Any:
@@ -347,13 +351,13 @@ def measure(
     total = sum(calls.values())
     script_only = SCRIPT_ONLY if layer == "pooled" else set()  # the peers send every command
     sent = sum(n for c, n in calls.items() if c not in script_only)
-    row.update(
-        framework=framework,
-        layer=layer,
-        sent_per_request=sent / args.requests,
-        all_per_request=total / args.requests,
-    )
-    return row
+    return {
+        **row,
+        "framework": framework,
+        "layer": layer,
+        "sent_per_request": sent / args.requests,
+        "all_per_request": total / args.requests,
+    }
 
 
 def table(rows: list[dict[str, Any]]) -> str:

@@ -26,7 +26,8 @@ BULK_MIN = 32
 CALLS_PER_PIPELINE = 4
 """Bulk calls (of up to ``chunk_size`` sessions each) sent in one pipeline."""
 CLUSTER_SLOTS = 16384
-_encode = json.JSONEncoder(ensure_ascii=False, check_circular=False, separators=(",", ":")).encode
+encode = json.JSONEncoder(ensure_ascii=False, check_circular=False, separators=(",", ":")).encode
+"""Compact JSON for script arguments (cjson decodes it in C inside Redis)."""
 
 
 def split(ops: Sequence[Operation]) -> tuple[list[Upsert], list[Operation]] | None:
@@ -115,5 +116,5 @@ def _call(keys: KeySchema, creates: Sequence[Upsert], now_ms: int, indexed: bool
         len(shards),
         "1" if pooled else "0",
         LAYOUT_VERSION,
-        _encode(data),
+        encode(data),
     )

@@ -13,6 +13,7 @@ from collections.abc import Generator, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from pooled_sessions.adapters.redis import bulk as bulk
+from pooled_sessions.adapters.redis.bulk import encode as _encode
 from pooled_sessions.adapters.redis.keys import (
     KeySchema,
     decode_hash,
@@ -85,10 +86,11 @@ class Batch:
         self.keys = keys
         self.head = (ms(now), tombstone_ttl_ms, keys.channel, origin)
 
-    def apply(self, group: Sequence[Operation]) -> Command:
-        """One APPLY call for operations whose keys share a slot (or any, on one server)."""
+    def apply(self, group: Sequence[Operation], indexes: Sequence[Command] = ()) -> Command:
+        """One APPLY call for operations whose keys share a slot (or any, on one server),
+        running ``indexes`` (plain index commands; one server only) in the same call."""
         keys: list[str] = []
-        args: list[Any] = list(self.head)
+        args: list[Any] = [*self.head, len(group)]
         for op in group:
             keys += (self.keys.session(op.session_id), self.keys.tombstone(op.session_id))
             if isinstance(op, Delete):
@@ -111,6 +113,10 @@ class Batch:
             for name, value in fields.items():
                 args += (name, value)
             args += dels
+        if indexes:
+            keys += (command[1] for command in indexes)
+            inline = [[name, n, *map(str, rest)] for n, (name, _, *rest) in enumerate(indexes, 1)]
+            args.append(_encode(inline))
         return evalsha(APPLY, keys, args)
 
     def slots(self, ops: Sequence[Operation]) -> list[Command]:
@@ -133,7 +139,13 @@ class Batch:
         return [evalsha(SYNC_SLOTS, [self.keys.slots], [*args, *ended])]
 
     def indexes(self, ops: Sequence[Operation]) -> list[Command]:
-        """Index updates: expiry scores only grow; users gain created ids, lose ended ones."""
+        """Index updates: the pool slots' script call, then the plain commands (`index_parts`)."""
+        slots, plain = self.index_parts(ops)
+        return slots + plain
+
+    def index_parts(self, ops: Sequence[Operation]) -> tuple[list[Command], list[Command]]:
+        """Index updates as script calls (pool slots) and plain commands: expiry scores
+        only grow; users gain created ids, lose ended ones."""
         keys = self.keys
         shard_add: dict[str, list[Any]] = {}
         shard_rem: dict[str, list[str]] = {}
@@ -156,8 +168,7 @@ class Batch:
             slots = self.slots(ops)
         else:  # an end frees the slot, whether this server counts slots or not
             slots = [("ZREM", keys.slots, *ended)] if ended else []
-        return [
-            *slots,
+        return slots, [
             *(("ZADD", key, "GT", *items) for key, items in shard_add.items()),
             *(("ZADD", key, "NX", *items) for key, items in user_add.items()),
             *(("ZREM", key, *items) for key, items in shard_rem.items()),
@@ -265,10 +276,17 @@ def _bulk(
 
 
 def _apply(batch: Batch, ops: Sequence[Operation], cluster: bool) -> Step[list[Status]]:
-    """Statuses of ``ops`` after one pipeline of APPLY calls and index updates."""
-    groups = [[op] for op in ops] if cluster else [list(ops)]
-    commands = [batch.apply(group) for group in groups]
-    replies = yield from run(commands + batch.indexes(ops))
+    """Statuses of ``ops`` after one pipeline of APPLY calls and index updates: on one
+    server a single APPLY runs the index commands too (pool slots stay a script call of
+    their own); on a cluster, whose indexes live in other slots, they follow it."""
+    slots, plain = batch.index_parts(ops)
+    if cluster:
+        groups = [[op] for op in ops]
+        commands = [batch.apply(group) for group in groups] + slots + plain
+    else:
+        groups = [list(ops)]
+        commands = [batch.apply(ops, plain), *slots]
+    replies = yield from run(commands)
     return [status for reply in replies[: len(groups)] for status in _statuses(reply)]
 
 

@@ -22,11 +22,15 @@ class Script:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
 
-# Apply a batch of writes. KEYS: hash and tombstone of each operation, in order.
-# ARGV: now_ms, tombstone_ttl_ms, channel, origin, then per operation either
+# Apply a batch of writes. KEYS: hash and tombstone of each operation, in order, then
+# the index keys the batch updates (one server only). ARGV: now_ms, tombstone_ttl_ms,
+# channel, origin, the number of operations, then per operation either
 #   "D", id, ended_at
 #   "U", id, mode ("C" create / "F" full / "P" partial), expires_ms, expires, accessed,
 #        notify, nset, ndel, nset field/value pairs, ndel field names
+# then, optionally, the batch's index updates as one JSON array of commands, each naming
+# its key by its place after the operations' keys (1: the first): on one server a commit
+# is one command, where the indexes would otherwise take another.
 # Returns one status per operation: 1 written, 0 refused (ended), 2 gone (a partial
 # write of a session not in Redis: expired, evicted, or lost in a restart), or, for a
 # create refused because another session holds the id, that session's user (a string).
@@ -44,9 +48,9 @@ class Script:
 #   server that drops its cached copy and reloads sees the new state.
 APPLY = Script(
     """
-local now, tomb_ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now, tomb_ttl, nops = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[5])
 local status, ended, changed = {}, {}, {}
-local i = 5
+local i = 6
 local function hset(h, list)
   for s = 1, #list, 512 do
     redis.call('HSET', h, unpack(list, s, math.min(s + 511, #list)))
@@ -61,7 +65,7 @@ local function same_creation(list, user, created)
   end
   return true
 end
-for k = 1, #KEYS, 2 do
+for k = 1, 2 * nops, 2 do
   local h, t = KEYS[k], KEYS[k + 1]
   if ARGV[i] == 'D' then
     redis.call('DEL', h)
@@ -113,6 +117,12 @@ for k = 1, #KEYS, 2 do
       status[#status + 1] = 1
     end
     i = j + 2 * nset + ndel
+  end
+end
+if ARGV[i] then
+  for _, command in ipairs(cjson.decode(ARGV[i])) do
+    command[2] = KEYS[2 * nops + command[2]]
+    redis.call(unpack(command))
   end
 end
 if #ended > 0 or #changed > 0 then
