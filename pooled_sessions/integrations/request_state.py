@@ -56,6 +56,7 @@ class RequestSession(dict[str, Any]):
         self.absolute_expires_at = absolute_expires_at
         self._loaded: Mapping[str, str] = loaded or {}
         self._login: str | None = None
+        self._rotate = False
         self._logout = False
 
     @property
@@ -63,14 +64,17 @@ class RequestSession(dict[str, Any]):
         """True when the store holds no session for this request (yet)."""
         return self.session_id is None
 
-    def login(self, username: str) -> None:
-        """Bind ``username`` when the response is built, under a new id (never the old one)."""
-        self._login = check_username(username)
+    def login(self, username: str | None) -> None:
+        """Give the session a new id when the response is built (never the old one), bound to
+        ``username`` (None: a new id alone, as Django's ``cycle_key``)."""
+        self._login = None if username is None else check_username(username)
+        self._rotate = True
 
     def logout(self) -> None:
         """End the session everywhere when the response is built, and empty it now."""
         self._logout = True
         self._login = None
+        self._rotate = False
         self.clear()
 
 
@@ -118,7 +122,7 @@ def closing(session: RequestSession, client: ClientLike = None) -> Flow[str | No
         )
         return str(created)
     changed, removed = changes(loaded, session)
-    if session._login is not None:
+    if session._rotate:
         rotated = yield Call(
             "rotate_session",
             (sid,),
