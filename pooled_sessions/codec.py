@@ -128,6 +128,15 @@ def check_id(session_id: object) -> str:
     return session_id
 
 
+ANONYMOUS = ""
+"""The user of a session with none (a visitor before login), as records store it."""
+
+
+def check_owner(username: object) -> str:
+    """``username`` checked, or `ANONYMOUS` for None: who a new session belongs to."""
+    return ANONYMOUS if username is None else check_username(username)
+
+
 def check_username(username: object) -> str:
     """Return ``username`` if it is a usable user name, else raise."""
     if not isinstance(username, str):

@@ -14,9 +14,9 @@ import hashlib
 import inspect
 import logging
 import threading
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from pooled_sessions.codec import check_id, check_username, is_valid_id
 from pooled_sessions.engine.logins import (
@@ -29,22 +29,12 @@ from pooled_sessions.engine.logins import (
 )
 from pooled_sessions.errors import ConfigError, PoolExhaustedError
 from pooled_sessions.model import ClientInfo, Session, ValidationResult
+from pooled_sessions.service_calls import Call, Flow, adrive, drive
 
 T = TypeVar("T")
 logger = logging.getLogger("session_service")
 Listener = Callable[[LocationEvent], Any]
 _STRIPES = 64
-
-
-class Call(NamedTuple):
-    """One service method call a manager operation needs."""
-
-    method: str
-    args: tuple[Any, ...] = ()
-    kwargs: Mapping[str, Any] = {}
-
-
-Flow = Generator[Call, Any, T]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -149,9 +139,11 @@ class _Manager:
         client: ClientInfo,
     ) -> Flow[tuple[str | None, bool]]:
         """The id a login ends up on, and whether it kept data: the caller's live session of
-        ``user`` rotated, else a fresh session (None when the pool is full)."""
-        if current is not None and current.username == user:
-            rotated: str | None = yield Call("rotate_session", (current.session_id,))
+        ``user``, or its anonymous one (a cart before login), rotated and bound to ``user``;
+        else a fresh session (None when the pool is full)."""
+        if current is not None and current.username in (user, None):
+            bind = {"username": user, "attributes": attributes}
+            rotated: str | None = yield Call("rotate_session", (current.session_id,), bind)
             if rotated is not None:
                 return rotated, True
         elif current is not None:  # never hand one user's data to another
@@ -268,17 +260,7 @@ class SessionManager(_Manager):
         return self._run(self._is_valid(user, session_id, ip))
 
     def _run(self, flow: Flow[T]) -> T:
-        reply: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                call = flow.send(reply) if error is None else flow.throw(error)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            try:
-                reply, error = getattr(self.service, call.method)(*call.args, **call.kwargs), None
-            except Exception as exc:
-                reply, error = None, exc
+        return drive(self.service, flow)
 
 
 class AsyncSessionManager(_Manager):
@@ -331,15 +313,4 @@ class AsyncSessionManager(_Manager):
         return await self._run(self._is_valid(user, session_id, ip))
 
     async def _run(self, flow: Flow[T]) -> T:
-        reply: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                call = flow.send(reply) if error is None else flow.throw(error)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            try:
-                method = getattr(self.service, call.method)
-                reply, error = await method(*call.args, **call.kwargs), None
-            except Exception as exc:
-                reply, error = None, exc
+        return await adrive(self.service, flow)

@@ -86,7 +86,8 @@ class Session:
     )
 
     session_id: str
-    username: str
+    username: str | None
+    """The user the session belongs to; None for an anonymous one (a visitor before login)."""
     ip: str | None
     user_agent: str | None
     created_at: float
@@ -98,7 +99,7 @@ class Session:
         self,
         *,
         session_id: str,
-        username: str,
+        username: str | None,
         encoded_attributes: Mapping[str, str],
         ip: str | None,
         user_agent: str | None,
@@ -178,7 +179,7 @@ def snapshot(source: SessionFields) -> Session:
     """
     session: Session = _blank(Session)
     session.session_id = source.session_id
-    session.username = source.username
+    session.username = source.username or None  # stored as "" (ANONYMOUS)
     session.ip = source.ip
     session.user_agent = source.user_agent
     session.created_at = source.created_at

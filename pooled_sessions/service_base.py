@@ -105,13 +105,14 @@ class ServiceBase(ServiceFlows, Generic[StoreT]):
     @Published
     def create_session(
         self,
-        username: str,
+        username: str | None,
         attributes: Mapping[str, Any] | None = None,
         client_info: ClientLike = None,
         *,
         session_id: str | None = None,
     ) -> Flow[str]:
-        """Start a session for ``username``; returns its id (``session_id`` if given)."""
+        """Start a session for ``username`` (None: an anonymous one, for a visitor before
+        login); returns its id (``session_id`` if given)."""
         sid = yield from self._engine.create(username, attributes, client_info, session_id)
         logger.debug("created session %s for %r", short_id(sid), username)
         return sid
@@ -141,9 +142,20 @@ class ServiceBase(ServiceFlows, Generic[StoreT]):
         return self._engine.get(session_id)
 
     @Published
-    def rotate_session(self, session_id: str) -> Flow[str | None]:
-        """Give a live session a new id (after login or a privilege change); None if not live."""
-        return self._engine.rotate(session_id)
+    def rotate_session(
+        self,
+        session_id: str,
+        *,
+        username: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
+        remove: Collection[str] = (),
+    ) -> Flow[str | None]:
+        """Give a live session a new id (after login or a privilege change); None if not live.
+
+        ``username`` binds the new id to that user (the login of an anonymous session), and
+        ``attributes``/``remove`` change it, all in one commit; the old id ends everywhere.
+        """
+        return self._engine.rotate(session_id, username, attributes, remove)
 
     @Published
     def sessions_of(self, username: str) -> Flow[list[str]]:

@@ -31,7 +31,7 @@ class ServiceAPI(Protocol):
 
     def create_session(
         self,
-        username: str,
+        username: str | None,
         attributes: Mapping[str, Any] | None = None,
         client_info: ClientLike = None,
         *,
@@ -48,7 +48,14 @@ class ServiceAPI(Protocol):
 
     def get_session(self, session_id: str) -> Session | None: ...
 
-    def rotate_session(self, session_id: str) -> str | None: ...
+    def rotate_session(
+        self,
+        session_id: str,
+        *,
+        username: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
+        remove: Collection[str] = (),
+    ) -> str | None: ...
 
     def sessions_of(self, username: str) -> list[str]: ...
 

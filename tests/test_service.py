@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -157,8 +157,8 @@ def test_wrong_types_are_type_errors(make_service: ServiceFactory) -> None:
     svc = make_service()
     sid = svc.create_session("alice")
     calls: list[tuple[Any, tuple[Any, ...], str]] = [
-        (svc.create_session, (None,), "username"),
         (svc.create_session, (b"alice",), "username"),
+        (svc.create_session, (7,), "username"),
         (svc.create_session, ("alice", ["not", "a", "mapping"]), "attributes"),
         (svc.create_session, ("alice", {}, "203.0.113.7"), "client_info"),
         (svc.validate_session, (None,), "session_id"),
@@ -168,6 +168,9 @@ def test_wrong_types_are_type_errors(make_service: ServiceFactory) -> None:
         (svc.get_session, (b"id",), "session_id"),
         (svc.end_session, (None,), "session_id"),
         (svc.rotate_session, (1.5,), "session_id"),
+        (lambda: svc.rotate_session(sid, username=cast(Any, b"bob")), (), "username"),
+        (lambda: svc.rotate_session(sid, attributes=cast(Any, ["a"])), (), "attributes"),
+        (lambda: svc.rotate_session(sid, remove="attr"), (), "remove"),
         (svc.sessions_of, (None,), "username"),
     ]
     for method, args, needle in calls:

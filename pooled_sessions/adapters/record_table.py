@@ -41,7 +41,7 @@ class RecordTable:
         self._unencoded: dict[str, None] = dict.fromkeys(self.records)  # ordered, as a set
         self.version = 0
         for sid, record in self.records.items():
-            self._by_user.setdefault(record["username"], set()).add(sid)
+            self._index(sid, record["username"])
 
     def load(self, session_id: str) -> Record | None:
         """The record of one session, or None."""
@@ -89,7 +89,7 @@ class RecordTable:
             return True
         record = self.records[sid] = merge(current, op)
         self._unencoded[sid] = None
-        self._by_user.setdefault(record["username"], set()).add(sid)
+        self._index(sid, record["username"])
         return None
 
     def purge(self, now: float, tombstone_ttl: float) -> tuple[int, int]:
@@ -134,7 +134,7 @@ class RecordTable:
         self._drop(session_id)
         self.records[session_id] = record
         self._unencoded[session_id] = None
-        self._by_user.setdefault(record["username"], set()).add(session_id)
+        self._index(session_id, record["username"])
 
     def document(self, generation: int = 1) -> str:
         """The whole table as a file document."""
@@ -173,6 +173,10 @@ class RecordTable:
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def _index(self, sid: str, username: str) -> None:
+        if username:  # anonymous sessions belong to no user
+            self._by_user.setdefault(username, set()).add(sid)
 
     def _drop(self, sid: str) -> None:
         record = self.records.pop(sid, None)

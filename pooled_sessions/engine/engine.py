@@ -19,6 +19,7 @@ from typing import Any
 from pooled_sessions.codec import (
     Record,
     check_id,
+    check_owner,
     check_size,
     check_username,
     encode_attributes,
@@ -50,6 +51,12 @@ from pooled_sessions.model import ClientInfo, Reason, Session, ValidationResult
 ClientLike = ClientInfo | Mapping[str, Any] | None
 
 
+def _check_names(remove: Collection[Any]) -> None:
+    """Refuse a ``remove`` that is not a collection of attribute names (a lone str is not)."""
+    if isinstance(remove, str) or not all(isinstance(k, str) for k in remove):
+        raise TypeError("remove must be a collection of attribute names")
+
+
 def _id_or_none(session_id: object) -> str | None:
     if not isinstance(session_id, str):
         raise TypeError(f"session_id must be a str, not {type(session_id).__name__}")
@@ -66,13 +73,13 @@ class Engine(Batches):
 
     def create(
         self,
-        username: str,
+        username: str | None,
         attributes: Mapping[str, Any] | None,
         client: ClientLike,
         session_id: str | None = None,
     ) -> Flow[str]:
-        """Start a session; returns its id."""
-        check_username(username)
+        """Start a session (anonymous when ``username`` is None); returns its id."""
+        owner = check_owner(username)
         encoded = encode_attributes({} if attributes is None else attributes)
         info = ClientInfo.coerce(client) or ClientInfo()
         sid = new_session_id() if session_id is None else (yield from self._unused(session_id))
@@ -87,7 +94,7 @@ class Engine(Batches):
         now = self._clock()
         entry = Entry(
             session_id=sid,
-            username=username,
+            username=owner,
             attributes=encoded,
             ip=info.ip,
             user_agent=info.user_agent,
@@ -168,8 +175,7 @@ class Engine(Batches):
     ) -> Flow[bool]:
         """Merge attributes into a live session (and drop ``remove``); False if it is not live."""
         encoded = encode_attributes(attributes)
-        if isinstance(remove, str) or not all(isinstance(k, str) for k in remove):
-            raise TypeError("remove must be a collection of attribute names")
+        _check_names(remove)
         sid = _id_or_none(session_id)
         if sid is None:
             return False
@@ -178,21 +184,28 @@ class Engine(Batches):
         entry, _ = yield from self._live(sid)
         if entry is None:
             return False
-        merged = {k: v for k, v in entry.attributes.items() if k not in remove}
-        merged.update(encoded)
-        check_size(sid, merged, self.settings.max_session_bytes)
+        merged = self._merged(entry, encoded, remove)
         before = entry.copy() if self.settings.commits else None
         entry.attributes = merged
-        now = self._clock()
-        entry.last_accessed_at = now
-        self._extend(entry, now)
+        self._accessed(entry)
         removed = {k for k in remove if k not in encoded}
         seq = self._mark(sid, Dirty(changed=set(encoded), removed=removed, before=before))
         yield from self._follow(seq, raising=True)
         return True
 
-    def rotate(self, session_id: str) -> Flow[str | None]:
-        """Move a live session to a new id (same data); the old id ends. None if not live."""
+    def rotate(
+        self,
+        session_id: str,
+        username: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
+        remove: Collection[str] = (),
+    ) -> Flow[str | None]:
+        """Move a live session to a new id; the old id ends. ``username`` binds the new id
+        to that user (a login) and ``attributes``/``remove`` change it, in the same commit.
+        None if the session is not live."""
+        owner = None if username is None else check_username(username)
+        encoded = encode_attributes({} if attributes is None else attributes)
+        _check_names(remove)
         sid = _id_or_none(session_id)
         if sid is None:
             return None
@@ -203,6 +216,10 @@ class Engine(Batches):
         if entry is None:
             return None
         clone = entry.renamed(new_id)
+        if owner is not None or encoded or remove:
+            clone.username = entry.username if owner is None else owner
+            clone.attributes = self._merged(entry, encoded, remove)
+            self._accessed(clone)
         self.slots.move(sid, clone)
         self._end(entry)
         self._entries.install(clone)
@@ -339,6 +356,21 @@ class Engine(Batches):
             self.slots.release(sid, evicted=True)
             return None, Reason.EXPIRED
         return fresh, Reason.OK
+
+    def _merged(
+        self, entry: Entry, encoded: Mapping[str, str], remove: Collection[str]
+    ) -> dict[str, str]:
+        """``entry``'s attributes with ``encoded`` set and ``remove`` dropped, size-checked."""
+        merged = {k: v for k, v in entry.attributes.items() if k not in remove}
+        merged.update(encoded)
+        check_size(entry.session_id, merged, self.settings.max_session_bytes)
+        return merged
+
+    def _accessed(self, entry: Entry) -> None:
+        """A request used ``entry`` now: its idle expiry slides."""
+        now = self._clock()
+        entry.last_accessed_at = now
+        self._extend(entry, now)
 
     def _extend(self, entry: Entry, now: float) -> None:
         expires = now + self._idle  # runs on every validate: plain comparisons, no min/max

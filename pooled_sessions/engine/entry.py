@@ -158,7 +158,8 @@ class EntryIndex(dict[str, Entry]):
         if old is not None and old.username != entry.username:
             self._unindex(old)
         self[entry.session_id] = entry
-        self.by_user.setdefault(entry.username, set()).add(entry.session_id)
+        if entry.username:  # anonymous sessions belong to no user
+            self.by_user.setdefault(entry.username, set()).add(entry.session_id)
 
     def remove(self, session_id: str) -> None:
         """Drop one entry, if present."""

@@ -10,28 +10,18 @@ change, a login or a logout. Each framework module runs these flows on its own s
 from __future__ import annotations
 
 import math
-from collections.abc import Generator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from pooled_sessions.codec import check_username, encode_attributes
 from pooled_sessions.config import Settings
 from pooled_sessions.engine.engine import ClientLike
 from pooled_sessions.model import ValidationResult
+from pooled_sessions.service_calls import Call, Flow, adrive, drive
+
+__all__ = ["Call", "RequestSession", "adrive", "changes", "closing", "drive", "max_age", "opening"]
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """One service call a flow asks for: ``service.<name>(*args, **kwargs)``."""
-
-    name: str
-    args: tuple[Any, ...] = ()
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-
-
-Flow = Generator[Call, Any, T]
 
 
 class RequestSession(dict[str, Any]):
@@ -151,25 +141,3 @@ def max_age(settings: Settings, absolute_expires_at: float | None, now: float) -
     elif lifetime is not None:
         seconds = min(seconds, lifetime * 60.0)
     return max(0, math.floor(seconds))
-
-
-def drive(service: Any, flow: Flow[T]) -> T:
-    """Run ``flow`` on a blocking service."""
-    try:
-        call = next(flow)
-        while True:
-            call = flow.send(getattr(service, call.name)(*call.args, **call.kwargs))
-    except StopIteration as stop:
-        result: T = stop.value
-        return result
-
-
-async def adrive(service: Any, flow: Flow[T]) -> T:
-    """Run ``flow`` on an asyncio service."""
-    try:
-        call = next(flow)
-        while True:
-            call = flow.send(await getattr(service, call.name)(*call.args, **call.kwargs))
-    except StopIteration as stop:
-        result: T = stop.value
-        return result

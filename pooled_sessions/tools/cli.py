@@ -281,6 +281,7 @@ def _print_inventory(found: Inventory) -> None:
     print(f"store:      {found.url}")
     print(f"sessions:   {found.live:,} live, {found.expired:,} expired (not yet purged)")
     print(f"users:      {found.users or 0:,}")
+    print(f"anonymous:  {found.anonymous or 0:,}")
     print(f"oldest:     {_when(found.oldest)}")
     print(f"newest:     {_when(found.newest)}")
     print(f"bytes:      {found.bytes or 0:,} (live records as JSON)")

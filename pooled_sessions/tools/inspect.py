@@ -23,6 +23,8 @@ class Inventory:
     expired: int = 0
     tombstones: int = 0
     users: int | None = None
+    anonymous: int | None = None
+    """Live sessions with no user (visitors before login)."""
     oldest: float | None = None
     newest: float | None = None
     bytes: int | None = None
@@ -47,7 +49,7 @@ def survey(
     """
     found = Inventory(url=source.url)
     users: set[bytes] = set()
-    size = 0
+    anonymous = size = 0
     oldest, newest = float("inf"), float("-inf")
     seen = 0
     for _sid, record in source.records():
@@ -59,7 +61,10 @@ def survey(
             continue
         found.live += 1
         if detail:
-            users.add(hashlib.blake2b(record["username"].encode(), digest_size=8).digest())
+            if record["username"]:
+                users.add(hashlib.blake2b(record["username"].encode(), digest_size=8).digest())
+            else:
+                anonymous += 1
             size += len(encode_record(record).encode())
             oldest = min(oldest, record["created_at"])
             newest = max(newest, record["created_at"])
@@ -67,7 +72,7 @@ def survey(
         tick(seen % TICK_EVERY)
     found.tombstones = len(source.tombstones())
     if detail:
-        found.users, found.bytes = len(users), size
+        found.users, found.anonymous, found.bytes = len(users), anonymous, size
         if found.live:
             found.oldest, found.newest = oldest, newest
         if isinstance(source, FileSource):

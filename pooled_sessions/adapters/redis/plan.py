@@ -143,10 +143,11 @@ class Batch:
             shard, item = keys.shard_of(op.session_id), member(op.session_id, op.username)
             if isinstance(op, Delete):
                 shard_rem.setdefault(shard, []).append(item)
-                user_rem.setdefault(keys.user(op.username), []).append(op.session_id)
+                if op.username:  # anonymous sessions are in no user's index
+                    user_rem.setdefault(keys.user(op.username), []).append(op.session_id)
                 continue
             shard_add.setdefault(shard, []).extend((op.expires_at, item))
-            if op.created:
+            if op.created and op.username:
                 user_add.setdefault(keys.user(op.username), []).extend(
                     (op.created_at, op.session_id)
                 )
@@ -228,7 +229,8 @@ def _disown(keys: KeySchema, owned: Sequence[tuple[Upsert, str]]) -> list[Comman
         if owner != op.username:
             sid = op.session_id
             commands.append(("ZREM", keys.shard_of(sid), member(sid, op.username)))
-            commands.append(("ZREM", keys.user(op.username), sid))
+            if op.username:
+                commands.append(("ZREM", keys.user(op.username), sid))
     return commands
 
 

@@ -201,7 +201,8 @@ return moved
 # Write new sessions in full, many per call (a migration, a burst of logins): the bulk
 # path of a large batch. KEYS: the index keys (ARGV[3] expiry shards, then the slot set
 # if ARGV[4] is '1'), then the sessions' hashes, then their tombstones, then (when
-# ARGV[2] is '1') their user indexes, in the same order. ARGV: now_ms, indexed ('1':
+# ARGV[2] is '1') their user indexes (an anonymous session's, user '', stays unused),
+# in the same order. ARGV: now_ms, indexed ('1':
 # the indexes are written here; '0': the caller sends them, as on a cluster where they
 # live in other slots), nshards, pooled (the slots of the sessions written get their
 # scores; a slot is never added here), layout version, and the sessions as one JSON
@@ -280,7 +281,7 @@ for k = 1, n do
   end
   if state == 3 then status[k] = current[3] or '' else status[k] = state == 0 and 0 or 1 end
   if state == 1 and indexed then
-    call('ZADD', KEYS[base + 2 * n + k], 'NX', created, sid)
+    if user ~= '' then call('ZADD', KEYS[base + 2 * n + k], 'NX', created, sid) end
     local list = scored[shard]
     if not list then list = {}; scored[shard] = list end
     list[#list + 1] = expires
