@@ -24,7 +24,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.redis_servers import free_port
+from tests.redis_servers import RedisServer, free_port, unique_prefix
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,17 +141,19 @@ class Server:
         return answers
 
 
-@pytest.fixture(
-    params=["file", pytest.param("redis", marks=pytest.mark.redis)],
-)
-def shop(request: pytest.FixtureRequest, tmp_path: Path, database: Path) -> Iterator[Server]:
-    sessions = (
-        str(tmp_path / "sessions.json")
-        if request.param == "file"
-        else request.getfixturevalue("redis_url")
-    )
+@pytest.fixture(scope="module", params=["file", pytest.param("redis", marks=pytest.mark.redis)])
+def shop(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, database: Path
+) -> Iterator[Server]:
+    """The shop under gunicorn on one store, for this module's tests on that store."""
+    folder = tmp_path_factory.mktemp(f"gunicorn-{request.param}")
+    if request.param == "file":
+        sessions = str(folder / "sessions.json")
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        sessions = f"{server.url}?prefix={unique_prefix()}"
     port = free_port()
-    log = tmp_path / "gunicorn.log"
+    log = folder / "gunicorn.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}", "shop.wsgi"],
@@ -161,9 +163,8 @@ def shop(request: pytest.FixtureRequest, tmp_path: Path, database: Path) -> Iter
             stderr=subprocess.STDOUT,
         )
     try:
-        server = Server(port, log)
         assert wait_until(lambda: _answers(port), START_SECONDS), log.read_text()[-3000:]
-        yield server
+        yield Server(port, log)
     finally:
         process.terminate()
         process.wait(10)

@@ -172,13 +172,17 @@ class SessionStore(SessionBase):
         self._request_session().clear()
         self.accessed = self.modified = True
 
+    async def aflush(self) -> None:
+        """`flush` for async views (``django.contrib.auth.alogout``), off the event loop."""
+        await sync_to_async(self.flush)()
+
     def cycle_key(self) -> None:
         """Give the session a new id when it is saved, keeping its data (a login)."""
         self._request_session().login(None)
         self.modified = True
 
     async def acycle_key(self) -> None:
-        """`cycle_key` for async views (``django.contrib.auth.alogin``)."""
+        """`cycle_key` for async views (``django.contrib.auth.alogin``), off the event loop."""
         await sync_to_async(self.cycle_key)()
 
     def get_session_cookie_age(self) -> int:
