@@ -50,6 +50,16 @@ def test_every_metric_has_help_and_the_store_label(tmp_path: Path) -> None:
     assert f'pooled_sessions_live_sessions{{store="{tmp_path}/sessions.json"}} 0.0' in text
 
 
+def test_one_collector_shows_several_services_by_store(tmp_path: Path) -> None:
+    with SessionService("memory://") as memory, SessionService(str(tmp_path / "s.json")) as file:
+        registry = CollectorRegistry()
+        registry.register(SessionCollector(memory, file))
+        file.create_session("alice")
+        text = generate_latest(registry).decode()
+    assert 'pooled_sessions_live_sessions{store="memory://"} 0.0' in text
+    assert f'pooled_sessions_live_sessions{{store="{tmp_path}/s.json"}} 1.0' in text
+
+
 async def test_an_asyncio_service_is_read_on_its_loop_also_from_a_scrape_thread() -> None:
     async with AsyncSessionService("memory://") as service:
         registry = CollectorRegistry()

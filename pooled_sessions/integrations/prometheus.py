@@ -2,7 +2,7 @@
 ``REGISTRY.register(SessionCollector(service))``.
 
 Each scrape reads the counters once; the metrics carry the store's URL (without its
-password) as the ``store`` label, so several services of one process stay apart. An
+password) as the ``store`` label, so one collector can show several services. An
 `AsyncSessionService` is read on its own event loop, which the scrape never blocks.
 """
 
@@ -26,6 +26,8 @@ except ImportError as exc:
     ) from exc
 
 __all__ = ["SessionCollector"]
+
+AnyService = SessionService | AsyncSessionService
 
 PREFIX = "pooled_sessions_"
 READ_TIMEOUT_SECONDS = 5.0
@@ -61,28 +63,29 @@ COUNTERS = {
 
 
 class SessionCollector(Collector):
-    """The counters of one `SessionService` or `AsyncSessionService`, as Prometheus metrics."""
+    """The counters of one or more services (`SessionService`, `AsyncSessionService`), as
+    Prometheus metrics; each service's samples carry its store as the ``store`` label."""
 
-    def __init__(self, service: SessionService | AsyncSessionService) -> None:
-        self._service = service
+    def __init__(self, service: AnyService, *more: AnyService) -> None:
+        self._services = (service, *more)
 
     def describe(self) -> Iterable[Metric]:
-        """The metrics without samples (so registering does not read the service)."""
-        return list(_families({}, ""))
+        """The metrics without samples (so registering does not read the services)."""
+        return list(_families([]))
 
     def collect(self) -> Iterable[Metric]:
-        """One reading of the service's counters."""
-        stats = self._stats()
-        return list(_families(stats, str(stats["store"])))
+        """One reading of each service's counters."""
+        return list(_families([_read(service) for service in self._services]))
 
-    def _stats(self) -> dict[str, Any]:
-        service = self._service
-        if isinstance(service, SessionService):
-            return service.stats()
-        loop = service._loop
-        if loop is None or not loop.is_running() or _running_loop() is loop:
-            return service._stats()  # the loop's own thread, or no loop: nothing runs meanwhile
-        return asyncio.run_coroutine_threadsafe(service.stats(), loop).result(READ_TIMEOUT_SECONDS)
+
+def _read(service: AnyService) -> dict[str, Any]:
+    """``service.stats()``; an asyncio service's on its loop (never blocking that loop)."""
+    if isinstance(service, SessionService):
+        return service.stats()
+    loop = service._loop
+    if loop is None or not loop.is_running() or _running_loop() is loop:
+        return service._stats()  # the loop's own thread, or no loop: nothing runs meanwhile
+    return asyncio.run_coroutine_threadsafe(service.stats(), loop).result(READ_TIMEOUT_SECONDS)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -92,14 +95,15 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-def _families(stats: Mapping[str, Any], store: str) -> Iterator[Metric]:
-    """Each metric of the tables, with its sample when ``stats`` has a value for it."""
+def _families(readings: list[dict[str, Any]]) -> Iterator[Metric]:
+    """Each metric of the tables, with a sample for each reading that has a value for it."""
     for table, kind in ((GAUGES, GaugeMetricFamily), (COUNTERS, CounterMetricFamily)):
         for key, (name, text) in table.items():
             family = kind(PREFIX + name, text, labels=["store"])
-            value = _value(stats, key)
-            if value is not None:
-                family.add_metric([store], value)
+            for stats in readings:
+                value = _value(stats, key)
+                if value is not None:
+                    family.add_metric([str(stats["store"])], value)
             yield family
 
 
