@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -81,8 +82,19 @@ class Browser:
     port: int
     cookie: str | None = None
     pids: set[int] = field(default_factory=set)
+    sent: int = 0
 
     def request(self, method: str, path: str, form: dict[str, str] | None = None) -> Answer:
+        """Every other request is sent while a silent connection holds one worker (the first
+        to accept), so the other serves it: requests alternate even when the kernel keeps
+        waking the same worker."""
+        self.sent += 1
+        if self.sent % 2:
+            return self._request(method, path, form)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10):
+            return self._request(method, path, form)
+
+    def _request(self, method: str, path: str, form: dict[str, str] | None) -> Answer:
         headers = {"Connection": "close"}
         if form is not None:
             headers["Content-Type"] = "application/x-www-form-urlencoded"
@@ -163,7 +175,8 @@ def shop(
             stderr=subprocess.STDOUT,
         )
     try:
-        assert wait_until(lambda: _answers(port), START_SECONDS), log.read_text()[-3000:]
+        ready = Browser(port)  # both workers up: each answered once
+        assert wait_until(lambda: _answers(ready), START_SECONDS), log.read_text()[-3000:]
         yield Server(port, log)
     finally:
         process.terminate()
@@ -172,11 +185,13 @@ def shop(
     assert "Traceback" not in text and "[ERROR]" not in text, text[-3000:]
 
 
-def _answers(port: int) -> bool:
+def _answers(browser: Browser) -> bool:
+    """True once both workers answered ``browser``."""
     try:
-        return Browser(port).get() is not None
+        browser.get()
     except (OSError, http.client.HTTPException):
-        return False
+        pass
+    return len(browser.pids) == 2
 
 
 def test_a_visitor_who_stores_nothing_gets_no_cookie(shop: Server) -> None:
