@@ -61,6 +61,20 @@ PRELUDES = {
         '    "class MyStore(MemoryStore):\\n    pass\\n"\n'
         ")\n"
     ),
+    "django": (  # a configured Django project and a signed-in user
+        "import django\n"
+        "from django.conf import settings\n"
+        "settings.configure(\n"
+        '    INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes"],\n'
+        '    SESSION_ENGINE="pooled_sessions.integrations.django",\n'
+        '    POOLED_SESSIONS={"backend": "sessions.json"},\n'
+        ")\n"
+        "django.setup()\n"
+        "from types import SimpleNamespace\n"
+        "user = SimpleNamespace(pk=42)\n"
+        "from pooled_sessions.integrations.django import get_service as _service\n"
+        '_service().create_session("42", {})\n'
+    ),
     "sessions-file": "",  # for commands: a sessions.json with a few sessions is made first
 }
 RUNNER = """\

@@ -58,6 +58,7 @@ class RequestSession(dict[str, Any]):
         self.absolute_expires_at = absolute_expires_at
         self._loaded: Mapping[str, str] = loaded or {}
         self._login: str | None = None
+        self._rotate = False
         self._logout = False
 
     @property
@@ -65,14 +66,17 @@ class RequestSession(dict[str, Any]):
         """True when the store holds no session for this request (yet)."""
         return self.session_id is None
 
-    def login(self, username: str) -> None:
-        """Bind ``username`` when the response is built, under a new id (never the old one)."""
-        self._login = check_username(username)
+    def login(self, username: str | None) -> None:
+        """Give the session a new id when the response is built (never the old one), bound to
+        ``username`` (None: a new id alone, as Django's ``cycle_key``)."""
+        self._login = None if username is None else check_username(username)
+        self._rotate = True
 
     def logout(self) -> None:
         """End the session everywhere when the response is built, and empty it now."""
         self._logout = True
         self._login = None
+        self._rotate = False
         self.absolute_expires_at = None
         self.clear()
 
@@ -129,7 +133,7 @@ def closing(session: RequestSession, client: ClientLike = None) -> Flow[str | No
             return None
         return (yield from _created(session, client))
     changed, removed = changes(loaded, session)
-    if session._login is not None:
+    if session._rotate:
         rotated = yield Call(
             "rotate_session",
             (sid,),

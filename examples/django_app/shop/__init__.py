@@ -1,0 +1,1 @@
+"""A tiny shop: Django's auth, a cart, and sessions on pooled_sessions."""
