@@ -345,13 +345,15 @@ def _held_sync(
     live: int,
     attributes: Callable[[int], dict[str, Any]] = lambda n: {"cart": [n], "role": "member"},
     held: Callable[[], None] | None = None,
+    client: Callable[[int], dict[str, str]] = lambda n: CLIENT,
 ) -> float:
     """Traced bytes per session while a service holds ``live`` flushed sessions, each with
-    ``attributes(n)``; ``held`` is called while they are held (for a tracemalloc snapshot)."""
+    ``attributes(n)`` from ``client(n)``; ``held`` is called while they are held (for a
+    tracemalloc snapshot)."""
     with SessionService(url, write_behind=True) as service:
         baseline = tracemalloc.get_traced_memory()[0]
         for n in range(live):
-            service.create_session(f"user{n}", attributes(n), CLIENT)
+            service.create_session(f"user{n}", attributes(n), client(n))
         service.force_save()
         gc.collect()
         per_session = (tracemalloc.get_traced_memory()[0] - baseline) / live
