@@ -54,19 +54,21 @@ Plan = list[tuple[int, int, int]]
 class Stores:
     """A fresh URL of each store per call; Redis servers started on free ports."""
 
-    def __init__(self, stack: ExitStack, scratch: Path) -> None:
+    def __init__(self, stack: ExitStack, scratch: Path, cluster: bool = True) -> None:
         self.scratch = scratch
         self.redis = stack.enter_context(_running(RedisServer(scratch / "redis")))
-        self.cluster = stack.enter_context(_running(RedisCluster(scratch / "cluster")))
+        if cluster:
+            self.cluster = stack.enter_context(_running(RedisCluster(scratch / "cluster")))
 
     def url(self, name: str) -> str:
         tag = uuid.uuid4().hex[:10]
+        if name == "cluster":
+            return f"{self.cluster.url}?prefix=b{tag}"
         return {
             "memory": f"memory://b{tag}",
             "file": str(self.scratch / f"{tag}.json"),
             "aiofile": f"aiofile://{self.scratch / f'{tag}.json'}",
             "redis": f"{self.redis.url}?prefix=b{tag}",
-            "cluster": f"{self.cluster.url}?prefix=b{tag}",
         }[name]
 
     def servers(self, name: str) -> list[RedisServer]:
@@ -139,19 +141,40 @@ async def serve_async(service: Any, ids: list[str], request: tuple[int, int, int
         ids[slot] = await service.create_session(f"user{slot}", {"cart": []}, CLIENT)
 
 
-def run_sync(url: str, settings: dict[str, Any], plan: Plan, users: int) -> dict[str, Any]:
-    """The workload on a SessionService; the timed part is the request loop and final flush."""
+def timed(
+    plan: Plan, serve_one: Callable[[tuple[int, int, int]], None], finish: Callable[[], object]
+) -> tuple[list[int], float]:
+    """Each request of ``plan`` served by ``serve_one``, then ``finish`` (a last flush):
+    the nanoseconds each request took, and the seconds of the whole."""
+    latencies = []
+    clock, started = time.perf_counter_ns, time.perf_counter()
+    for request in plan:
+        begun = clock()
+        serve_one(request)
+        latencies.append(clock() - begun)
+    finish()
+    return latencies, time.perf_counter() - started
+
+
+def run_sync(
+    url: str,
+    settings: dict[str, Any],
+    plan: Plan,
+    users: int,
+    on_start: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """The workload on a SessionService; the timed part is the request loop and final flush.
+    ``on_start`` is called once the sessions are written, just before the timed part."""
     with SessionService(url, **settings) as service:
         ids = [service.create_session(f"user{n}", {"cart": []}, CLIENT) for n in range(users)]
         service.force_save()
-        before, latencies = service.stats(), []
-        clock, started = time.perf_counter_ns, time.perf_counter()
-        for request in plan:
-            begun = clock()
-            serve(service, ids, request)
-            latencies.append(clock() - begun)
-        service.force_save()
-        seconds, after = time.perf_counter() - started, service.stats()
+        if on_start is not None:
+            on_start()
+        before = service.stats()
+        latencies, seconds = timed(
+            plan, lambda request: serve(service, ids, request), service.force_save
+        )
+        after = service.stats()
     return summary(
         latencies,
         seconds,
@@ -160,14 +183,22 @@ def run_sync(url: str, settings: dict[str, Any], plan: Plan, users: int) -> dict
     )
 
 
-async def run_async(url: str, settings: dict[str, Any], plan: Plan, users: int) -> dict[str, Any]:
-    """The same workload on an AsyncSessionService."""
+async def run_async(
+    url: str,
+    settings: dict[str, Any],
+    plan: Plan,
+    users: int,
+    on_start: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """The same workload on an AsyncSessionService (``on_start`` as in `run_sync`)."""
     from pooled_sessions import AsyncSessionService
 
     service = AsyncSessionService(url, **settings)
     try:
         ids = [await service.create_session(f"user{n}", {"cart": []}, CLIENT) for n in range(users)]
         await service.async_force_save()
+        if on_start is not None:
+            on_start()
         before, latencies = await _stats(service), []
         clock, started = time.perf_counter_ns, time.perf_counter()
         for request in plan:
@@ -214,11 +245,17 @@ def workloads(stores: Stores, users: int, requests: int, repeats: int) -> list[d
 
 
 def _one_workload(
-    name: str, url: str, settings: dict[str, Any], plan: Plan, users: int
+    name: str,
+    url: str,
+    settings: dict[str, Any],
+    plan: Plan,
+    users: int,
+    on_start: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
+    """The workload on the service that fits the store (asyncio for the aiofiles store)."""
     if name == "aiofile":
-        return asyncio.run(run_async(url, settings, plan, users))
-    return run_sync(url, settings, plan, users)
+        return asyncio.run(run_async(url, settings, plan, users, on_start))
+    return run_sync(url, settings, plan, users, on_start)
 
 
 def upserts(start: int, count: int, now: float, created: bool = True) -> list[Upsert]:
@@ -303,15 +340,26 @@ def memory_per_session(stores: Stores, live: int) -> dict[str, Any]:
     return results
 
 
-def _held_sync(url: str, live: int) -> float:
-    """Traced bytes per session while a service holds ``live`` flushed sessions."""
+def _held_sync(
+    url: str,
+    live: int,
+    attributes: Callable[[int], dict[str, Any]] = lambda n: {"cart": [n], "role": "member"},
+    held: Callable[[], None] | None = None,
+    client: Callable[[int], dict[str, str]] = lambda n: CLIENT,
+) -> float:
+    """Traced bytes per session while a service holds ``live`` flushed sessions, each with
+    ``attributes(n)`` from ``client(n)``; ``held`` is called while they are held (for a
+    tracemalloc snapshot)."""
     with SessionService(url, write_behind=True) as service:
         baseline = tracemalloc.get_traced_memory()[0]
         for n in range(live):
-            service.create_session(f"user{n}", {"cart": [n], "role": "member"}, CLIENT)
+            service.create_session(f"user{n}", attributes(n), client(n))
         service.force_save()
         gc.collect()
-        return (tracemalloc.get_traced_memory()[0] - baseline) / live
+        per_session = (tracemalloc.get_traced_memory()[0] - baseline) / live
+        if held is not None:
+            held()
+        return per_session
 
 
 async def _held_async(url: str, live: int) -> float:

@@ -13,6 +13,23 @@ from pooled_sessions.codec import short_id
 from pooled_sessions.storable import check_text
 
 MAX_USER_AGENT_LENGTH = 1024
+SHARED_USER_AGENTS = 512
+"""Distinct user agents kept for sharing: the sessions of one browser build hold one copy
+of its user agent rather than one each. The pool is emptied when full, so it stays small."""
+_user_agents: dict[str, str] = {}
+
+
+def shared_user_agent(text: str | None) -> str | None:
+    """``text``, or an equal string another session already holds (see `SHARED_USER_AGENTS`)."""
+    if text is None:
+        return None
+    held = _user_agents.get(text)
+    if held is not None:
+        return held
+    if len(_user_agents) >= SHARED_USER_AGENTS:
+        _user_agents.clear()
+    _user_agents[text] = text
+    return text
 
 
 class Reason(StrEnum):
@@ -47,7 +64,8 @@ class ClientInfo:
                     f"client user_agent must be a str, not {type(self.user_agent).__name__}"
                 )
             check_text(self.user_agent, "client user_agent")
-            object.__setattr__(self, "user_agent", self.user_agent[:MAX_USER_AGENT_LENGTH])
+            agent = shared_user_agent(str(self.user_agent[:MAX_USER_AGENT_LENGTH]))
+            object.__setattr__(self, "user_agent", agent)
 
     @classmethod
     def coerce(cls, value: ClientInfo | Mapping[str, Any] | None) -> ClientInfo | None:

@@ -14,10 +14,13 @@ from pooled_sessions import (
     Session,
     SessionDataError,
     StoreUnavailableError,
+    model,
 )
 from pooled_sessions.codec import Delete, Upsert, short_id
 from pooled_sessions.engine.engine import ENDED_MEMORY_SECONDS, Flow, Load, WaitForRoom
 from pooled_sessions.engine.requests import FLUSH_NOW, WAKE_FLUSHER, FlushNow, WakeFlusher
+from pooled_sessions.model import SHARED_USER_AGENTS, ClientInfo
+from pooled_sessions.user_ids import IdsByUser
 from tests.enginekit import Rig
 
 T = TypeVar("T")
@@ -627,3 +630,51 @@ def test_remembered_clients_still_check_their_input() -> None:
     for n in range(3000):  # the memory of clients stays bounded
         rig.engine.validate_cached(sid, {"ip": f"10.0.{n // 256}.{n % 256}"})
     assert len(rig.engine._binding._clients) <= 1024
+
+
+# -- memory held per session ------------------------------------------------------------------
+
+
+def test_ids_by_user_keep_a_lone_id_bare_and_follow_adds_and_discards() -> None:
+    index = IdsByUser()
+    assert list(index.ids("alice")) == []
+    index.add("alice", "a1")
+    index.add("alice", "a1")
+    assert list(index.ids("alice")) == ["a1"] and index._ids["alice"] == "a1"
+    index.add("alice", "a2")
+    index.add("bob", "b1")
+    assert sorted(index.ids("alice")) == ["a1", "a2"] and len(index) == 2
+    index.discard("alice", "a1")
+    assert index._ids["alice"] == "a2", "back to a bare id"
+    index.discard("alice", "zz")
+    index.discard("nobody", "a2")
+    index.discard("alice", "a2")
+    assert list(index.ids("alice")) == [] and len(index) == 1
+
+
+def test_sessions_of_a_user_through_one_two_and_no_sessions() -> None:
+    rig = Rig()
+    first = rig.run(rig.engine.create("alice", {}, None))
+    second = rig.run(rig.engine.create("alice", {}, None))
+    rig.flush()
+    assert sorted(rig.run(rig.engine.sessions_of("alice"))) == sorted([first, second])
+    assert sorted(rig.table.load_user("alice")) == sorted([first, second])
+    for sid, left in ((first, [second]), (second, [])):
+        rig.run(rig.engine.end(sid))
+        rig.flush()
+        assert rig.run(rig.engine.sessions_of("alice")) == left
+        assert list(rig.table.load_user("alice")) == left
+
+
+def test_sessions_from_one_browser_share_its_user_agent() -> None:
+    rig = Rig()
+    agent = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
+    ids = [
+        rig.run(rig.engine.create(f"user{n}", {}, {"user_agent": "".join([agent, ""])}))
+        for n in range(3)
+    ]
+    held = [rig.engine._entries[sid].user_agent for sid in ids]
+    assert held == [agent] * 3 and held[0] is held[1] is held[2]
+    for n in range(SHARED_USER_AGENTS + 10):  # the pool stays bounded
+        ClientInfo(user_agent=f"agent {n}")
+    assert len(model._user_agents) <= SHARED_USER_AGENTS

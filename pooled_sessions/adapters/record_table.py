@@ -21,6 +21,7 @@ from pooled_sessions.codec import (
     merge,
     same_creation,
 )
+from pooled_sessions.user_ids import IdsByUser
 
 ENCODE_AT_ONCE = 1024
 """Changed records encoded before a document is built; more are encoded piece by piece."""
@@ -36,12 +37,12 @@ class RecordTable:
     ) -> None:
         self.records: dict[str, Record] = records or {}
         self.tombstones: dict[str, float] = tombstones or {}
-        self._by_user: dict[str, set[str]] = {}
+        self._by_user = IdsByUser()
         self._text: dict[str, str] = {}  # the document member of each record, once encoded
         self._unencoded: dict[str, None] = dict.fromkeys(self.records)  # ordered, as a set
         self.version = 0
         for sid, record in self.records.items():
-            self._index(sid, record["username"])
+            self._by_user.add(record["username"], sid)
 
     def load(self, session_id: str) -> Record | None:
         """The record of one session, or None."""
@@ -54,7 +55,7 @@ class RecordTable:
 
     def load_user(self, username: str) -> dict[str, Record]:
         """Every record of one user."""
-        return {sid: self.records[sid] for sid in self._by_user.get(username, ())}
+        return {sid: self.records[sid] for sid in self._by_user.ids(username)}
 
     def apply(self, operations: Sequence[Operation], now: float | None = None) -> WriteResult:
         """Apply a batch as every store does (see `Upsert`): deletes leave tombstones; upserts
@@ -89,7 +90,7 @@ class RecordTable:
             return True
         record = self.records[sid] = merge(current, op)
         self._unencoded[sid] = None
-        self._index(sid, record["username"])
+        self._by_user.add(record["username"], sid)
         return None
 
     def purge(self, now: float, tombstone_ttl: float) -> tuple[int, int]:
@@ -134,7 +135,7 @@ class RecordTable:
         self._drop(session_id)
         self.records[session_id] = record
         self._unencoded[session_id] = None
-        self._index(session_id, record["username"])
+        self._by_user.add(record["username"], session_id)
 
     def document(self, generation: int = 1) -> str:
         """The whole table as a file document."""
@@ -174,17 +175,9 @@ class RecordTable:
     def __len__(self) -> int:
         return len(self.records)
 
-    def _index(self, sid: str, username: str) -> None:
-        if username:  # anonymous sessions belong to no user
-            self._by_user.setdefault(username, set()).add(sid)
-
     def _drop(self, sid: str) -> None:
         record = self.records.pop(sid, None)
         self._text.pop(sid, None)
         self._unencoded.pop(sid, None)
         if record is not None:
-            ids = self._by_user.get(record["username"])
-            if ids is not None:
-                ids.discard(sid)
-                if not ids:
-                    del self._by_user[record["username"]]
+            self._by_user.discard(record["username"], sid)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 
 from pooled_sessions.codec import Record, Upsert, encode_stored
-from pooled_sessions.model import Session, snapshot
+from pooled_sessions.model import Session, shared_user_agent, snapshot
+from pooled_sessions.user_ids import IdsByUser
 
 
 class Entry:
@@ -63,7 +64,7 @@ class Entry:
             username=record["username"],
             attributes=encode_stored(record["attributes"]),
             ip=record["ip"],
-            user_agent=record["user_agent"],
+            user_agent=shared_user_agent(record["user_agent"]),
             created_at=record["created_at"],
             last_accessed_at=record["last_accessed_at"],
             expires_at=record["expires_at"],
@@ -150,26 +151,18 @@ class EntryIndex(dict[str, Entry]):
 
     def __init__(self) -> None:
         super().__init__()
-        self.by_user: dict[str, set[str]] = {}
+        self.by_user = IdsByUser()
 
     def install(self, entry: Entry) -> None:
         """Add or replace one entry."""
         old = self.get(entry.session_id)
         if old is not None and old.username != entry.username:
-            self._unindex(old)
+            self.by_user.discard(old.username, old.session_id)
         self[entry.session_id] = entry
-        if entry.username:  # anonymous sessions belong to no user
-            self.by_user.setdefault(entry.username, set()).add(entry.session_id)
+        self.by_user.add(entry.username, entry.session_id)
 
     def remove(self, session_id: str) -> None:
         """Drop one entry, if present."""
         entry = self.pop(session_id, None)
         if entry is not None:
-            self._unindex(entry)
-
-    def _unindex(self, entry: Entry) -> None:
-        ids = self.by_user.get(entry.username)
-        if ids is not None:
-            ids.discard(entry.session_id)
-            if not ids:
-                del self.by_user[entry.username]
+            self.by_user.discard(entry.username, session_id)

@@ -98,19 +98,19 @@ class Reads(Batches):
         check_username(username)
         yield from self._fresh()
         dirty = self.pending.is_dirty
-        written = {s for s in self._entries.by_user.get(username, ()) if not dirty(s)}
+        written = {s for s in self._entries.by_user.ids(username) if not dirty(s)}
         records: Mapping[str, Record] = yield LoadUser(username)
         now = self._clock()
         for sid, record in records.items():
             entry = self._entries.get(sid)
             if entry is None or entry.stale:
                 self._admit(sid, record, now)
-        for sid in [s for s in self._entries.by_user.get(username, ()) if s not in records]:
+        for sid in [s for s in self._entries.by_user.ids(username) if s not in records]:
             if self._entries[sid].stale or (sid in written and not dirty(sid)):
                 self._admit(sid, None, now)  # gone, unless not yet written
         live = [
             self._entries[sid]
-            for sid in self._entries.by_user.get(username, ())
+            for sid in self._entries.by_user.ids(username)
             if not self._entries[sid].expired(now) and not self._entries[sid].stale
         ]
         return [e.session_id for e in sorted(live, key=lambda e: (e.created_at, e.session_id))]
