@@ -39,7 +39,7 @@ class SessionService(ServiceBase[Store]):
         self._lock = threading.Lock()
         self._wake = self._guard = threading.Condition(self._lock)
         self._flushed = threading.Condition(self._lock)  # the flush in flight ended
-        self._watch_store()
+        self._catch_up: Callable[[], None] | None = self._watch_store()
         self._thread = threading.Thread(
             target=self._background, name="pooled-sessions-flusher", daemon=True
         )
@@ -112,6 +112,8 @@ class SessionService(ServiceBase[Store]):
         def method(self: SessionService, /, *args: Any, **kwargs: Any) -> Any:
             if self._closed:
                 self._check_open()
+            if self._catch_up is not None:  # events already received are applied first
+                self._catch_up()
             if cached is not None:
                 with self._lock:
                     done = cached(self, *args, **kwargs)

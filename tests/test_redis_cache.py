@@ -13,10 +13,12 @@ import pytest
 import redis
 
 from pooled_sessions import SessionService
+from pooled_sessions.adapters.redis import events
 from pooled_sessions.adapters.redis.events import next_node
 from pooled_sessions.adapters.redis.store import RedisStore
 from pooled_sessions.adapters.redis.store_async import AsyncRedisStore
 from tests.redis_servers import RedisCluster, binary, unique_prefix
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -37,6 +39,32 @@ def test_sessions_of_drops_cached_sessions_the_store_no_longer_lists(url: str) -
         assert b.get_session(first) is None and b.stats()["live_sessions"] == 2
         b.force_save()
         assert a.sessions_of("alice") == [second, third]
+
+
+def test_a_change_committed_elsewhere_is_seen_though_the_listener_sleeps(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read-modify-write alternating between servers on one Redis while both listener
+    threads sleep: each call first applies the events already in its socket, so the
+    other's change is seen (at once, unless Redis itself is slow to deliver the event:
+    the read is retried briefly for that, never for the listener, which sleeps 30 s)."""
+    with SessionService(redis_url) as a, SessionService(redis_url) as b:
+        sid, other = a.create_session("alice", {"cart": []}), a.create_session("bob")
+        assert b.get_session(sid) is not None  # cached in b
+        monkeypatch.setattr(events, "_wait_readable", lambda pubsub, timeout: time.sleep(30))
+        a.update_session(other, {"n": 1})  # wakes b's listener, which then sleeps
+        time.sleep(0.2)
+        for item in range(6):
+            writer, reader = (a, b) if item % 2 else (b, a)
+            session = writer.get_session(sid)
+            assert session is not None
+            assert writer.update_session(sid, {"cart": [*session.attributes["cart"], item]})
+
+            def seen(reader: SessionService = reader, item: int = item) -> bool:
+                session = reader.get_session(sid)
+                return session is not None and session.attributes["cart"] == list(range(item + 1))
+
+            assert wait_until(seen, timeout=1.0)
 
 
 def test_the_next_node_follows_name_order() -> None:

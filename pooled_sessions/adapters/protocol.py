@@ -186,10 +186,12 @@ class WatchableStore(Store, Protocol):
     - ``callback(ids, ended)`` runs on a thread the store owns: take the driver's lock and
       call ``engine.invalidate(ids, ended=ended)`` (then wake anyone waiting on it). It
       must not call the store, and must be quick.
-    ``close()`` stops the watching; no callback runs after it returns.
+    ``close()`` stops the watching; no callback runs after it returns. ``watch`` may
+    return a callable the driver calls (outside its lock) before each call reads its
+    cache, to apply the changes the store has already received (Redis: `catch_up`).
     """
 
-    def watch(self, callback: Invalidate) -> None: ...
+    def watch(self, callback: Invalidate) -> Callable[[], None] | None: ...
 
 
 @runtime_checkable
@@ -203,7 +205,7 @@ class AsyncWatchableStore(AsyncStore, Protocol):
     driver's lock if the driver has one). ``await store.close()`` stops the task.
     """
 
-    async def watch(self, callback: Invalidate) -> None: ...
+    async def watch(self, callback: Invalidate) -> Callable[[], None] | None: ...
 
 
 __all__ = [

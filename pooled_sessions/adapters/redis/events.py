@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import select
+import socket
 import threading
+import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
@@ -20,6 +23,8 @@ from pooled_sessions.redaction import scrub
 Callback = Callable[[Collection[str] | None, bool], None]
 logger = logging.getLogger("session_service")
 FIRST_DELAY, MAX_DELAY, POLL_SECONDS = 0.05, 2.0, 0.5
+CATCH_UP_WAIT = 0.02
+"""Longest a call waits for the listener to finish what it is reading (`catch_up`)."""
 
 
 class Subscription:
@@ -65,9 +70,12 @@ class Subscription:
 
 
 class EventListener:
-    """A daemon thread reading the channel; the callback runs on that thread.
+    """A daemon thread reading the channel; the callback runs on that thread, or on a
+    caller's that catches up (`catch_up`).
 
     ``client`` is called for the client to subscribe with, each time it (re)subscribes.
+    Every read of the subscription happens under one lock, in `_drain`, so a caller can
+    apply the events already received before it serves a cached copy.
     """
 
     def __init__(self, client: Callable[[], Any], channel: str, subscription: Subscription) -> None:
@@ -76,9 +84,42 @@ class EventListener:
         self._sub = subscription
         self._stop = threading.Event()
         self._ready = threading.Event()
+        self._reading = threading.Lock()
+        self._watched: tuple[Any, int] | None = None
+        """The live subscription and its socket's descriptor, once subscribed."""
         self._thread = threading.Thread(
             target=self._run, name="pooled-sessions-events", daemon=True
         )
+
+    def catch_up(self) -> None:
+        """Apply every event Redis has already delivered to this process, in this thread.
+
+        A change committed by another worker is published before that worker's call
+        returns, so by the time a request caused by that return reaches this process, its
+        event is in this subscription's socket (or being handled): this applies it before
+        the caller reads the cache. Costs one ``select`` when nothing is waiting.
+        """
+        watched = self._watched
+        if watched is None:
+            return
+        pubsub, fd = watched
+        if not (self._reading.locked() or _ready(fd)):
+            return
+        if not self._reading.acquire(timeout=CATCH_UP_WAIT):
+            return  # the listener is stuck (a reconnect): the call goes on without it
+        try:  # the listener reads nothing meanwhile, so a ready socket stays ready
+            if watched is self._watched and _ready(fd) and not _closed(pubsub):
+                self._drain(pubsub)
+        except Exception:  # the listener's own read fails too, and reconnects
+            pass
+        finally:
+            self._reading.release()
+
+    def _drain(self, pubsub: Any) -> None:
+        """Handle every message received, without waiting for more (holding `_reading`)."""
+        while (message := pubsub.get_message(timeout=0)) is not None:
+            if self._sub.handle(message):
+                self._ready.set()
 
     def start(self, wait: float) -> bool:
         """Start listening; True if subscribed within ``wait`` seconds."""
@@ -96,15 +137,32 @@ class EventListener:
             pubsub = None
             try:
                 pubsub = self._client().pubsub()
-                pubsub.subscribe(self._channel)
+                with self._reading:
+                    pubsub.subscribe(self._channel)
                 while not self._stop.is_set():
-                    if self._sub.handle(pubsub.get_message(timeout=POLL_SECONDS)):
+                    with self._reading:
+                        self._drain(pubsub)
+                        self._watch(pubsub)
+                    if self._sub.handle(None):
                         self._ready.set()
+                    _wait_readable(pubsub, POLL_SECONDS)
             except Exception as exc:  # reconnect on anything; the service must hear again
                 self._stop.wait(self._sub.failed(exc))
             finally:
                 if pubsub is not None:
-                    _quietly(pubsub.close)
+                    with self._reading:
+                        self._watched = None
+                        _quietly(pubsub.close)
+
+    def _watch(self, pubsub: Any) -> None:
+        """Keep `catch_up` on the subscription's current socket (the client makes a new one
+        when it reconnects by itself)."""
+        sock = _socket(pubsub)
+        fd = -1 if sock is None else sock.fileno()
+        if fd < 0:
+            self._watched = None
+        elif self._watched != (pubsub, fd):
+            self._watched = (pubsub, fd)
 
 
 class AsyncEventListener:
@@ -152,6 +210,42 @@ class AsyncEventListener:
             finally:
                 if pubsub is not None:
                     await asyncio.shield(aquietly(pubsub.aclose))
+
+
+def _socket(pubsub: Any) -> Any:
+    """The subscription's socket, or None (not connected, or a client without one)."""
+    connection = getattr(pubsub, "connection", None)
+    return getattr(connection, "_sock", None)
+
+
+def _ready(fd: int) -> bool:
+    """True when the socket ``fd`` holds bytes not yet read (no read, no wait)."""
+    try:
+        return bool(select.select((fd,), (), (), 0)[0])
+    except (OSError, ValueError):
+        return False  # closed under us: the listener reconnects
+
+
+def _closed(pubsub: Any) -> bool:
+    """True when Redis closed the readable subscription socket: reading it now would make
+    the client reconnect, with its retries, in the caller's thread; the listener does that.
+    Only for a socket found readable, so the peek returns at once."""
+    sock = _socket(pubsub)
+    try:
+        return sock is None or sock.recv(1, socket.MSG_PEEK) == b""
+    except ValueError:
+        return False  # TLS: no peeking; a closed socket is found by the listener
+    except OSError:
+        return True
+
+
+def _wait_readable(pubsub: Any, timeout: float) -> None:
+    """Wait up to ``timeout`` for bytes on the subscription's socket (reading none)."""
+    sock = _socket(pubsub)
+    if sock is None:
+        time.sleep(min(timeout, 0.01))  # not connected yet: the next read connects
+        return
+    select.select([sock], [], [], timeout)
 
 
 def next_node(nodes: Sequence[Any], current: str) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -168,11 +168,14 @@ class AsyncRedisStore(RedisBase):
             node = self._events_node(self._client.get_default_node(), self._client.get_nodes())
             return node.redis_connection
 
-    async def watch(self, callback: events.Callback) -> None:
+    async def watch(self, callback: events.Callback) -> Callable[[], None] | None:
         """Call ``callback(ids, ended)`` when other servers end or change sessions (``ids``
         None: anything may have changed), from the listener: a task in the loop's thread,
         or a thread of its own for the blocking store; it must not block. Waits briefly for
-        the subscription; if Redis is down, the listener keeps trying in the background."""
+        the subscription; if Redis is down, the listener keeps trying in the background.
+
+        Returns, for the blocking store, the listener's ``catch_up``: a driver calls it
+        before each call reads the cache, so events already received are applied first."""
         if self._listener is not None:
             raise SessionError(f"{self.where} is already watched")
         subscription = self._subscription(callback)
@@ -180,6 +183,10 @@ class AsyncRedisStore(RedisBase):
             self._events_client, self.keys.channel, subscription
         )
         await self._listener.start(self._subscribe_wait())
+        if True:  # unasync: an asyncio listener is a task of the loop the calls run on
+            return None
+        else:
+            return self._listener.catch_up
 
     async def close(self) -> None:
         """Stop listening, then close the client if this store opened it."""
