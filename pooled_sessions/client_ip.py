@@ -10,6 +10,7 @@ with ``None``: it never becomes an address. Standard library only.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -33,8 +34,11 @@ def parse_address(text: object) -> Address | None:
     IPv4-mapped IPv6 comes back as IPv4. Returns None for anything else: ``unknown``,
     obfuscated identifiers, zone ids, bad ports, non-ASCII or oversized text.
     """
-    if not isinstance(text, str):
-        return None
+    return _parsed(text) if isinstance(text, str) else None
+
+
+@functools.lru_cache(maxsize=4096)  # every request parses its peer: most peers come back
+def _parsed(text: str) -> Address | None:
     text = text.strip(" \t")
     if not text or len(text) > _MAX_TOKEN or not text.isascii() or not text.isprintable():
         return None
