@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 from collections.abc import Mapping
@@ -42,6 +43,12 @@ class Reason(StrEnum):
     INVALID_ID = "invalid_id"
 
 
+@functools.lru_cache(maxsize=4096)  # every request names its client: most come back
+def _canonical_ip(text: str) -> str:
+    """``text`` as `ipaddress` writes it; ValueError if it is no address."""
+    return str(ipaddress.ip_address(text.strip()))
+
+
 @dataclass(frozen=True, slots=True)
 class ClientInfo:
     """Where a request came from: the client's address and user agent, both optional."""
@@ -54,7 +61,7 @@ class ClientInfo:
             if not isinstance(self.ip, str):
                 raise TypeError(f"client ip must be a str, not {type(self.ip).__name__}")
             try:
-                canonical = str(ipaddress.ip_address(self.ip.strip()))
+                canonical = _canonical_ip(self.ip)
             except ValueError:
                 raise ValueError(f"client ip {self.ip[:64]!r} is not an IP address") from None
             object.__setattr__(self, "ip", check_text(canonical, "client ip"))
