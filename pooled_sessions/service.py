@@ -23,6 +23,9 @@ from pooled_sessions.service_schedule import FinalFlush
 T = TypeVar("T")
 logger = logging.getLogger("session_service")
 SHUTDOWN_THREAD = "pooled-sessions-shutdown"
+READS = frozenset({"validate_session", "get_session", "sessions_of"})
+"""The calls that answer from the cache, so apply the store's pending events first (a
+change goes to the store, which refuses one to a session ended elsewhere)."""
 
 
 class SessionService(ServiceBase[Store]):
@@ -109,10 +112,12 @@ class SessionService(ServiceBase[Store]):
     def _publish(
         cls, build: Callable[..., Flow[Any]], cached: Callable[..., Any] | None
     ) -> Callable[..., Any]:
+        reads = build.__name__ in READS
+
         def method(self: SessionService, /, *args: Any, **kwargs: Any) -> Any:
             if self._closed:
                 self._check_open()
-            if self._catch_up is not None:  # events already received are applied first
+            if reads and self._catch_up is not None:  # events already received come first
                 self._catch_up()
             if cached is not None:
                 with self._lock:
