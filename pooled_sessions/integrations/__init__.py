@@ -10,8 +10,10 @@ from __future__ import annotations
 from pooled_sessions.errors import MissingDependencyError
 
 
-def missing(framework: str, extra: str) -> MissingDependencyError:
-    """The error a framework's module raises when the framework is not installed."""
+def missing(framework: str, extra: str, package: str | None = None) -> MissingDependencyError:
+    """The error a module here raises when the package it adapts (``package``, by default
+    ``framework``) is not installed."""
+    needed = package or framework
     return MissingDependencyError(
-        f'the {framework} integration needs {framework}: pip install "pooled-sessions[{extra}]"'
+        f'the {framework} integration needs {needed}: pip install "pooled-sessions[{extra}]"'
     )

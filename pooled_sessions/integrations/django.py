@@ -20,7 +20,8 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from pooled_sessions.errors import ConfigError, MissingDependencyError
+from pooled_sessions.errors import ConfigError
+from pooled_sessions.integrations import missing
 from pooled_sessions.integrations.request_state import (
     RequestSession,
     closing,
@@ -38,9 +39,7 @@ try:
     from django.core.signals import setting_changed
     from django.utils import timezone
 except ImportError as exc:
-    raise MissingDependencyError(
-        'the Django integration needs Django: pip install "pooled-sessions[django]"'
-    ) from exc
+    raise missing("Django", "django") from exc
 
 __all__ = ["SessionStore", "close_service", "get_service"]
 

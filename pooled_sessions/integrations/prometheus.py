@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from pooled_sessions.errors import MissingDependencyError
+from pooled_sessions.integrations import missing
 from pooled_sessions.service import SessionService
 from pooled_sessions.service_async import AsyncSessionService
 
@@ -20,10 +20,7 @@ try:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
     from prometheus_client.registry import Collector
 except ImportError as exc:
-    raise MissingDependencyError(
-        "the Prometheus collector needs prometheus-client: "
-        'pip install "pooled-sessions[prometheus]"'
-    ) from exc
+    raise missing("Prometheus", "prometheus", "prometheus-client") from exc
 
 __all__ = ["SessionCollector"]
 
