@@ -4,7 +4,8 @@
     python scripts/unasync.py --check    # exit 1, naming each stale file, if any differs
 
 The asyncio file is the source of truth. Its blocking twin is the same text with the
-`SUBSTITUTIONS` applied, run through ``ruff format`` (when ruff is installed). Where the two
+`SUBSTITUTIONS` applied, its imports sorted and run through ``ruff format`` (when ruff is
+installed). Where the two
 must differ, the source says so in a branch this script understands:
 
     if True:  # unasync: why the two differ
@@ -80,7 +81,8 @@ def _unbranch(lines: list[str]) -> list[str]:
 
 
 def _format(text: str, target: str) -> str:
-    """``text`` through ``ruff format`` with the project's settings, if ruff is installed."""
+    """``text`` with its imports sorted and through ``ruff format``, with the project's
+    settings, if ruff is installed."""
     if importlib.util.find_spec("ruff") is not None:
         ruff = [sys.executable, "-m", "ruff"]
     elif (found := shutil.which("ruff")) is not None:
@@ -89,10 +91,13 @@ def _format(text: str, target: str) -> str:
         print("unasync: ruff not found; output left unformatted", file=sys.stderr)
         return text
     config = ["--config", str(ROOT / "pyproject.toml"), "--stdin-filename", target]
-    done = subprocess.run(
-        [*ruff, "format", *config, "-"], input=text, capture_output=True, text=True, check=True
-    )
-    return done.stdout
+    for step in (["check", "--select", "I", "--fix", "--quiet", "--exit-zero"], ["format"]):
+        # import order first: a renamed name (AsyncIterator -> Iterator) may sort elsewhere
+        done = subprocess.run(
+            [*ruff, *step, *config, "-"], input=text, capture_output=True, text=True, check=True
+        )
+        text = done.stdout
+    return text
 
 
 def generate(source: str, text: str, target: str) -> str:
