@@ -112,3 +112,29 @@ def test_without_starlette_the_import_names_the_extra_to_install() -> None:
     error = import_error("pooled_sessions.integrations.starlette", "starlette")
     assert error.startswith("MissingDependencyError")
     assert 'pip install "pooled-sessions[starlette]"' in error
+
+
+async def test_requests_arriving_together_share_one_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    import httpx
+
+    from pooled_sessions.integrations import starlette as integration
+
+    built: list[Any] = []
+    real = integration.AsyncSessionService
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(integration, "AsyncSessionService", counted)
+    app = webapps.starlette_app(str(tmp_path / "s.json"))
+    transport = httpx.ASGITransport(app=app)  # no lifespan: the first requests start it
+    async with httpx.AsyncClient(transport=transport, base_url="http://shop") as client:
+        answers = await asyncio.gather(*(client.post(f"/login/u{n}") for n in range(8)))
+    assert [a.status_code for a in answers] == [200] * 8
+    assert len(built) == 1
+    await middleware_of(app).shutdown()

@@ -94,6 +94,7 @@ class SessionMiddleware:
         }
         self.cookie_flags = {**flags, "domain": domain} if domain is not None else flags
         self._service: AsyncSessionService | None = None
+        self._opening: asyncio.Future[Any] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -115,9 +116,17 @@ class SessionMiddleware:
             self._service = None
             await _retire(service)
             service = None
-        if service is None:
+        if service is None:  # requests arriving meanwhile wait for this one start
             service = self._service = AsyncSessionService(settings=self.settings)
-            await service.__aenter__()
+            self._opening = loop.create_task(service.__aenter__())
+        opening = self._opening
+        assert opening is not None  # set with every service
+        try:
+            await opening
+        except BaseException:
+            if self._service is service:  # the next request tries again
+                self._service = None
+            raise
         return service
 
     async def shutdown(self) -> None:
