@@ -123,8 +123,10 @@ async def test_requests_arriving_together_share_one_service(
 
     from pooled_sessions.integrations import starlette as integration
 
+    from pooled_sessions import AsyncSessionService
+
     built: list[Any] = []
-    real = integration.AsyncSessionService
+    real = AsyncSessionService
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         built.append(real(*args, **kwargs))
