@@ -121,9 +121,8 @@ async def test_requests_arriving_together_share_one_service(
 
     import httpx
 
-    from pooled_sessions.integrations import starlette as integration
-
     from pooled_sessions import AsyncSessionService
+    from pooled_sessions.integrations import starlette as integration
 
     built: list[Any] = []
     real = AsyncSessionService
