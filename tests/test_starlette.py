@@ -139,3 +139,23 @@ async def test_requests_arriving_together_share_one_service(
     assert [a.status_code for a in answers] == [200] * 8
     assert len(built) == 1
     await middleware_of(app).shutdown()
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ({"session_cookie": "my session"}, "not a valid cookie name"),
+        ({"session_cookie": "a;b"}, "not a valid cookie name"),
+        ({"path": "/a;b"}, "cookie path"),
+        ({"domain": "shop.example; Secure"}, "cookie domain"),
+        ({"same_site": "sometimes"}, "same_site"),
+    ],
+)
+def test_a_cookie_the_browser_could_not_read_is_refused_at_start(
+    tmp_path: Path, options: dict[str, Any], needle: str
+) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+    with pytest.raises(ConfigError, match=needle):
+        SessionMiddleware(app, str(tmp_path / "s.json"), **options)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-from http.cookies import SimpleCookie
 from typing import Any, Literal
 
 from pooled_sessions.client_ip import ClientIPResolver
@@ -86,13 +86,7 @@ class SessionMiddleware:
         self.settings = Settings.load(**settings)
         self.session_cookie = session_cookie
         self.resolver = client_ip or ClientIPResolver()
-        flags = {
-            "path": path,
-            "httponly": True,
-            "samesite": same_site.capitalize(),
-            "secure": https_only,
-        }
-        self.cookie_flags = {**flags, "domain": domain} if domain is not None else flags
+        self.cookie_flags = _cookie_flags(session_cookie, path, same_site, https_only, domain)
         self._service: AsyncSessionService | None = None
         self._opening: asyncio.Future[Any] | None = None
 
@@ -169,15 +163,33 @@ class SessionMiddleware:
 
     def _cookie(self, update: CookieUpdate) -> str:
         """The ``Set-Cookie`` value for ``update`` (an expired, empty one deletes)."""
-        cookie: SimpleCookie = SimpleCookie()
-        cookie[self.session_cookie] = update.value or ""
-        morsel = cookie[self.session_cookie]
-        for key, value in self.cookie_flags.items():
-            morsel[key] = value
-        morsel["max-age"] = update.max_age
         if update.value is None:
-            morsel["expires"] = "Thu, 01 Jan 1970 00:00:00 GMT"
-        return morsel.OutputString()
+            return f"{self.session_cookie}=; Max-Age=0; Expires={_EPOCH}{self.cookie_flags}"
+        return f"{self.session_cookie}={update.value}; Max-Age={update.max_age}{self.cookie_flags}"
+
+
+_EPOCH = "Thu, 01 Jan 1970 00:00:00 GMT"
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a cookie name (RFC 6265, RFC 9110 token)
+_ATTRIBUTE = re.compile(r"[\x21-\x3a\x3c-\x7e]+")  # printable ASCII but ';' (a path or domain)
+
+
+def _cookie_flags(
+    name: str, path: str, same_site: str, https_only: bool, domain: str | None
+) -> str:
+    """The attributes every session cookie carries, written once (session ids need no
+    quoting: they are URL-safe); a name, path or domain a cookie cannot hold is refused."""
+    if not _TOKEN.fullmatch(name):
+        raise ConfigError(f"session_cookie {name[:40]!r} is not a valid cookie name")
+    if same_site.lower() not in ("lax", "strict", "none"):
+        raise ConfigError(f"same_site must be lax, strict or none, not {same_site[:20]!r}")
+    flags = ""
+    for label, value in (("Path", path), ("Domain", domain)):
+        if value is not None:
+            if not _ATTRIBUTE.fullmatch(value):
+                raise ConfigError(f"cookie {label.lower()} {value[:60]!r} cannot be sent")
+            flags += f"; {label}={value}"
+    flags += f"; HttpOnly; SameSite={same_site.capitalize()}"
+    return flags + "; Secure" if https_only else flags
 
 
 async def _retire(service: AsyncSessionService) -> None:
