@@ -8,9 +8,9 @@ ASGI, no HTTP server or client), so what differs between the rows is the session
 
 Workload: ``--clients`` visitors log in (not timed), then ``--requests`` requests spread
 over them: 89% read the cart, 10% add to it, 1% log out and in again. Reported per row:
-requests/s, p99 latency, and Redis commands per request (INFO commandstats: what was sent,
-counted in the app's clients, and all that Redis ran, the commands inside
-pooled_sessions' Lua scripts included). The session layer's
+requests/s, p99 latency, and Redis commands per request (INFO commandstats: all that Redis
+ran, and what was sent: for pooled_sessions, without the commands its Lua scripts run,
+`bench_redis.SCRIPT_ONLY`). The session layer's
 cost is the share of requests/s lost against the same app with no sessions.
 
 Run: ``.venv/bin/python benchmarks/bench_web.py [--quick]`` (starts its own redis-server;
@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from fastapi import FastAPI, Request  # noqa: E402  (module level: FastAPI reads the hints)
 
+from benchmarks.bench_redis import SCRIPT_ONLY  # noqa: E402
 from tests.redis_servers import RedisServer, commands_called, unique_prefix  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -299,46 +300,6 @@ def _set_cookie(headers: Sequence[tuple[str, str]], cookie: str | None) -> tuple
 # -- the run ----------------------------------------------------------------------------------
 
 
-class Sent:
-    """Commands the app's Redis clients send, counted as redis-py sends a command or packs
-    a pipeline (blocking and asyncio): INFO commandstats also counts what scripts run
-    inside Redis."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._undo: list[tuple[Any, str, Any]] = []
-
-    def __enter__(self) -> Sent:
-        import redis.asyncio.connection
-        import redis.connection
-
-        def one(original: Any) -> Any:
-            def send(connection: Any, *args: Any, **kwargs: Any) -> Any:
-                self.count += 1
-                return original(connection, *args, **kwargs)
-
-            return send
-
-        def many(original: Any) -> Any:
-            def packed(connection: Any, commands: Any) -> Any:
-                self.count += len(commands)
-                return original(connection, commands)
-
-            return packed
-
-        blocking, asyncio_ = redis.connection, redis.asyncio.connection
-        for cls in (blocking.AbstractConnection, asyncio_.AbstractConnection):
-            for name, wrap in (("send_command", one), ("pack_commands", many)):
-                original = getattr(cls, name)
-                self._undo.append((cls, name, original))
-                setattr(cls, name, wrap(original))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for cls, name, original in reversed(self._undo):
-            setattr(cls, name, original)
-
-
 def run(
     call: Handler, clients: int, requests: int, seed: int, timed: Callable[[], None]
 ) -> dict[str, float]:
@@ -374,31 +335,36 @@ def measure(
     """One row: the app built, driven, and the Redis commands its timed requests cost
     (counted once the touches pooled_sessions writes behind are written)."""
     before: dict[str, int] = {}
-    builder = flask_app if framework == "flask" else fastapi_app
 
     def timed() -> None:
         before.update(commands_called(server))
-        sent.count = 0
 
-    with Sent() as sent:
-        app = builder(layer, server.url, unique_prefix())
-        client: Any = wsgi_client(app) if framework == "flask" else AsgiClient(app)
-        try:
-            row = run(client, args.clients, args.requests, args.seed, timed)
-            if layer == "pooled":
-                time.sleep(SAVE_DELAY + 1.0)
-        finally:
-            if isinstance(client, AsgiClient):
-                client.close()
-        sent_count = sent.count
+    builder = flask_app if framework == "flask" else fastapi_app
+    app = builder(layer, server.url, unique_prefix())
+    client: Any = wsgi_client(app) if framework == "flask" else AsgiClient(app)
+    try:
+        row = run(
+            client,
+            args.clients,
+            args.requests,
+            args.seed,
+            lambda: before.update(commands_called(server)),
+        )
+        if layer == "pooled":
+            time.sleep(SAVE_DELAY + 1.0)
+    finally:
+        if isinstance(client, AsgiClient):
+            client.close()
     after = commands_called(server)
     calls = {c: after.get(c, 0) - before.get(c, 0) for c in after}
     calls = {c: n for c, n in calls.items() if n > 0 and c not in ("info",)}
+    script_only = SCRIPT_ONLY if layer == "pooled" else set()  # the peers send every command
+    sent = sum(n for c, n in calls.items() if c not in script_only)
     return {
         **row,
         "framework": framework,
         "layer": layer,
-        "sent_per_request": sent_count / args.requests,
+        "sent_per_request": sent / args.requests,
         "all_per_request": sum(calls.values()) / args.requests,
         "commands": calls,
     }
