@@ -41,7 +41,7 @@ class SessionService(ServiceBase[Store]):
     def _prepare(self) -> None:
         self._lock = threading.Lock()
         self._wake = self._guard = threading.Condition(self._lock)
-        self._flushed = threading.Condition(self._lock)  # the flush in flight ended
+        self._flushed = threading.Condition(self._lock)  # a flush ended: room may be made
         self._catch_up: Callable[[], None] | None = self._watch_store()
         self._thread = threading.Thread(
             target=self._background, name="pooled-sessions-flusher", daemon=True
@@ -160,8 +160,9 @@ class SessionService(ServiceBase[Store]):
         with self._wake:
             self._wake.notify_all()
 
-    def _notify(self) -> None:
-        self._wake.notify_all()
+    def _notify(self, flusher: bool = True) -> None:
+        if flusher:
+            self._wake.notify_all()
         self._flushed.notify_all()
 
     def _time_jumped(self) -> None:
@@ -170,8 +171,8 @@ class SessionService(ServiceBase[Store]):
     def _wait_for_room(self, session_id: str) -> bool:
         self._wake_flusher()
         has_room = self._engine.pending.has_room
-        with self._wake:
-            return self._wake.wait_for(
+        with self._flushed:
+            return self._flushed.wait_for(
                 lambda: has_room(session_id), self.settings.backpressure_timeout_seconds
             )
 

@@ -212,8 +212,9 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
     async def _wake_flusher(self) -> None:
         self._wake.set()
 
-    def _notify(self) -> None:
-        self._wake.set()
+    def _notify(self, flusher: bool = True) -> None:
+        if flusher:
+            self._wake.set()
         self._settled.set()
         self._settled = asyncio.Event()
 

@@ -42,8 +42,9 @@ class ServiceFlows:
     _url: str
     _shared_seen: bool
 
-    def _notify(self) -> None:
-        """Wake the flusher and every caller waiting for room or a flush (``_guard`` held)."""
+    def _notify(self, flusher: bool = True) -> None:
+        """Wake every caller waiting for room or a flush, and the flusher unless ``flusher``
+        is False (``_guard`` held)."""
         raise NotImplementedError
 
     def _committing(self, seq: int) -> Flow[None]:
@@ -88,7 +89,7 @@ class ServiceFlows:
                 raise
             raise error from exc
         engine.flush_succeeded(flush, result, clock.monotonic() - started)
-        self._notify()
+        self._notify(flusher=engine.flush_due())  # its timer stands: a wake per commit is costly
         if result.reloaded:  # another process had written the store since this one
             self._shared_store_seen()
         return len(flush.operations)

@@ -67,6 +67,56 @@ def test_a_change_committed_elsewhere_is_seen_though_the_listener_sleeps(
             assert wait_until(seen, timeout=1.0)
 
 
+def test_a_read_leaves_this_process_own_events_to_the_listener(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call does not read the events of this process's own commits (the listener does, in
+    batches), but one event from elsewhere among them makes it read them all."""
+    with SessionService(redis_url) as a, SessionService(redis_url) as b:
+        sid = a.create_session("alice", {"n": 0})
+        assert b.get_session(sid) is not None
+        store = a._store
+        assert isinstance(store, RedisStore)
+        listener = store._listener
+        assert isinstance(listener, events.EventListener) and listener._watched is not None
+        fd = listener._watched[1]
+        monkeypatch.setattr(events, "_wait_readable", lambda pubsub, timeout: time.sleep(30))
+        a.update_session(sid, {"n": 1})  # wakes a's listener once, which then sleeps
+        assert wait_until(lambda: events._unread(fd) == 0, timeout=1.0)
+        for n in range(2, 5):
+            assert a.update_session(sid, {"n": n})
+        assert wait_until(lambda: events._unread(fd) > 0, timeout=1.0)
+        waiting = events._unread(fd)
+        assert a.get_session(sid).attributes["n"] == 4  # type: ignore[union-attr]
+        assert events._unread(fd) == waiting == listener._own  # found to be a's own: left
+        assert b.update_session(sid, {"n": 5})
+        assert wait_until(lambda: events._unread(fd) > waiting, timeout=1.0)
+        assert a.get_session(sid).attributes["n"] == 5  # type: ignore[union-attr]
+        assert events._unread(fd) == 0 and listener._own == 0  # read, with a's own
+
+
+def _message(payload: bytes, push: bool = False, kind: bytes = b"message") -> bytes:
+    parts = (kind, b"ps:events", payload)
+    head = b">3\r\n" if push else b"*3\r\n"
+    return head + b"".join(b"$%d\r\n%s\r\n" % (len(part), part) for part in parts)
+
+
+@pytest.mark.parametrize("push", [False, True], ids=["resp2", "resp3"])
+def test_own_events_are_told_apart_by_their_bytes(push: bool) -> None:
+    own, mine, theirs = b'"o":"ab12"', b'{"o":"ab12","c":["x"]}', b'{"c":["y"],"o":"cd34"}'
+    first, second = _message(mine, push), _message(b'{"e":["z"],"o":"ab12"}', push)
+    data = bytearray(first + second + _message(theirs, push) + first)
+    both = len(first) + len(second)
+    assert events._own_events(data, len(data), own, 0) == both  # stops at theirs
+    assert events._own_events(data, both, own, len(first)) == both  # goes on from a known end
+    assert events._own_events(data, both - 1, own, 0) == len(first)  # the second is cut short
+    assert events._own_events(data, 3, own, 0) == 0
+    subscribe = bytearray(_message(b"1", push, kind=b"subscribe"))
+    assert events._own_events(subscribe, len(subscribe), own, 0) == 0
+    forged = bytearray(_message(mine, push).replace(b"$22", b"$2x"))
+    assert events._own_events(forged, len(forged), own, 0) == 0
+
+
 def test_the_next_node_follows_name_order() -> None:
     class Node:
         def __init__(self, name: str) -> None:

@@ -202,8 +202,8 @@ def write(
         chunk = ops[start : start + chunk_size]
         statuses = yield from _apply(batch, chunk, cluster)
         lost_ops, owned_ops = _refusals(chunk, statuses)
-        undo = batch.indexes([Delete(o.session_id, o.username, now) for o in lost_ops])
-        if undo or owned_ops:
+        if lost_ops or owned_ops:
+            undo = batch.indexes([Delete(o.session_id, o.username, now) for o in lost_ops])
             yield from run(undo + _disown(keys, owned_ops))
         refused.update(op.session_id for op in lost_ops)
         taken.update(op.session_id for op, _ in owned_ops)
