@@ -48,6 +48,7 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
         self._wake = asyncio.Event()  # the flusher: a flush may be due
         self._settled = asyncio.Event()  # replaced each time a flush ended or room came free
         self._tasks: set[asyncio.Task[int]] = set()  # flushes callers await (shielded)
+        self._turns: dict[int, asyncio.Future[None]] = {}  # callers waiting for a commit
         self._done = asyncio.Event()
         self._freezer = Freezer()  # long-lived sessions out of the collector's walk
 
@@ -180,6 +181,15 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
         self._freezer.after_flush(self._engine)
         return written
 
+    async def _await_turn(self, seq: int) -> None:
+        waits = self._engine.commits.waits
+        while waits(seq):
+            turn = self._turns[seq] = asyncio.get_running_loop().create_future()
+            try:
+                await turn
+            finally:
+                del self._turns[seq]
+
     async def _await_flush(self, round_: int) -> None:
         commits = self._engine.commits
         while commits.rounds == round_:
@@ -217,6 +227,10 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
             self._wake.set()
         self._settled.set()
         self._settled = asyncio.Event()
+        waits = self._engine.commits.waits
+        for seq, turn in self._turns.items():
+            if not (waits(seq) or turn.done()):
+                turn.set_result(None)
 
     def _time_jumped(self) -> None:
         loop = self._loop

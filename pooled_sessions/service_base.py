@@ -28,6 +28,7 @@ from pooled_sessions.engine.engine import Engine
 from pooled_sessions.engine.requests import (
     AcquireSlot,
     AwaitFlush,
+    AwaitTurn,
     ClaimSlot,
     Commit,
     Ended,
@@ -190,6 +191,8 @@ class ServiceBase(ServiceFlows, Generic[StoreT]):
             return self._wake_flusher()
         if isinstance(request, Commit):
             return self._drive(self._committing(request.seq))
+        if isinstance(request, AwaitTurn):
+            return self._await_turn(request.seq)
         if isinstance(request, AwaitFlush):
             return self._await_flush(request.round)
         if isinstance(request, FlushNow):
@@ -218,6 +221,11 @@ class ServiceBase(ServiceFlows, Generic[StoreT]):
 
     def _drive(self, flow: Flow[Any]) -> Any:
         """Run ``flow`` to its end (for an asyncio service, an awaitable of its result)."""
+        raise NotImplementedError
+
+    def _await_turn(self, seq: int) -> Any:
+        """Wait until the caller of change ``seq`` need no longer wait (``commits.waits``);
+        `_notify` wakes it then, and no other caller."""
         raise NotImplementedError
 
     def _await_flush(self, round_: int) -> Any:

@@ -19,6 +19,7 @@ from pooled_sessions.engine.requests import (
     FLUSH_NOW,
     POLL,
     AwaitFlush,
+    AwaitTurn,
     Flow,
     Flush,
     FlushNow,
@@ -49,21 +50,25 @@ class ServiceFlows:
 
     def _committing(self, seq: int) -> Flow[None]:
         """The group commit: return once change ``seq`` is committed. While a flush is in
-        flight, wait for it; then the first caller whose change is still pending leads the
-        next flush, which takes every pending change, and the others wait for it. Raises
-        the failure of the flush that held the change (undone by then)."""
+        flight, wait for it; then the earliest caller whose change is still pending leads
+        the next flush, which takes every pending change, and the others wait for it.
+        Raises the failure of the flush that held the change (undone by then)."""
         commits = self._engine.commits
         while (turn := commits.verdict(seq)) is not Turn.COMMITTED:
-            if turn is Turn.WAIT:
-                yield AwaitFlush(commits.rounds)
-                continue
             try:
-                yield FLUSH_NOW
-            except StoreError:
-                pass  # the next verdict says what the failure meant for this change
-            finally:
+                if turn is Turn.WAIT:
+                    yield AwaitTurn(seq)
+                    continue
+                try:
+                    yield FLUSH_NOW
+                except StoreError:
+                    pass  # the next verdict says what the failure meant for this change
                 if commits.stand_down(seq):
                     self._notify()
+            except BaseException:  # a caller named to lead left (cancelled): the next leads
+                if commits.stand_down(seq):
+                    self._notify()
+                raise
 
     def _flushing(self) -> Flow[int]:
         """One flush of everything pending, after the one in flight; returns the sessions

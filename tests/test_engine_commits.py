@@ -249,3 +249,53 @@ def test_commit_log_turns() -> None:
     log.forget(third)
     log.idle()
     assert log.settled == log.last
+
+
+def test_a_flush_ending_wakes_the_callers_it_settled_and_names_one_to_lead() -> None:
+    """Callers that arrived during a flush do not all wake to race for the next lead: the
+    earliest is named, the others wait on until the flush that holds their change ends."""
+    log = CommitLog()
+    first = log.next()
+    log.watch(first)
+    assert log.verdict(first) is Turn.LEAD
+    upto = log.begin()
+    late = [log.next() for _ in range(3)]
+    for seq in late:
+        log.watch(seq)
+        assert log.verdict(seq) is Turn.WAIT and log.waits(seq)
+    log.end(upto)
+    assert not log.waits(first), "settled: woken to return"
+    assert [seq for seq in late if not log.waits(seq)] == [late[0]], "only the earliest"
+    assert log.verdict(late[0]) is Turn.LEAD
+    assert all(log.waits(seq) for seq in late[1:])
+    log.end(log.begin())
+    assert not any(log.waits(seq) for seq in late), "one flush took them all"
+
+
+def test_a_running_caller_leads_before_the_named_one_wakes() -> None:
+    log = CommitLog()
+    first, waiting = log.next(), log.next()
+    log.watch(waiting)
+    log.begin()
+    log.end(first)
+    assert log.named == waiting and not log.waits(waiting)
+    newcomer = log.next()
+    log.watch(newcomer)
+    assert log.verdict(newcomer) is Turn.LEAD, "no wait for the named caller to wake"
+    assert log.verdict(waiting) is Turn.WAIT and log.waits(waiting)
+    log.end(log.begin())
+    assert log.verdict(waiting) is log.verdict(newcomer) is Turn.COMMITTED
+
+
+def test_a_named_caller_that_leaves_passes_the_lead_on() -> None:
+    log = CommitLog()
+    first, gone, next_ = log.next(), log.next(), log.next()
+    for seq in (gone, next_):
+        log.watch(seq)
+    log.begin()
+    log.end(first)
+    assert log.named == gone
+    assert log.stand_down(gone), "the driver must wake the next caller"
+    log.forget(gone)
+    assert log.named == next_ and not log.waits(next_)
+    assert not log.stand_down(next_ + 1), "a caller that was never named has nothing to pass"

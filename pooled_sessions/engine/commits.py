@@ -5,7 +5,9 @@ up to the latest number; when it ends, every change up to that number is settled
 committed, or, when the flush failed, refused to the callers that wait for it. A caller
 that must not return before its change is committed asks `CommitLog.verdict`: committed,
 wait for the flush in flight, or lead the next flush itself (it takes every pending change,
-so calls arriving meanwhile share it). Pure bookkeeping: no I/O, no threads.
+so calls arriving meanwhile share it). When a flush ends, the log names the caller that
+leads the next one, so a driver wakes only the callers whose turn came (`waits`), not every
+waiter to race for the lead. Pure bookkeeping: no I/O, no threads.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ class CommitLog:
         """A flush is in flight; there is never more than one."""
         self.leader = 0
         """The change whose caller was told to lead the next flush, until that flush begins."""
+        self.named = 0
+        """The earliest change still waiting when a flush ended: its caller is woken to lead
+        the next one, unless a caller already running asks first (no wait for a wake-up)."""
         self.rounds = 0
         """Flushes ended (and leads given up): a waiter waits for this to move."""
         self._watched: set[int] = set()
@@ -58,7 +63,7 @@ class CommitLog:
 
     def begin(self) -> int:
         """A flush takes every pending change; returns the number it covers up to."""
-        self.flushing, self.leader = True, 0
+        self.flushing, self.leader, self.named = True, 0, 0
         return self.last
 
     def idle(self) -> None:
@@ -81,6 +86,8 @@ class CommitLog:
         self.settled = max(self.settled, upto)
         self.flushing = False
         self.rounds += 1
+        if not self.leader:
+            self.named = self._next_leader()
 
     def refuse(self, seqs: Collection[int], failure: Exception) -> None:
         """The store refused these changes (a create of an id in use, a change of a session
@@ -110,17 +117,38 @@ class CommitLog:
             return Turn.COMMITTED
         if self.busy:
             return Turn.WAIT
-        self.leader = seq
+        self.leader, self.named = seq, 0
         return Turn.LEAD
 
+    def waits(self, seq: int) -> bool:
+        """True while the caller of ``seq`` has nothing to do but wait: a driver wakes a
+        waiting caller once this turns False (settled, failed, or named to lead)."""
+        return (
+            seq > self.settled
+            and seq not in self._failed
+            and (self.busy or self.named not in (0, seq))
+        )
+
     def stand_down(self, seq: int) -> bool:
-        """The caller of ``seq`` no longer leads (its flush began, or it failed first);
-        True if it still held the lead, so the waiters must be woken to ask again."""
-        if self.leader != seq:
+        """The caller of ``seq`` no longer leads, nor is named to (its flush began, or it
+        failed or left first); True if it still was, so the next waiting caller is named
+        and the driver must wake it."""
+        if seq not in (self.leader, self.named):
             return False
-        self.leader = 0
+        if self.leader == seq:
+            self.leader = 0
+        self.named = self._next_leader(seq)
         self.rounds += 1
         return True
+
+    def _next_leader(self, leaving: int = 0) -> int:
+        """The earliest change still waiting for a flush (0: none), to lead the next one."""
+        waiting = [
+            seq
+            for seq in self._watched
+            if seq > self.settled and seq != leaving and seq not in self._failed
+        ]
+        return min(waiting, default=0)
 
 
 def _cancelled(error: BaseException) -> Exception:

@@ -115,6 +115,13 @@ class Commit(NamedTuple):
     seq: int
 
 
+class AwaitTurn(NamedTuple):
+    """Wait until the caller of change ``seq`` need no longer wait (``engine.commits.waits``
+    is False): its change was settled, or it leads the next flush. The answer is ignored."""
+
+    seq: int
+
+
 class AwaitFlush(NamedTuple):
     """Wait until the flush in flight (or about to begin) has ended: until
     ``engine.commits.rounds`` is no longer ``round``. The answer is ignored."""
@@ -139,6 +146,7 @@ Request = (
     | WakeFlusher
     | FlushNow
     | Commit
+    | AwaitTurn
     | AwaitFlush
 )
 Flow = Generator[Request, Any, T]
