@@ -159,3 +159,17 @@ async def test_events_move_to_another_node_when_theirs_dies(tmp_path: Path) -> N
         await aio_store.close()
         sync_store.close()
         cluster.stop()
+
+
+def test_the_listener_notes_events_of_its_own_and_acts_on_the_others() -> None:
+    """Its own events are dropped unparsed and noted (the listener then rests, `REST_SECONDS`);
+    another store's are acted on, as bytes or as text."""
+    heard: list[tuple[Any, bool]] = []
+    sub = events.Subscription("ab12", lambda ids, ended: heard.append((ids, ended)), "here")
+    assert sub.handle({"type": "subscribe", "data": 1})
+    assert sub.handle({"type": "message", "data": b'{"c":["x"],"o":"ab12"}'})
+    assert heard == [] and sub.heard_own
+    sub.heard_own = False
+    sub.handle({"type": "message", "data": b'{"o":"cd34","e":["y"],"c":["z"]}'})
+    sub.handle({"type": "message", "data": '{"o":"cd34","c":["w"]}'})
+    assert heard == [(["y"], True), (["z"], False), (["w"], False)] and not sub.heard_own

@@ -27,12 +27,14 @@ Callback = Callable[[Collection[str] | None, bool], None]
 logger = logging.getLogger("session_service")
 FIRST_DELAY, MAX_DELAY, POLL_SECONDS = 0.05, 2.0, 0.5
 CATCH_UP_WAIT = 0.02
-PEEK_BYTES = 65536
 """Longest a call waits for the listener to finish what it is reading (`catch_up`)."""
+PEEK_BYTES = 65536
+"""Most bytes `catch_up` looks at to tell this process's own events from others'."""
 REST_SECONDS = 0.005
-"""The blocking listener's pause after each read: a busy process's events (its own commits'
-among them) then wake it once per burst instead of once each, which costs a commit a third
-of its time in GIL hand-overs; reads do not wait for it (`catch_up`)."""
+"""The blocking listener's pause after a read that met an event of this process's own: a
+busy process's events then wake it once per burst instead of once per commit, which cost
+each commit a third of its time in GIL hand-overs. Reads do not wait for it (`catch_up`),
+and a process that only hears others' events is not slowed."""
 
 
 class Subscription:
@@ -44,6 +46,8 @@ class Subscription:
         self.origin = origin
         self.own = f'"o":"{origin}"'.encode()
         """What only this store's own events hold (`parse_event` reads the same key)."""
+        self.heard_own = False
+        """An event of this store's own was read since the listener last looked."""
         self.callback = callback
         self.where = where
         self.secrets = secrets
@@ -60,7 +64,11 @@ class Subscription:
                 self.callback(None, False)
             self.subscribed, self.gap, self.delay = True, False, FIRST_DELAY
         elif message["type"] == "message":
-            parsed = parse_event(message["data"], self.origin)
+            data = message["data"]
+            if self.own in (data if isinstance(data, bytes) else data.encode()):
+                self.heard_own = True
+                return self.subscribed
+            parsed = parse_event(data, self.origin)
             if parsed is not None:
                 ended, changed = parsed
                 if ended:
@@ -170,7 +178,9 @@ class EventListener:
                         self._watch(pubsub)
                     if self._sub.handle(None):
                         self._ready.set()
-                    self._stop.wait(REST_SECONDS)
+                    if self._sub.heard_own:
+                        self._sub.heard_own = False
+                        self._stop.wait(REST_SECONDS)
                     _wait_readable(pubsub, POLL_SECONDS)
             except Exception as exc:  # reconnect on anything; the service must hear again
                 self._stop.wait(self._sub.failed(exc))
