@@ -100,7 +100,7 @@ def count_file_writes() -> None:
     if append.__name__ == "counted_append":
         return  # counting already
 
-    def counted_append(path: str, inode: tuple[int, int], at: int, data: bytes) -> int:
+    def counted_append(path: str, inode: tuple[int, int], at: int, data: bytes) -> fsio.Appended:
         """`fsio.append`, counted."""
         FILE_WRITES["journal_appends"] += 1
         return append(path, inode, at, data)

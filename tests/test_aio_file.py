@@ -245,10 +245,10 @@ async def test_a_write_cancelled_in_its_file_step_waits_for_the_thread(
     entered, release = threading.Event(), threading.Event()
     real = fsio.append
 
-    def slow_append(*args: Any) -> int:
+    def slow_append(*args: Any) -> fsio.Appended:
         entered.set()
         release.wait(10)
-        return int(real(*args))
+        return real(*args)
 
     monkeypatch.setattr(fsio, "append", slow_append)
     first = asyncio.create_task(store.write(upserts(3, 3), time.time()))

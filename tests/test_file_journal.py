@@ -4,11 +4,13 @@ Real files; another process where one is needed."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -99,6 +101,41 @@ def test_a_write_is_one_append_and_one_fdatasync(path: Path, batch: int) -> None
     assert len(data) == journal_of(path).stat().st_size - end, "the line went to the journal"
     assert calls.made["fdatasync"][0] == (fd,)
     assert stored(path).lines == 1 and len(stored(path).sessions) == batch + 1
+
+
+@pytest.mark.parametrize("kind", ["blocking", "asyncio"])
+def test_the_lock_is_let_go_before_the_fdatasync(path: Path, kind: str) -> None:
+    """Another writer appends while a line waits for its disk flush (as another process
+    would: a store of its own), and the first write returns only once its line is flushed."""
+    first, other = file_store(path), file_store(path)
+    write(first, 0)
+    flushing, flushed = threading.Event(), threading.Event()
+    real = fsio.fdatasync
+
+    def slow_fdatasync(fd: int) -> None:
+        if threading.current_thread() is not threading.main_thread() and not flushed.is_set():
+            flushing.set()
+            assert flushed.wait(10)
+        real(fd)
+
+    def first_write() -> None:
+        if kind == "blocking":
+            write(first, 1)
+        else:
+            store = AioFileStore(StoreURL.parse(f"aiofile://{path}"), Settings())
+            asyncio.run(store.write([upsert(1)], time.time()))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fsio, "fdatasync", slow_fdatasync)
+        writer = threading.Thread(target=first_write)
+        writer.start()
+        assert flushing.wait(10), "the first line reached its fdatasync"
+        write(other, 2)  # takes the lock file the first writer let go
+        assert writer.is_alive(), "the first write waits for its flush"
+        flushed.set()
+        writer.join(10)
+    assert not writer.is_alive()
+    assert set(stored(path).sessions) == {upsert(n).session_id for n in range(3)}
 
 
 async def test_the_asyncio_store_appends_the_same_way(path: Path) -> None:

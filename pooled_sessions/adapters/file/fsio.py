@@ -192,9 +192,19 @@ def fdatasync(fd: int) -> None:
     os.fdatasync(fd)
 
 
-def append(path: str, inode: tuple[int, int], at: int, data: bytes) -> int:
-    """Append ``data`` to the journal at ``path`` with one write and one fdatasync; returns
-    the new end. The caller holds the lock file.
+class Appended(NamedTuple):
+    """A journal line written by `append` but not yet on disk: the journal's new end, and
+    the descriptor `sync` makes it durable through."""
+
+    end: int
+    fd: int
+
+
+def append(path: str, inode: tuple[int, int], at: int, data: bytes) -> Appended:
+    """Append ``data`` to the journal at ``path`` with one write. The caller holds the lock
+    file, and calls `sync` on the descriptor returned once it has let go of it: other
+    processes append meanwhile and their fdatasyncs overlap, where holding the lock through
+    the fdatasync made every process's commit wait for the others' disk flushes.
 
     A torn tail past ``at`` (left by a crashed writer) is cut off first; a write that fails
     halfway is cut off again, so no half line stays behind.
@@ -212,10 +222,27 @@ def append(path: str, inode: tuple[int, int], at: int, data: bytes) -> int:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, at)
             raise
-        fdatasync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
-    return at + len(data)
+        raise
+    return Appended(at + len(data), fd)
+
+
+def sync(fds: Sequence[int]) -> None:
+    """fdatasync, then close, each descriptor `append` left open; raises the first failure
+    once all are closed. A line that a later writer's fdatasync of the same file already
+    flushed costs nothing more; a journal replaced meanwhile by a snapshot (compaction) is
+    still flushed through its old descriptor, so the line is durable in one or the other."""
+    failure: OSError | None = None
+    for fd in fds:
+        try:
+            fdatasync(fd)
+        except OSError as exc:
+            failure = failure or exc
+        finally:
+            os.close(fd)
+    if failure is not None:
+        raise failure
 
 
 def replace_pinned(path: str, pieces: Sequence[bytes]) -> Pin:

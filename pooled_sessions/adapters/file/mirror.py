@@ -51,7 +51,8 @@ class ReadFrom(NamedTuple):
 
 
 class Append(NamedTuple):
-    """File step: append ``data`` to the journal at ``at`` (`fsio.append`); the new end."""
+    """File step: append ``data`` to the journal at ``at`` (`fsio.append`); answered with
+    the `fsio.Appended`, which the store makes durable once it lets go of the lock."""
 
     inode: tuple[int, int]
     at: int
@@ -90,6 +91,7 @@ class FileMirror:
         self.newest = 0  # the highest generation either file named
         self.known = False  # False before the first read and after a failure: read again
         self.suspect = False  # a journal append failed: the next write starts a new snapshot
+        self.unsynced: list[int] = []  # descriptors of lines appended, for `fsio.sync`
 
     def behind(self, sight: fsio.Sight) -> bool:
         """True when the files are not (or may not be) what is mirrored."""
@@ -292,7 +294,9 @@ class FileMirror:
             yield from self._compacting()
         else:
             try:
-                self.offset = yield Append(self.journal.inode, self.offset, line)
+                appended = yield Append(self.journal.inode, self.offset, line)
+                self.offset = appended.end
+                self.unsynced.append(appended.fd)
             except BaseException:
                 self.suspect = True  # never trusted again: the next write starts a snapshot
                 raise
@@ -322,6 +326,11 @@ class FileMirror:
         if self.journal is not None:
             self.journal.close()
         self.journal, self.live, self.offset = held, True, len(head) + len(line)
+
+    def take_unsynced(self) -> list[int]:
+        """The descriptors of the lines appended since the last call, to `fsio.sync`."""
+        taken, self.unsynced = self.unsynced, []
+        return taken
 
     def _let_go(self, *, journal: bool = True) -> None:
         """Close the files held (the snapshot, and the journal unless told not to)."""

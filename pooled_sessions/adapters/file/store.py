@@ -63,6 +63,17 @@ def _do(path: str, step: FileStep) -> Any:
     raise TypeError(f"not a file step: {step!r}")
 
 
+def sync_appended(path: str, fds: Sequence[int]) -> None:
+    """Make the journal lines a write appended durable (`fsio.sync`), after the lock file
+    is let go; an OS error becomes StoreUnavailableError naming the journal."""
+    try:
+        fsio.sync(fds)
+    except OSError as exc:
+        raise StoreUnavailableError(
+            f"cannot write {journal.path_of(path)}: {fsio.describe(exc)}"
+        ) from exc
+
+
 def run(steps: Steps[T], path: str) -> T:
     """Run file steps to their end, blocking; pause points are passed over."""
     try:
@@ -118,12 +129,10 @@ class JsonFileStore:
             return session_id in self._mirror.table.tombstones
 
     def write(self, operations: Sequence[Operation], now: float) -> WriteResult:
-        with self._guard():
-            return run(self._mirror.writing(operations, now), self.path)
+        return self._commit(self._mirror.writing(operations, now))
 
     def purge_expired(self, now: float) -> int:
-        with self._guard():
-            return run(self._mirror.purging(now, self._ttl), self.path)
+        return self._commit(self._mirror.purging(now, self._ttl))
 
     def compact(self) -> bool:
         """Fold the journal into a new snapshot now; False when there was nothing to fold."""
@@ -148,6 +157,22 @@ class JsonFileStore:
         """Let go of the files held open (a later call opens them again)."""
         with self._mutex:
             self._mirror.release()
+
+    def _commit(self, steps: Steps[T]) -> T:
+        """Run write steps under the lock file; the journal line they appended is made
+        durable once the lock is let go (see `fsio.append`), before this returns."""
+        with self._guard():
+            try:
+                result = run(steps, self.path)
+            finally:
+                unsynced = self._mirror.take_unsynced()
+        try:
+            sync_appended(self.path, unsynced)
+        except StoreUnavailableError:
+            with self._mutex:
+                self._mirror.suspect = True  # the next write starts a new snapshot
+            raise
+        return result
 
     def _guard(self) -> fsio.Guard:
         return fsio.Guard(self._mutex, self.path)

@@ -20,11 +20,11 @@ from typing import Any, TypeVar
 
 from pooled_sessions.adapters.file import fsio, probe
 from pooled_sessions.adapters.file.mirror import FileMirror, FileStep, Steps
-from pooled_sessions.adapters.file.store import perform
+from pooled_sessions.adapters.file.store import perform, sync_appended
 from pooled_sessions.adapters.url import StoreURL
 from pooled_sessions.codec import Operation, Record, WriteResult
 from pooled_sessions.config import Settings
-from pooled_sessions.errors import MissingDependencyError
+from pooled_sessions.errors import MissingDependencyError, StoreUnavailableError
 
 T = TypeVar("T")
 SLICE_SECONDS = 0.002
@@ -78,14 +78,25 @@ class AioFileStore:
         return session_id in self._mirror.table.tombstones
 
     async def write(self, operations: Sequence[Operation], now: float) -> WriteResult:
-        await self._ready()
-        async with self._exclusive():
-            return await self._run(self._mirror.writing(operations, now))
+        return await self._commit(self._mirror.writing(operations, now))
 
     async def purge_expired(self, now: float) -> int:
+        return await self._commit(self._mirror.purging(now, self._ttl))
+
+    async def _commit(self, steps: Steps[T]) -> T:
+        """`JsonFileStore._commit`: the lines appended are made durable after the lock."""
         await self._ready()
         async with self._exclusive():
-            return await self._run(self._mirror.purging(now, self._ttl))
+            try:
+                result = await self._run(steps)
+            finally:
+                unsynced = self._mirror.take_unsynced()
+        try:
+            await asyncio.shield(asyncio.to_thread(sync_appended, self.path, unsynced))
+        except StoreUnavailableError:
+            self._mirror.suspect = True  # the next write starts a new snapshot
+            raise
+        return result
 
     async def compact(self) -> bool:
         """Fold the journal into a new snapshot now; False when there was nothing to fold."""
