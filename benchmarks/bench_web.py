@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from fastapi import FastAPI, Request  # noqa: E402  (module level: FastAPI reads the hints)
 
 from benchmarks.bench_redis import SCRIPT_ONLY  # noqa: E402
+from pooled_sessions.integrations import flask as pooled_flask  # noqa: E402
 from tests.redis_servers import RedisServer, commands_called, unique_prefix  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -356,6 +357,8 @@ def measure(
         if isinstance(client, AsgiClient):
             client.close()
     after = commands_called(server)
+    if framework == "flask" and layer == "pooled":  # before its Redis stops (at exit)
+        app.extensions[pooled_flask.EXTENSION].shutdown()
     calls = {c: after.get(c, 0) - before.get(c, 0) for c in after}
     calls = {c: n for c, n in calls.items() if n > 0 and c not in ("info",)}
     script_only = SCRIPT_ONLY if layer == "pooled" else set()  # the peers send every command
