@@ -73,6 +73,11 @@ class Upsert:
     """Ids this session had before a rotation the store has not confirmed, newest first:
     a store that counts pool slots moves the slot one of them holds to this id."""
     create: bool = False
+    succeeds: str | None = None
+    """For the create of a rotation, the id it replaces (ended in the same batch): the
+    store writes it only if it held that session when the batch began (or this batch's
+    own end of it, written by an earlier attempt), else refuses it (`WriteResult.refused`),
+    so a session ended elsewhere never lives on under a new id."""
 
     def __post_init__(self) -> None:
         if self.create and not self.created:
@@ -232,6 +237,7 @@ def upsert_of(
     created: bool = True,
     create: bool = False,
     rotated_from: tuple[str, ...] = (),
+    succeeds: str | None = None,
 ) -> Upsert:
     """The write of ``record`` with its ``attributes`` already encoded; ``changed``
     (default: every attribute) and ``removed`` say which moved; ``create``: a
@@ -251,6 +257,7 @@ def upsert_of(
         created=created,
         create=create,
         rotated_from=rotated_from,
+        succeeds=succeeds,
     )
 
 

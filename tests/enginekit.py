@@ -68,7 +68,7 @@ class Rig:
             self.requests.append(request)
             reply, error = None, None
             if isinstance(request, Commit):
-                error = self.commit()
+                error = self.commit(request.seq)
             elif isinstance(request, Poll):
                 reply, self.changed = self.changed, False
             elif isinstance(request, Load):
@@ -84,10 +84,17 @@ class Rig:
                 assert isinstance(request, WaitForRoom)
                 reply = self.room
 
-    def commit(self) -> BaseException | None:
-        """Answer a `Commit`: flush, or fail the flush while ``down``; the error to throw."""
+    def commit(self, seq: int | None = None) -> BaseException | None:
+        """Answer a `Commit`: flush, or fail the flush while ``down``; the error to throw
+        (with ``seq``, also what the store's refusal of that change means, as a driver's
+        group commit hears it from `CommitLog.verdict`)."""
         if self.down is None:
             self.flush()
+            if seq is not None:
+                try:
+                    self.engine.commits.verdict(seq)
+                except Exception as exc:
+                    return exc
             return None
         flush = self.engine.take_flush()
         if flush is not None:

@@ -129,6 +129,20 @@ def test_a_failed_rotation_keeps_the_old_id() -> None:
     assert new is not None and rig.run(rig.engine.sessions_of("alice")) == [new]
 
 
+def test_a_rotation_of_a_session_ended_elsewhere_is_refused() -> None:
+    """Another process ended the session; this engine, not told yet, rotates its cached
+    copy: the store refuses the new id, so the ended session's data lives on nowhere."""
+    rig = committing(pool=SessionPoolConfig(max_total=2, max_wait=0))
+    sid = rig.run(rig.engine.create("alice", {"cart": [1]}, None))
+    rig.table.apply([Delete(sid, "alice", rig.clock.now)])  # the other process's end
+    assert rig.run(rig.engine.rotate(sid, username="alice")) is None
+    assert len(rig.table) == 0, "no new id in the store"
+    assert rig.run(rig.engine.sessions_of("alice")) == []
+    assert rig.engine.stats()["pool"]["active"] == 0, "no slot held for either id"
+    other = rig.run(rig.engine.create("bob", {}, None))
+    assert rig.run(rig.engine.rotate(other)) is not None, "a live session still rotates"
+
+
 def test_a_later_change_on_top_of_a_failed_one_fails_too() -> None:
     rig = committing()
     sid = rig.run(rig.engine.create("alice", {"a": 1}, None))

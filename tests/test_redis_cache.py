@@ -67,6 +67,23 @@ def test_a_change_committed_elsewhere_is_seen_though_the_listener_sleeps(
             assert wait_until(seen, timeout=1.0)
 
 
+def test_a_login_on_a_server_not_told_of_an_end_does_not_revive_the_session(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A logs the user out; B, whose listener has not heard it, rotates its cached copy for
+    a login: Redis refuses the new id, so the cart of the ended session lives on nowhere."""
+    with SessionService(url) as a, SessionService(url) as b:
+        sid = a.create_session("alice", {"cart": ["pear"]})
+        assert b.get_session(sid) is not None  # cached in b
+        monkeypatch.setattr(events.EventListener, "catch_up", lambda self: None)
+        monkeypatch.setattr(events.Subscription, "handle", lambda self, message: True)
+        assert a.end_session(sid)
+        assert b.rotate_session(sid, username="alice") is None
+        assert b.sessions_of("alice") == [] and a.sessions_of("alice") == []
+        store = a._store
+        assert isinstance(store, RedisStore) and store.count() == 0
+
+
 def test_a_read_leaves_this_process_own_events_to_the_listener(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

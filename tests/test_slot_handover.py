@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from pooled_sessions import PoolExhaustedError, PoolLimits, SessionService, Settings
+from pooled_sessions.adapters.redis import events
 from pooled_sessions.adapters.redis.store import RedisStore
 from pooled_sessions.codec import Upsert, WriteResult
 from pooled_sessions.engine.engine import ClaimSlot, Engine, Flow, Flush, StoreOffers
@@ -170,6 +171,23 @@ def test_a_rotation_on_another_server_moves_the_slot(
     a.create_session("bob")
     with pytest.raises(PoolExhaustedError, match="every app server"):
         b.create_session("carol")  # the rotated session still holds its slot
+
+
+def test_a_refused_rotation_leaves_no_slot_held(
+    services: list[SessionService], store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """b rotates a session a ended, before b heard of the end: Redis refuses the new id,
+    and neither id holds a pool slot afterwards."""
+    a, b = services
+    sid = a.create_session("alice")
+    assert b.get_session(sid) is not None
+    monkeypatch.setattr(events.EventListener, "catch_up", lambda self: None)
+    monkeypatch.setattr(events.Subscription, "handle", lambda self, message: True)
+    assert a.end_session(sid)
+    assert b.rotate_session(sid) is None
+    a.force_save()
+    b.force_save()
+    assert slot_members(store) == set() == live_hashes(store)
 
 
 def test_rotations_before_a_write_move_the_slot_once(

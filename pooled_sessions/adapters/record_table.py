@@ -64,17 +64,34 @@ class RecordTable:
         (as on Redis, where it is gone)."""
         refused: set[str] = set()
         taken: set[str] = set()
+        held = self._held_before(operations, now)
         self.version += 1
         for op in operations:
             sid = op.session_id
             if isinstance(op, Delete):
                 self._drop(sid)
                 self.tombstones[sid] = max(op.ended_at, self.tombstones.get(sid, 0.0))
-            elif sid in self.tombstones:
+            elif sid in self.tombstones or (op.succeeds is not None and op.succeeds not in held):
                 refused.add(sid)
             elif (outcome := self._upsert(op, now)) is not None:
                 (taken if outcome else refused).add(sid)
         return WriteResult(refused=frozenset(refused), taken=frozenset(taken))
+
+    def _held_before(self, operations: Sequence[Operation], now: float | None) -> set[str]:
+        """The ids that rotations in ``operations`` succeed and that were live before the
+        batch; a rotation already written whole (an earlier attempt of the batch) counts
+        as held, the same creation being sent again."""
+        held: set[str] = set()
+        for op in operations:
+            if not isinstance(op, Upsert) or op.succeeds is None:
+                continue
+            record = self.records.get(op.succeeds)
+            mine = self.records.get(op.session_id)
+            if record is not None and (now is None or not is_expired(record, now)):
+                held.add(op.succeeds)
+            elif mine is not None and same_creation(mine, op.username, op.created_at):
+                held.add(op.succeeds)
+        return held
 
     def _upsert(self, op: Upsert, now: float | None) -> bool | None:
         """Apply one upsert of an id without a tombstone: None if written, True if the id

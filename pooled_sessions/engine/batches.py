@@ -102,7 +102,10 @@ class Batches:
                 operations.append(Delete(sid, dirty.username, dirty.ended_at))
             elif (entry := self._entries.get(sid)) is not None:
                 moved = self.slots.stored_as(sid) if dirty.created else ()
-                operations.append(entry.upsert(dirty.changed, dirty.removed, dirty.created, moved))
+                succeeds = dirty.succeeds if dirty.created else None
+                operations.append(
+                    entry.upsert(dirty.changed, dirty.removed, dirty.created, moved, succeeds)
+                )
         return Flush(operations, taken, self.commits.begin())
 
     def flush_succeeded(self, flush: Flush, result: WriteResult, seconds: float) -> None:
@@ -125,12 +128,13 @@ class Batches:
     def _refuse(self, flush: Flush, ids: Collection[str]) -> None:
         """Changes the store refused: the caller of a create (its id live under another
         creation, or ended) raises `IdInUseError` rather than returning the id; the caller
-        of a change to a session the store no longer holds hears that it was not live."""
+        of a change to a session the store no longer holds, or of a rotation of one, hears
+        that it was not live."""
         for sid in ids:
             dirty = flush.taken.get(sid)
             if dirty is None:
                 continue
-            if dirty.created:
+            if dirty.created and dirty.rotated_from is None:
                 error: Exception = IdInUseError(f"session id {short_id(sid)} is already in use")
             else:
                 error = Gone(sid)

@@ -153,9 +153,17 @@ class Engine(Reads):
         self.slots.move(sid, clone)
         self._end(entry)
         self._entries.install(clone)
-        created = Dirty(changed=set(clone.attributes), created=True, rotated_from=sid, before=entry)
+        stored = sid if entry.stored_expires_at else None
+        created = Dirty(
+            changed=set(clone.attributes),
+            created=True,
+            rotated_from=sid,
+            succeeds=stored,
+            before=entry,
+        )
         seq = self._mark(new_id, created)
-        yield from self._follow(seq, raising=True)
+        if not (yield from self._follow(seq, raising=True)):
+            return None  # the store no longer held the old id: ended elsewhere meanwhile
         return new_id
 
     def end(self, session_id: str) -> Flow[bool]:

@@ -116,6 +116,7 @@ class Entry:
         removed: set[str],
         created: bool,
         rotated_from: tuple[str, ...] = (),
+        succeeds: str | None = None,
     ) -> Upsert:
         """The write that brings the store up to this entry."""
         return Upsert(
@@ -133,6 +134,7 @@ class Entry:
             created=created,
             rotated_from=rotated_from,
             create=created,
+            succeeds=succeeds,
         )
 
     def overlay(self, local: Entry, changed: set[str], removed: set[str]) -> None:

@@ -23,6 +23,10 @@ class Dirty:
     username: str = ""
     rotated_from: str | None = None
     """Set on the creation of a rotated id: the id whose end is part of the same change."""
+    succeeds: str | None = None
+    """``rotated_from`` when the store held that id (`Upsert.succeeds`): the new id is
+    written only if the store still held it. None when that id was never written (its
+    creation still pending): there is nothing in the store to check."""
     before: Entry | None = None
     """The session as it was before the first change folded in (to undo a failed commit);
     for a rotated id, the old id's."""
@@ -42,6 +46,7 @@ class Dirty:
         self.removed = (self.removed - newer.changed) | newer.removed
         self.created = self.created or newer.created
         self.rotated_from = self.rotated_from or newer.rotated_from
+        self.succeeds = self.succeeds or newer.succeeds
         self.before = self.before or newer.before
         self.seqs += newer.seqs
 

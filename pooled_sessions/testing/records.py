@@ -70,6 +70,7 @@ def upsert(
     changed: Iterable[str] | None = None,
     removed: Iterable[str] = (),
     rotated_from: tuple[str, ...] = (),
+    succeeds: str | None = None,
 ) -> Upsert:
     """The write of ``record``: every attribute carried, ``changed`` (default all) moved;
     ``create``: a create-if-absent (a session a service just started)."""
@@ -83,6 +84,7 @@ def upsert(
         created=created,
         rotated_from=rotated_from,
         create=create,
+        succeeds=succeeds,
     )
 
 

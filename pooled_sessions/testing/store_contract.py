@@ -190,6 +190,34 @@ class BasicStoreContract(StoreContractBase):
         assert_same_record(self.call(store.load(sid)), fresh, "a create after an expiry")
         assert set(self.call(store.load_user("bob"))) == {sid}
 
+    def test_a_rotation_is_written_only_if_the_session_it_succeeds_was_held(self) -> None:
+        """A login's new id takes over an old one in the batch that ends it: refused when
+        another store object ended the old one first (or it was never there), so a session
+        ended elsewhere does not live on under a new id; the same batch sent again says the
+        same."""
+        now, store, peer = time.time(), self.open(), self.open()
+        old, ended, never = new_id("old"), new_id("ended-elsewhere"), new_id("never")
+        record = make_record(now)
+        self.write(store, [upsert(old, record), upsert(ended, record)], now)
+        self.write(peer, [delete(ended, record, now + 0.5)], now)
+        new, orphans = new_id("new"), [new_id("orphan1"), new_id("orphan2")]
+        batch: list[Operation] = [
+            delete(old, record, now + 1.0),
+            upsert(new, record, create=True, succeeds=old),
+            delete(ended, record, now + 1.0),
+            upsert(orphans[0], record, create=True, succeeds=ended),
+            delete(never, record, now + 1.0),
+            upsert(orphans[1], record, create=True, succeeds=never),
+        ]
+        for attempt in ("first", "repeated"):
+            result = self.write(store, batch, now)
+            assert result.refused == frozenset(orphans), f"{attempt}: {set(result.refused)}"
+            assert result.taken == frozenset(), f"{attempt}: taken {set(result.taken)}"
+            assert_same_record(self.call(store.load(new)), record, f"{attempt}: the new id")
+            for sid in (old, ended, never, *orphans):
+                assert self.call(peer.load(sid)) is None, f"{attempt}: {sid} is held"
+            assert set(self.call(peer.load_user(record["username"]))) == {new}, attempt
+
     def test_writing_a_batch_twice_is_harmless(self) -> None:
         now, store = time.time(), self.open()
         a, b, c = new_id("a"), new_id("b"), new_id("c")

@@ -35,7 +35,8 @@ def split(ops: Sequence[Operation]) -> tuple[list[Upsert], list[Operation]] | No
 
     None when the batch holds fewer than `BULK_MIN` creates, or names one session twice
     (writing the creates apart would then change the order of that session's writes). A
-    rotation's new id stays with the other operations, which move its pool slot.
+    rotation's new id stays with the other operations, which move its pool slot and end
+    the id it succeeds.
     """
     creates = [op for op in ops if _bulky(op)]
     if len(creates) < BULK_MIN or len({op.session_id for op in ops}) != len(ops):
@@ -46,7 +47,7 @@ def split(ops: Sequence[Operation]) -> tuple[list[Upsert], list[Operation]] | No
 
 
 def _bulky(op: Operation) -> TypeGuard[Upsert]:
-    return isinstance(op, Upsert) and op.created and not op.rotated_from
+    return isinstance(op, Upsert) and op.created and not op.rotated_from and not op.succeeds
 
 
 def calls(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import Collection, Generator, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from pooled_sessions.adapters.redis import bulk as bulk
@@ -39,10 +39,11 @@ T = TypeVar("T")
 Command = tuple[Any, ...]
 Step = Generator[list[Command], list[Any], T]
 PAGE = 500
-WRITTEN, REFUSED, GONE = 1, 0, 2
+WRITTEN, REFUSED, GONE, LAPSED = 1, 0, 2, 3
 Status = int | str
 """Of one write in a script's reply: `WRITTEN`, `REFUSED` (ended), `GONE` (a partial write of
-a session Redis lacks), or the user whose session holds the id a create wanted."""
+a session Redis lacks), `LAPSED` (an end written for a session Redis no longer held: ended
+elsewhere, expired or evicted), or the user whose session holds the id a create wanted."""
 _SCRIPTS = {
     script.sha: script
     for script in (APPLY, BULK_CREATE, CLAIM_SLOT, LOAD_HASHES, SYNC_SLOTS, UNLOCK)
@@ -86,9 +87,16 @@ class Batch:
         self.keys = keys
         self.head = (ms(now), tombstone_ttl_ms, keys.channel, origin)
 
-    def apply(self, group: Sequence[Operation], indexes: Sequence[Command] = ()) -> Command:
+    def apply(
+        self,
+        group: Sequence[Operation],
+        indexes: Sequence[Command] = (),
+        same_only: Collection[str] = (),
+    ) -> Command:
         """One APPLY call for operations whose keys share a slot (or any, on one server),
-        running ``indexes`` (plain index commands; one server only) in the same call."""
+        running ``indexes`` (plain index commands; one server only) in the same call. The
+        creates in ``same_only`` (rotations of sessions Redis no longer held) are written
+        only over the same creation: a retried batch whose first attempt got through."""
         keys: list[str] = []
         args: list[Any] = [*self.head, len(group)]
         for op in group:
@@ -102,7 +110,7 @@ class Batch:
             args += (
                 "U",
                 op.session_id,
-                "C" if op.create else "F" if op.created else "P",
+                "S" if op.session_id in same_only else mode_of(op),
                 ms(op.expires_at),
                 repr(op.expires_at),
                 repr(op.last_accessed_at),
@@ -119,15 +127,17 @@ class Batch:
             args.append(_encode(inline))
         return evalsha(APPLY, keys, args)
 
-    def slots(self, ops: Sequence[Operation]) -> list[Command]:
+    def slots(self, ops: Sequence[Operation], kept: Collection[str] = ()) -> list[Command]:
         """Pool slot updates, one `SYNC_SLOTS` call: scores follow expiry, a rotation moves
-        its slot to the new id, an end frees its slot; a write never adds one."""
+        its slot to the new id, an end frees its slot (unless ``kept``: a rotation written
+        later moves it); a write never adds one."""
         moves: list[Any] = []
         scored: list[Any] = []
         ended: list[str] = []
         for op in ops:
             if isinstance(op, Delete):
-                ended.append(op.session_id)
+                if op.session_id not in kept:
+                    ended.append(op.session_id)
             elif op.rotated_from:
                 moves.append((op.session_id, repr(op.expires_at), len(op.rotated_from)))
                 moves[-1] += op.rotated_from
@@ -143,9 +153,12 @@ class Batch:
         slots, plain = self.index_parts(ops)
         return slots + plain
 
-    def index_parts(self, ops: Sequence[Operation]) -> tuple[list[Command], list[Command]]:
+    def index_parts(
+        self, ops: Sequence[Operation], kept: Collection[str] = ()
+    ) -> tuple[list[Command], list[Command]]:
         """Index updates as script calls (pool slots) and plain commands: expiry scores
-        only grow; users gain created ids, lose ended ones."""
+        only grow; users gain created ids, lose ended ones; ended ids free their pool
+        slots, except the ``kept`` ones (see `slots`)."""
         keys = self.keys
         shard_add: dict[str, list[Any]] = {}
         shard_rem: dict[str, list[str]] = {}
@@ -164,8 +177,9 @@ class Batch:
                     (op.created_at, op.session_id)
                 )
         ended = [op.session_id for op in ops if isinstance(op, Delete)]
+        ended = [sid for sid in ended if sid not in kept]
         if keys.pooled:
-            slots = self.slots(ops)
+            slots = self.slots(ops, kept)
         else:  # an end frees the slot, whether this server counts slots or not
             slots = [("ZREM", keys.slots, *ended)] if ended else []
         return slots, [
@@ -191,22 +205,33 @@ def write(
     Many new sessions in one batch (a migration, a burst of logins) go through the bulk
     path (`redis_bulk`): script calls of up to ``chunk_size`` sessions, several per
     pipeline, after the other operations, so the ends whose pool slots those sessions
-    took are written before them.
+    took are written before them. The creates of rotations come after the ends of the ids
+    they succeed, each written only if its end found that session in Redis (see
+    `Upsert.succeeds`): one more pipeline, for the batches that hold a login.
     """
     batch = Batch(keys, now, origin, tombstone_ttl_ms)
     refused: set[str] = set()
     taken: set[str] = set()
+    lapsed: set[str] = set()
+    rotations = [op for op in ops if isinstance(op, Upsert) and op.succeeds is not None]
+    moving = {old for op in rotations for old in op.rotated_from}  # their slots move later
+    if rotations:
+        ops = [op for op in ops if not (isinstance(op, Upsert) and op.succeeds is not None)]
     parts = bulk.split(ops)
     creates, ops = ([], ops) if parts is None else parts
-    for start in range(0, len(ops), chunk_size):
-        chunk = ops[start : start + chunk_size]
-        statuses = yield from _apply(batch, chunk, cluster)
-        lost_ops, owned_ops = _refusals(chunk, statuses)
-        if lost_ops or owned_ops:
-            undo = batch.indexes([Delete(o.session_id, o.username, now) for o in lost_ops])
-            yield from run(undo + _disown(keys, owned_ops))
-        refused.update(op.session_id for op in lost_ops)
-        taken.update(op.session_id for op, _ in owned_ops)
+    for group in (ops, rotations):
+        same_only = {op.session_id for op in rotations if op.succeeds in lapsed}
+        for start in range(0, len(group), chunk_size):
+            chunk = group[start : start + chunk_size]
+            statuses = yield from _apply(batch, chunk, cluster, same_only, moving)
+            lost_ops, owned_ops = _refusals(chunk, statuses)
+            if lost_ops or owned_ops:
+                undo = batch.indexes([Delete(o.session_id, o.username, now) for o in lost_ops])
+                yield from run(undo + _disown(keys, owned_ops))
+            refused.update(op.session_id for op in lost_ops)
+            taken.update(op.session_id for op, _ in owned_ops)
+            ends = zip(chunk, statuses, strict=True)
+            lapsed.update(op.session_id for op, status in ends if status == LAPSED)
     step = chunk_size * bulk.CALLS_PER_PIPELINE
     for start in range(0, len(creates), step):
         group = creates[start : start + step]
@@ -214,6 +239,11 @@ def write(
         refused.update(lost)
         taken.update(owned)
     return WriteResult(refused=frozenset(refused), taken=frozenset(taken))
+
+
+def mode_of(op: Upsert) -> str:
+    """APPLY's mode for an upsert: "C" a create, "F" a full write, "P" a partial one."""
+    return "C" if op.create else "F" if op.created else "P"
 
 
 def _refusals(
@@ -227,7 +257,7 @@ def _refusals(
         if isinstance(status, str):
             assert isinstance(op, Upsert)
             owned.append((op, status))
-        elif status != WRITTEN:
+        elif status not in (WRITTEN, LAPSED):
             lost.append(op)
     return lost, owned
 
@@ -275,17 +305,25 @@ def _bulk(
     return [op.session_id for op in lost], [op.session_id for op, _ in owned]
 
 
-def _apply(batch: Batch, ops: Sequence[Operation], cluster: bool) -> Step[list[Status]]:
+def _apply(
+    batch: Batch,
+    ops: Sequence[Operation],
+    cluster: bool,
+    same_only: Collection[str] = (),
+    kept: Collection[str] = (),
+) -> Step[list[Status]]:
     """Statuses of ``ops`` after one pipeline of APPLY calls and index updates: on one
     server a single APPLY runs the index commands too (pool slots stay a script call of
-    their own); on a cluster, whose indexes live in other slots, they follow it."""
-    slots, plain = batch.index_parts(ops)
+    their own); on a cluster, whose indexes live in other slots, they follow it. Creates
+    in ``same_only`` are written only over the same creation (see `Batch.apply`); ends in
+    ``kept`` keep their pool slots, for rotations written after them to move."""
+    slots, plain = batch.index_parts(ops, kept)
     if cluster:
         groups = [[op] for op in ops]
-        commands = [batch.apply(group) for group in groups] + slots + plain
+        commands = [batch.apply(group, same_only=same_only) for group in groups] + slots + plain
     else:
         groups = [list(ops)]
-        commands = [batch.apply(ops, plain), *slots]
+        commands = [batch.apply(ops, plain, same_only), *slots]
     replies = yield from run(commands)
     return [status for reply in replies[: len(groups)] for status in _statuses(reply)]
 

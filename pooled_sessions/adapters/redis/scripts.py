@@ -26,19 +26,24 @@ class Script:
 # the index keys the batch updates (one server only). ARGV: now_ms, tombstone_ttl_ms,
 # channel, origin, the number of operations, then per operation either
 #   "D", id, ended_at
-#   "U", id, mode ("C" create / "F" full / "P" partial), expires_ms, expires, accessed,
+#   "U", id, mode ("C" create / "F" full / "P" partial / "S" same creation only),
+#        expires_ms, expires, accessed,
 #        notify, nset, ndel, nset field/value pairs, ndel field names
 # then, optionally, the batch's index updates as one JSON array of commands, each naming
 # its key by its place after the operations' keys (1: the first): on one server a commit
 # is one command, where the indexes would otherwise take another.
 # Returns one status per operation: 1 written, 0 refused (ended), 2 gone (a partial
-# write of a session not in Redis: expired, evicted, or lost in a restart), or, for a
-# create refused because another session holds the id, that session's user (a string).
+# write of a session not in Redis: expired, evicted, or lost in a restart), 3 lapsed (an
+# end of a session Redis no longer held), or, for a create refused because another session
+# holds the id, that session's user (a string).
 # Why each step:
 # - the tombstone is checked only when the hash is missing: an ended session has no
 #   hash, so a live hash proves no tombstone applies (one read instead of two);
 # - only a full write ("C", "F") brings a missing hash into being: a late partial write
 #   never recreates a session Redis dropped;
+# - an end finding no hash reports it (3), so the writer can refuse the rotation of that
+#   session, sending its new id as "S": written only over the same creation (a retried
+#   batch whose first attempt got through), never into a missing hash;
 # - a create ("C") finding a hash is the same creation sent again (a retried batch) only
 #   when its "@user" and "@created" match; otherwise the id is another's and nothing is
 #   written;
@@ -68,10 +73,10 @@ end
 for k = 1, 2 * nops, 2 do
   local h, t = KEYS[k], KEYS[k + 1]
   if ARGV[i] == 'D' then
-    redis.call('DEL', h)
+    local lapsed = redis.call('DEL', h) == 0
     redis.call('SET', t, ARGV[i + 2], 'PX', tomb_ttl)
     ended[#ended + 1] = ARGV[i + 1]
-    status[#status + 1] = 1
+    status[#status + 1] = lapsed and 3 or 1
     i = i + 3
   else
     local sid, mode, exp_ms, exp = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4]
@@ -84,7 +89,7 @@ for k = 1, 2 * nops, 2 do
     if not current[1] then
       if redis.call('EXISTS', t) == 1 then
         status[#status + 1] = 0
-      elseif mode == 'P' then
+      elseif mode == 'P' or mode == 'S' then
         status[#status + 1] = 2
       else
         if exp_ms > now then
@@ -96,7 +101,7 @@ for k = 1, 2 * nops, 2 do
         end
         status[#status + 1] = 1
       end
-    elseif mode == 'C' and not same_creation(fields, current[3], current[4]) then
+    elseif (mode == 'C' or mode == 'S') and not same_creation(fields, current[3], current[4]) then
       status[#status + 1] = current[3] or ''
     else
       if tonumber(accessed) > tonumber(current[1]) then
