@@ -23,7 +23,6 @@ from pooled_sessions.service_schedule import FinalFlush
 T = TypeVar("T")
 logger = logging.getLogger("session_service")
 SHUTDOWN_THREAD = "pooled-sessions-shutdown"
-READS = frozenset({"validate_session", "get_session", "sessions_of"})
 """The calls that answer from the cache, so apply the store's pending events first (a
 change goes to the store, which refuses one to a session ended elsewhere)."""
 
@@ -111,23 +110,35 @@ class SessionService(ServiceBase[Store]):
 
     @classmethod
     def _publish(
-        cls, build: Callable[..., Flow[Any]], cached: Callable[..., Any] | None
+        cls, build: Callable[..., Flow[Any]], cached: Callable[..., Any] | None, reads: bool
     ) -> Callable[..., Any]:
-        reads = build.__name__ in READS
-
         def method(self: SessionService, /, *args: Any, **kwargs: Any) -> Any:
             if self._closed:
                 self._check_open()
             if reads and self._catch_up is not None:  # events already received come first
                 self._catch_up()
             if cached is not None:
+                asked = self._news()
                 with self._lock:
-                    done = cached(self, *args, **kwargs)
+                    done = cached(self, asked, *args, **kwargs)
                 if done is not None:
                     return done
             return self._drive(build(self, *args, **kwargs))
 
         return method
+
+    def _news(self) -> bool:
+        """For a read's fast path: ask a store that must be asked (`Engine.polls_first`)
+        whether other processes wrote it, in this thread; True once the cache is current
+        (`Engine.polled`), False to leave the asking to the read's flow."""
+        if not self._engine.polls_first:
+            return False
+        try:
+            changed = self._store.poll()
+        except Exception:  # the flow asks again, and serves the cache if it still cannot
+            return False
+        with self._lock:
+            return self._engine.polled(changed)
 
     def _drive(self, flow: Flow[T]) -> T:
         """Run ``flow`` to its end: each step under the lock, each request answered outside

@@ -23,26 +23,38 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 T = TypeVar("T")
 Build = Callable[Concatenate[Any, P], Flow[T]]
-Cached = Callable[Concatenate[Any, P], T | None]
+Cached = Callable[Concatenate[Any, bool, P], T | None]
+"""A fast path: the service, whether the store was just asked for other processes' writes
+(`Engine.polled`), then the call's arguments; None when the flow is needed."""
 
 
 class Published(Generic[P, T]):
     """A public operation of both services, written once as a flow (a decorator).
 
-    ``cached``, if given, answers first without a flow (None: the flow is needed): the fast
-    path of the most common call. Each service class builds its method once
-    (``_publish``); an instance keeps it bound, so a call costs what a method call does.
+    ``reads``: a read of the cache, before which a blocking service applies the Redis
+    events it has already received. ``cached``, if given, answers first without a flow
+    (None: the flow is needed): the fast path of the most common call. Each service class
+    builds its method once (``_publish``); an instance keeps it bound, so a call costs what
+    a method call does.
     """
 
-    def __init__(self, build: Build[P, T], cached: Cached[P, T] | None = None) -> None:
-        self._build, self._cached = build, cached
+    def __init__(
+        self, build: Build[P, T], cached: Cached[P, T] | None = None, *, reads: bool = False
+    ) -> None:
+        self._build, self._cached, self.reads = build, cached, reads
         self._name = build.__name__
         self._methods: dict[type[Any], Callable[..., Any]] = {}
 
     @classmethod
+    def read(cls, build: Build[P, T]) -> Published[P, T]:
+        """`Published` for a read of the cache (a decorator)."""
+        return cls(build, reads=True)
+
+    @classmethod
     def with_fast_path(cls, cached: Cached[P, T]) -> Callable[[Build[P, T]], Published[P, T]]:
-        """`Published` with ``cached`` as its fast path (a decorator)."""
-        return lambda build: cls(build, cached)
+        """`Published` for a read of the cache with ``cached`` as its fast path (a
+        decorator)."""
+        return lambda build: cls(build, cached, reads=True)
 
     def __set_name__(self, owner: type[Any], name: str) -> None:
         self._name = name
@@ -62,7 +74,7 @@ class Published(Generic[P, T]):
         method = self._methods.get(owner)
         if method is None:
             method = self._methods[owner] = presented(
-                owner._publish(self._build, self._cached), self._build
+                owner._publish(self._build, self._cached, self.reads), self._build
             )
         if obj is None:
             return method

@@ -119,16 +119,28 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
 
     @classmethod
     def _publish(
-        cls, build: Callable[..., Flow[Any]], cached: Callable[..., Any] | None
+        cls, build: Callable[..., Flow[Any]], cached: Callable[..., Any] | None, reads: bool
     ) -> Callable[..., Any]:
         async def method(self: AsyncSessionService, /, *args: Any, **kwargs: Any) -> Any:
             if not self._serving():
                 await self._start()
-            elif cached is not None and (done := cached(self, *args, **kwargs)) is not None:
-                return done
+            elif cached is not None:
+                done = cached(self, await self._news(), *args, **kwargs)
+                if done is not None:
+                    return done
             return await self._drive(build(self, *args, **kwargs))
 
         return method
+
+    async def _news(self) -> bool:
+        """`SessionService._news`, the store asked on the loop."""
+        if not self._engine.polls_first:
+            return False
+        try:
+            changed = await self._store.poll()
+        except Exception:  # the flow asks again, and serves the cache if it still cannot
+            return False
+        return self._engine.polled(changed)
 
     async def _drive(self, flow: Flow[T]) -> T:
         """Run ``flow`` to its end on the loop, awaiting each request's answer; a failed or

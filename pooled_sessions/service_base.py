@@ -119,9 +119,9 @@ class ServiceBase(ServiceFlows, Generic[StoreT]):
         return sid
 
     def _validate_cached(
-        self, session_id: str, client_info: ClientLike = None
+        self, asked: bool, session_id: str, client_info: ClientLike = None
     ) -> ValidationResult | None:
-        return self._engine.validate_cached(session_id, client_info)
+        return self._engine.validate_cached(session_id, client_info, asked=asked)
 
     @Published.with_fast_path(_validate_cached)
     def validate_session(
@@ -137,7 +137,7 @@ class ServiceBase(ServiceFlows, Generic[StoreT]):
         """Merge ``attributes`` into a live session, dropping ``remove``; False if not live."""
         return self._engine.update(session_id, attributes, remove)
 
-    @Published
+    @Published.read
     def get_session(self, session_id: str) -> Flow[Session | None]:
         """A live session's snapshot, without touching it."""
         return self._engine.get(session_id)
@@ -158,7 +158,7 @@ class ServiceBase(ServiceFlows, Generic[StoreT]):
         """
         return self._engine.rotate(session_id, username, attributes, remove)
 
-    @Published
+    @Published.read
     def sessions_of(self, username: str) -> Flow[list[str]]:
         """Ids of ``username``'s live sessions, oldest first."""
         return self._engine.sessions_of(username)
@@ -254,9 +254,10 @@ class ServiceBase(ServiceFlows, Generic[StoreT]):
 
     @classmethod
     def _publish(
-        cls, build: Callable[..., Flow[Any]], cached: Callable[..., Any] | None
+        cls, build: Callable[..., Flow[Any]], cached: Callable[..., Any] | None, reads: bool
     ) -> Callable[..., Any]:
-        """The method of this service for a `Published` operation: runs ``build``'s flow."""
+        """The method of this service for a `Published` operation: runs ``build``'s flow
+        (after ``cached``, the fast path, if given; ``reads``: a read of the cache)."""
         raise NotImplementedError
 
     @staticmethod

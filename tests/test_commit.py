@@ -271,3 +271,45 @@ def test_write_behind_warns_when_another_server_writes_redis(
             assert behind.validate_session(sid)
             assert other.end_session(sid)
             assert wait_until(lambda: "write_behind=True" in caplog.text)
+
+
+@pytest.mark.parametrize("kind", ["blocking", "asyncio"])
+def test_a_cached_validate_on_a_shared_file_asks_the_file_then_skips_the_flow(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast path first asks the file whether another process wrote it (its fstat): no
+    flow for a cached session while nothing changed, and an end written elsewhere is
+    refused at the next call all the same."""
+    path = tmp_path / "sessions.json"
+    other = SessionService(path)
+    sid = other.create_session("alice")
+    flows: list[str] = []
+
+    def counted(service: Any) -> None:
+        drive = service._drive
+
+        def counting(flow: Any) -> Any:
+            flows.append(flow.__name__)
+            return drive(flow)
+
+        monkeypatch.setattr(service, "_drive", counting)
+
+    if kind == "blocking":
+        with SessionService(path) as svc:
+            assert svc.validate_session(sid)
+            counted(svc)
+            assert all(svc.validate_session(sid) for _ in range(5)) and flows == []
+            assert other.end_session(sid)
+            assert svc.validate_session(sid).reason is Reason.NOT_FOUND
+    else:
+
+        async def main() -> None:
+            async with AsyncSessionService(f"aiofile://{path}") as svc:
+                assert await svc.validate_session(sid)
+                counted(svc)
+                assert all([await svc.validate_session(sid) for _ in range(5)]) and flows == []
+                assert other.end_session(sid)
+                assert (await svc.validate_session(sid)).reason is Reason.NOT_FOUND
+
+        asyncio.run(main())
+    other.shutdown()

@@ -51,16 +51,17 @@ class Reads(Batches):
         return result
 
     def validate_cached(
-        self, session_id: object, client: ClientLike = None
+        self, session_id: object, client: ClientLike = None, *, asked: bool = False
     ) -> ValidationResult | None:
         """`validate` of a cached live session whose touch is not written: no request, and
         nothing follows. None otherwise.
 
-        The drivers' fast path for the most common call: None sends them to `validate`
-        (always, on a store that must be asked for others' changes first).
+        The drivers' fast path for the most common call: None sends them to `validate`.
+        On a store that must be asked for others' changes first (`polls_first`), ``asked``
+        says the driver just did (`polled`); if not, the flow asks.
         """
         entry = self._entries.get(session_id) if type(session_id) is str else None
-        if entry is None or entry.stale or self._poll_first:
+        if entry is None or entry.stale or (self._poll_first and not asked):
             return None
         now = self._clock()
         if entry.expired(now):
@@ -115,6 +116,19 @@ class Reads(Batches):
         ]
         return [e.session_id for e in sorted(live, key=lambda e: (e.created_at, e.session_id))]
 
+    @property
+    def polls_first(self) -> bool:
+        """True when a call must first ask the store whether other processes wrote it (a
+        file, which does not push their changes; not with ``write_behind``)."""
+        return self._poll_first
+
+    def polled(self, changed: bool) -> bool:
+        """The store was asked (`polls_first`): if another process wrote it, what is cached
+        is read again. True: the cache may answer now."""
+        if changed:
+            self.invalidate(None)
+        return True
+
     def _fresh(self) -> Flow[None]:
         """Before a call reads the cache: on a store other processes write and that does not
         push their changes (a file), ask it whether they changed it; if so, read again."""
@@ -123,8 +137,7 @@ class Reads(Batches):
                 changed = yield POLL
             except StoreError:  # it cannot be read now: what is cached is served meanwhile
                 changed = False
-            if changed:
-                self.invalidate(None)
+            self.polled(changed)
 
     def _live(self, sid: str) -> Flow[tuple[Entry | None, Reason]]:
         entry = self._entries.get(sid)
