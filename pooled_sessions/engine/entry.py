@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 from pooled_sessions.codec import Record, Upsert, encode_stored
 from pooled_sessions.model import Session, shared_user_agent, snapshot
 from pooled_sessions.user_ids import IdsByUser
@@ -90,10 +88,20 @@ class Entry:
 
     def copy(self) -> Entry:
         """This entry as it is now, not stale (``attributes`` are shared: they are never
-        changed in place)."""
-        twin = copy.copy(self)
-        twin.stale = False
-        return twin
+        changed in place). Built field by field: `copy.copy` of a slotted object costs
+        four times as much, once per change."""
+        return Entry(
+            session_id=self.session_id,
+            username=self.username,
+            attributes=self.attributes,
+            ip=self.ip,
+            user_agent=self.user_agent,
+            created_at=self.created_at,
+            last_accessed_at=self.last_accessed_at,
+            expires_at=self.expires_at,
+            absolute_expires_at=self.absolute_expires_at,
+            stored_expires_at=self.stored_expires_at,
+        )
 
     def renamed(self, session_id: str) -> Entry:
         """The same session under another id, not yet written (a rotation)."""
