@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 READY_SECONDS = 20.0
 CART = 12
 REPLAYS = 10
-MOST = 60
+MOST = 200
 """Requests at most until two workers have served a step (the kernel picks each one)."""
 SERVERS = {  # kind: (workers, arguments)
     "gunicorn": (4, ["-m", "gunicorn", "-w", "4", "tests.webapps:flask_app()"]),
