@@ -12,6 +12,9 @@ Side by side, in one run:
 - reads: ``validate_session`` of a cached session, which by default first asks a file (or
   memory) store whether another process wrote it, against ``write_behind=True`` (CPU time).
 
+A time per call is the median of 7 rounds, each running the raw write, the service's call
+and the store's write alone one after the other (`side_by_side`).
+
 Run: ``.venv/bin/python benchmarks/bench_commit.py [--quick]`` (starts its own redis-server).
 """
 
@@ -21,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import threading
@@ -41,14 +45,22 @@ THREADS = 16
 TTL_MS = 30 * 60 * 1000
 
 
-def per_call(run: Callable[[int], None], count: int, repeat: int) -> float:
-    """The best mean seconds per call of ``repeat`` runs of ``count`` calls."""
-    best = float("inf")
-    for _ in range(repeat):
-        started = time.perf_counter()
-        run(count)
-        best = min(best, (time.perf_counter() - started) / count)
-    return best
+def per_call(run: Callable[[int], None], count: int) -> float:
+    """The mean seconds per call of one run of ``count`` calls."""
+    started = time.perf_counter()
+    run(count)
+    return (time.perf_counter() - started) / count
+
+
+def side_by_side(runs: Sequence[Callable[[int], None]], count: int, rounds: int) -> list[float]:
+    """The median seconds per call of each of ``runs`` over ``rounds`` rounds, each round
+    running them one after the other, so a slow moment of a shared machine weighs on all
+    of them alike (a best-of-N of each apart would pick lucky moments unevenly)."""
+    seen: list[list[float]] = [[] for _ in runs]
+    for _ in range(rounds):
+        for run, times in zip(runs, seen, strict=True):
+            times.append(per_call(run, count))
+    return [statistics.median(times) for times in seen]
 
 
 def service_updates(svc: SessionService, sid: str) -> Callable[[int], None]:
@@ -88,7 +100,7 @@ def threaded(svc: SessionService, count: int) -> tuple[float, float, int]:
     """Changes per second of one thread and of `THREADS` threads, and the store writes
     the threaded run took; each thread changes a session of its own."""
     ids = [svc.create_session(f"user{n}", {"step": 0}) for n in range(THREADS)]
-    single = 1.0 / per_call(service_updates(svc, ids[0]), count, 1)
+    single = 1.0 / per_call(service_updates(svc, ids[0]), count)
     start = threading.Barrier(THREADS + 1)
     each = count // THREADS * 4  # the threads run longer, so start-up costs little
 
@@ -122,15 +134,12 @@ def store_writes(svc: SessionService, sid: str) -> Callable[[int], None]:
 
 def redis_rows(server: RedisServer, count: int, repeat: int) -> list[list[str]]:
     client = redis.Redis(port=server.port)
-    raw = per_call(redis_pipelines(client, "bench:raw"), count, repeat)
     with SessionService(f"{server.url}?prefix=bench") as svc:
         sid = svc.create_session("alice", {"cart": []})
-        ours = per_call(service_updates(svc, sid), count, repeat)
-        write = per_call(store_writes(svc, sid), count, repeat)
-        raw_again = per_call(redis_pipelines(client, "bench:raw"), count, repeat)
+        runs = [redis_pipelines(client, "bench:raw"), service_updates(svc, sid)]
+        raw, ours, write = side_by_side([*runs, store_writes(svc, sid)], count, repeat)
         single, many, writes = threaded(svc, count)
     client.close()
-    raw = min(raw, raw_again)
     return [
         ["redis", "update_session, one thread", us(ours), us(raw), ratio(ours, raw), "1.5x"],
         ["redis", "(its RedisStore.write alone)", us(write), us(raw), ratio(write, raw), ""],
@@ -139,7 +148,6 @@ def redis_rows(server: RedisServer, count: int, repeat: int) -> list[list[str]]:
 
 
 def file_rows(directory: Path, count: int, repeat: int, sizes: Sequence[int]) -> list[list[str]]:
-    raw = per_call(appends(directory / "journal.log"), count, repeat)
     rows = []
     for size in sizes:
         path = directory / f"sessions-{size}.json"
@@ -148,8 +156,8 @@ def file_rows(directory: Path, count: int, repeat: int, sizes: Sequence[int]) ->
             sid = svc.create_session("alice", {"cart": []})
             for n in range(size - 1):  # the others, written in one batch
                 svc.create_session(f"user{n}", {"cart": [n]})
-            ours = per_call(service_updates(svc, sid), count, repeat)
-            write = per_call(store_writes(svc, sid), count, repeat)
+            runs = [appends(directory / "journal.log"), service_updates(svc, sid)]
+            raw, ours, write = side_by_side([*runs, store_writes(svc, sid)], count, repeat)
         label = f"update_session, {size:,} sessions in the file"
         rows.append(["file", label, us(ours), us(raw), ratio(ours, raw), "2x"])
         rows.append(
@@ -221,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer calls: a smoke run")
     args = parser.parse_args(argv)
-    count, repeat = (160, 1) if args.quick else (1600, 3)
+    count, repeat = (160, 1) if args.quick else (800, 7)
     sizes = (100, 1_000) if args.quick else (100, 10_000)
     with tempfile.TemporaryDirectory() as scratch:
         server = RedisServer(Path(scratch) / "redis").start()
