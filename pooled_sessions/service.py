@@ -23,8 +23,6 @@ from pooled_sessions.service_schedule import FinalFlush
 T = TypeVar("T")
 logger = logging.getLogger("session_service")
 SHUTDOWN_THREAD = "pooled-sessions-shutdown"
-"""The calls that answer from the cache, so apply the store's pending events first (a
-change goes to the store, which refuses one to a session ended elsewhere)."""
 
 
 class SessionService(ServiceBase[Store]):

@@ -58,17 +58,21 @@ class ServiceFlows:
             try:
                 if turn is Turn.WAIT:
                     yield AwaitTurn(seq)
-                    continue
+                    continue  # woken: settled, or named to lead
                 try:
                     yield FLUSH_NOW
                 except StoreError:
                     pass  # the next verdict says what the failure meant for this change
-                if commits.stand_down(seq):
-                    self._notify()
-            except BaseException:  # a caller named to lead left (cancelled): the next leads
-                if commits.stand_down(seq):
-                    self._notify()
+            except BaseException:  # left (cancelled) while named or leading: the next leads
+                self._stand_down(seq)
                 raise
+            self._stand_down(seq)  # its flush began, or there was nothing left to flush
+
+    def _stand_down(self, seq: int) -> None:
+        """The caller of ``seq`` no longer leads (`CommitLog.stand_down`); wake whoever is
+        named next."""
+        if self._engine.commits.stand_down(seq):
+            self._notify()
 
     def _flushing(self) -> Flow[int]:
         """One flush of everything pending, after the one in flight; returns the sessions

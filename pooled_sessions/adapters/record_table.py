@@ -85,11 +85,10 @@ class RecordTable:
         for op in operations:
             if not isinstance(op, Upsert) or op.succeeds is None:
                 continue
-            record = self.records.get(op.succeeds)
-            mine = self.records.get(op.session_id)
-            if record is not None and (now is None or not is_expired(record, now)):
-                held.add(op.succeeds)
-            elif mine is not None and same_creation(mine, op.username, op.created_at):
+            old, mine = self.records.get(op.succeeds), self.records.get(op.session_id)
+            if (old is not None and (now is None or not is_expired(old, now))) or (
+                mine is not None and same_creation(mine, op.username, op.created_at)
+            ):
                 held.add(op.succeeds)
         return held
 
