@@ -150,32 +150,45 @@ def test_a_restart_that_lost_the_data_brings_no_session_back(tmp_path: Path) -> 
         server.stop()
 
 
-class ReplyLost:
-    """A client whose first pipeline runs on the server but whose reply never arrives."""
+class FaultyClient:
+    """A redis-py client whose pipelines pass through `fault`, before they are sent
+    (``replies`` None) and after their replies came; `fault` may raise to cut them."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self.lost = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.client, name)
+
+    def fault(self, replies: list[Any] | None) -> None:
+        """Raise to drop the connection at this point."""
 
     def pipeline(self, transaction: bool = False) -> Any:
         pipe = self.client.pipeline(transaction=transaction)
         outer = self
 
         class Pipe:
-            def execute_command(self, *args: Any) -> None:
-                pipe.execute_command(*args)  # type: ignore[no-untyped-call]
+            def execute_command(self, *args: Any, **options: Any) -> None:
+                pipe.execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
             def execute(self, raise_on_error: bool = True) -> Any:
+                outer.fault(None)
                 replies = pipe.execute(raise_on_error=raise_on_error)
-                if outer.lost == 0 and any(str(r) == "[1, 1]" for r in replies):
-                    outer.lost += 1
-                    raise redis.ConnectionError("connection reset while reading the reply")
+                outer.fault(replies)
                 return replies
 
         return Pipe()
+
+
+class ReplyLost(FaultyClient):
+    """A client whose first pipeline runs on the server but whose reply never arrives."""
+
+    lost = 0
+
+    def fault(self, replies: list[Any] | None) -> None:
+        if replies is not None and self.lost == 0 and any(str(r) == "[1, 1]" for r in replies):
+            self.lost += 1
+            raise redis.ConnectionError("connection reset while reading the reply")
 
 
 def test_a_batch_whose_reply_was_lost_is_retried_harmlessly(redis_server: RedisServer) -> None:
@@ -189,6 +202,48 @@ def test_a_batch_whose_reply_was_lost_is_retried_harmlessly(redis_server: RedisS
         assert store.count() == 2
         assert set(store.load_user("alice")) == {first, second}
         assert service.sessions_of("alice") == [first, second]
+    client.client.close()
+
+
+class CutAfterEnd(FaultyClient):
+    """A client whose connection drops, once armed, after one pipeline got through and
+    before the next is sent: a login's end written, its new id not."""
+
+    armed = False
+    sent = 0
+
+    def fault(self, replies: list[Any] | None) -> None:
+        if self.armed and replies is None:
+            self.sent += 1
+            if self.sent == 2:
+                raise redis.ConnectionError("connection reset before the pipeline")
+
+
+def test_a_login_cut_short_after_its_end_is_written_when_sent_again(
+    redis_server: RedisServer,
+) -> None:
+    """Written behind, a login's end and its new id go in two pipelines: when only the
+    first got through, the batch sent again finds the end its own, not one made
+    elsewhere, and writes the new id (it was refused, logging the user out)."""
+    client, settings = (
+        CutAfterEnd(redis.Redis(port=redis_server.port)),
+        Settings(key_prefix=unique_prefix()),
+    )
+    store = RedisStore(settings=settings, client=client)
+    with SessionService(store=store, write_behind=True, **FAST_RETRY) as service:
+        old = service.create_session("alice", {"cart": [1]})
+        service.force_save()
+        client.armed = True
+        new = service.rotate_session(old)
+        assert new is not None
+        assert wait_until(lambda: settled(service))
+        assert client.sent >= 3 and service.stats()["flush_failures"] == 1
+        record = store.load(new)
+        assert record is not None and record["attributes"] == {"cart": [1]}
+        assert store.load(old) is None and store.ended(old)
+        assert set(store.load_user("alice")) == {new}
+    with SessionService(store=RedisStore(settings=settings, client=client.client)) as peer:
+        assert peer.validate_session(new) and not peer.validate_session(old)
     client.client.close()
 
 

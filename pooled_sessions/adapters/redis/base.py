@@ -147,6 +147,7 @@ class RedisBase:
         self.where = f"redis {parsed.display}"
         self._secrets = Secrets((*self.options.secrets, *_client_secrets(client)))
         self._origin = secrets.token_hex(8)
+        self._own_ends: dict[str, float] = {}  # see `plan.write`
         self._owns_client = client is None
         if client is None:
             client = _build_client(self.options, _package(clients))
@@ -254,7 +255,14 @@ class RedisBase:
     def _write_plan(self, operations: Sequence[Operation], now: float) -> plan.Step[WriteResult]:
         o = self.options
         return plan.write(
-            self.keys, operations, now, self._origin, o.tombstone_ttl_ms, o.chunk_size, o.cluster
+            self.keys,
+            operations,
+            now,
+            self._origin,
+            o.tombstone_ttl_ms,
+            o.chunk_size,
+            o.cluster,
+            self._own_ends,
         )
 
     @property

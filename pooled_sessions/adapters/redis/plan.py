@@ -39,6 +39,8 @@ T = TypeVar("T")
 Command = tuple[Any, ...]
 Step = Generator[list[Command], list[Any], T]
 PAGE = 500
+OWN_ENDS_KEPT = 4096
+"""Ends a store remembers for logins whose batch was cut short (see `write`)."""
 WRITTEN, REFUSED, GONE, LAPSED = 1, 0, 2, 3
 Status = int | str
 """Of one write in a script's reply: `WRITTEN`, `REFUSED` (ended), `GONE` (a partial write of
@@ -198,6 +200,7 @@ def write(
     tombstone_ttl_ms: int,
     chunk_size: int,
     cluster: bool,
+    own_ends: dict[str, float] | None = None,
 ) -> Step[WriteResult]:
     """Apply a batch: one pipeline per chunk, plus a second only to undo the index entries
     of writes the scripts refused.
@@ -208,12 +211,18 @@ def write(
     took are written before them. The creates of rotations come after the ends of the ids
     they succeed, each written only if its end found that session in Redis (see
     `Upsert.succeeds`): one more pipeline, for the batches that hold a login.
+
+    ``own_ends`` (the store's, kept between calls) holds the ends of such sessions this
+    store wrote in an attempt cut short before their rotations: sent again, the end finds
+    its session gone by its own hand, not elsewhere, and the login goes on.
     """
     batch = Batch(keys, now, origin, tombstone_ttl_ms)
     refused: set[str] = set()
     taken: set[str] = set()
     lapsed: set[str] = set()
+    own = {} if own_ends is None else own_ends
     rotations = [op for op in ops if isinstance(op, Upsert) and op.succeeds is not None]
+    succeeded = {op.succeeds for op in rotations if op.succeeds is not None}
     moving = {old for op in rotations for old in op.rotated_from}  # their slots move later
     if rotations:
         ops = [op for op in ops if not (isinstance(op, Upsert) and op.succeeds is not None)]
@@ -230,8 +239,11 @@ def write(
                 yield from run(undo + _disown(keys, owned_ops))
             refused.update(op.session_id for op in lost_ops)
             taken.update(op.session_id for op, _ in owned_ops)
-            ends = zip(chunk, statuses, strict=True)
-            lapsed.update(op.session_id for op, status in ends if status == LAPSED)
+            for op, status in zip(chunk, statuses, strict=True):
+                if isinstance(op, Delete) and op.session_id in succeeded:
+                    _note_end(op, status, own, lapsed)
+    for old in succeeded:
+        own.pop(old, None)
     step = chunk_size * bulk.CALLS_PER_PIPELINE
     for start in range(0, len(creates), step):
         group = creates[start : start + step]
@@ -239,6 +251,18 @@ def write(
         refused.update(lost)
         taken.update(owned)
     return WriteResult(refused=frozenset(refused), taken=frozenset(taken))
+
+
+def _note_end(op: Delete, status: Status, own: dict[str, float], lapsed: set[str]) -> None:
+    """Remember an end a rotation follows: written (until the rotation is), or lapsed
+    unless this store wrote this same end before (an attempt cut short)."""
+    sid = op.session_id
+    if status == WRITTEN:
+        own[sid] = op.ended_at
+        while len(own) > OWN_ENDS_KEPT:
+            del own[next(iter(own))]
+    elif status == LAPSED and own.get(sid) != op.ended_at:
+        lapsed.add(sid)
 
 
 def mode_of(op: Upsert) -> str:
