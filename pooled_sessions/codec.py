@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, TypedDict
 
 from pooled_sessions.errors import CorruptStoreError, SessionDataError
 from pooled_sessions.storable import SCALARS, check_text, check_value, is_utf8, unstorable
+from pooled_sessions.text_pool import TextPool
 
 FORMAT_NAME = "pooled_sessions"
 FORMAT_VERSION = 2
@@ -28,6 +29,34 @@ MAX_USERNAME_LENGTH = 256
 _ID_RE = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_ID_LENGTH}}}")
 _encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 _encode_ascii = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+_encode_text = json.encoder.encode_basestring  # what `_encode` does with a str
+
+
+def _dump(value: Any) -> str:
+    """`_encode`, sooner for the scalars most attributes hold (the encoder costs about
+    0.7 µs for an int, this 0.1)."""
+    kind = type(value)
+    if kind is str:
+        return _encode_text(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float and value - value == 0.0:  # finite: NaN and infinities are refused
+        return float.__repr__(value)
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return _encode(value)
+
+
+SHARED_TEXT_LENGTH = 24
+"""Attribute texts (and, read from a store, names) up to this length are held once for
+every session that holds them (``true``, ``"dark"``, ``"en-GB"``, ``"member"``) ..."""
+SHARED_TEXTS = 4096
+"""... in a pool of this many distinct texts."""
+_short_texts = TextPool(SHARED_TEXTS)
 
 
 class Record(TypedDict):
@@ -168,12 +197,12 @@ def encode_attributes(attributes: object) -> dict[str, str]:
         if type(value) not in SCALARS:
             check_value(key, value)
         try:
-            text = _encode(value)
+            text = _dump(value)
         except (TypeError, ValueError) as exc:
             raise unstorable(key, value, exc) from None
         if not text.isascii() and not is_utf8(text):
             raise unstorable(key, value)
-        encoded[key] = text
+        encoded[key] = _short_texts.share(text) if len(text) <= SHARED_TEXT_LENGTH else text
     return encoded
 
 
@@ -185,12 +214,16 @@ def encode_stored(attributes: Mapping[str, Any]) -> dict[str, str]:
     an escape stays one, escaped, rather than poisoning later writes.
     """
     encoded: dict[str, str] = {}
+    share = _short_texts.share
     for key, value in attributes.items():
         try:
-            text = _encode(value)
+            text = _dump(value)
         except (TypeError, ValueError) as exc:
             raise SessionDataError(f"attribute {key!r} cannot be stored as JSON: {exc}") from None
-        encoded[key] = text if text.isascii() or is_utf8(text) else _encode_ascii(value)
+        if not text.isascii() and not is_utf8(text):
+            text = _encode_ascii(value)
+        name = share(key) if len(key) <= SHARED_TEXT_LENGTH else key
+        encoded[name] = share(text) if len(text) <= SHARED_TEXT_LENGTH else text
     return encoded
 
 
@@ -211,20 +244,6 @@ def check_size(session_id: str, attributes: Mapping[str, str], limit: int) -> No
             f"session {short_id(session_id)}: attributes take {size} bytes, over max_session_bytes "
             f"({limit})"
         )
-
-
-def record_of(op: Upsert) -> Record:
-    """The full record an upsert describes."""
-    return {
-        "username": op.username,
-        "attributes": {key: json.loads(text) for key, text in op.attributes.items()},
-        "ip": op.ip,
-        "user_agent": op.user_agent,
-        "created_at": op.created_at,
-        "last_accessed_at": op.last_accessed_at,
-        "expires_at": op.expires_at,
-        "absolute_expires_at": op.absolute_expires_at,
-    }
 
 
 def upsert_of(
@@ -265,27 +284,6 @@ def same_creation(record: Record, username: str, created_at: float) -> bool:
     """True when ``record`` is the session created for ``username`` at ``created_at``: a
     create sent again (a retried batch) rather than another writer's session."""
     return record["created_at"] == created_at and record["username"] == username
-
-
-def merge(record: Record | None, op: Upsert) -> Record:
-    """Apply an upsert to what a store holds: changed keys only, expiry never shortened."""
-    if record is None:
-        return record_of(op)
-    attributes = dict(record["attributes"])
-    for key in op.removed:
-        attributes.pop(key, None)
-    for key in op.changed:
-        attributes[key] = json.loads(op.attributes[key])
-    return {
-        "username": record["username"],
-        "attributes": attributes,
-        "ip": op.ip if op.ip is not None else record["ip"],
-        "user_agent": op.user_agent if op.user_agent is not None else record["user_agent"],
-        "created_at": min(record["created_at"], op.created_at),
-        "last_accessed_at": max(record["last_accessed_at"], op.last_accessed_at),
-        "expires_at": max(record["expires_at"], op.expires_at),
-        "absolute_expires_at": record["absolute_expires_at"],
-    }
 
 
 def is_expired(record: Record, now: float) -> bool:

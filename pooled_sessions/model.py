@@ -12,25 +12,18 @@ from typing import Any, Protocol
 
 from pooled_sessions.codec import short_id
 from pooled_sessions.storable import check_text
+from pooled_sessions.text_pool import TextPool
 
 MAX_USER_AGENT_LENGTH = 1024
 SHARED_USER_AGENTS = 512
 """Distinct user agents kept for sharing: the sessions of one browser build hold one copy
-of its user agent rather than one each. The pool is emptied when full, so it stays small."""
-_user_agents: dict[str, str] = {}
+of its user agent rather than one each."""
+_user_agents = TextPool(SHARED_USER_AGENTS)
 
 
 def shared_user_agent(text: str | None) -> str | None:
     """``text``, or an equal string another session already holds (see `SHARED_USER_AGENTS`)."""
-    if text is None:
-        return None
-    held = _user_agents.get(text)
-    if held is not None:
-        return held
-    if len(_user_agents) >= SHARED_USER_AGENTS:
-        _user_agents.clear()
-    _user_agents[text] = text
-    return text
+    return None if text is None else _user_agents.share(text)
 
 
 class Reason(StrEnum):

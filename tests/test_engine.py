@@ -14,9 +14,17 @@ from pooled_sessions import (
     Session,
     SessionDataError,
     StoreUnavailableError,
+    codec,
     model,
 )
-from pooled_sessions.codec import Delete, Upsert, short_id
+from pooled_sessions.codec import (
+    SHARED_TEXT_LENGTH,
+    SHARED_TEXTS,
+    Delete,
+    Upsert,
+    encode_attributes,
+    short_id,
+)
 from pooled_sessions.engine.engine import ENDED_MEMORY_SECONDS, Flow, Load, WaitForRoom
 from pooled_sessions.engine.requests import FLUSH_NOW, WAKE_FLUSHER, FlushNow, WakeFlusher
 from pooled_sessions.model import SHARED_USER_AGENTS, ClientInfo
@@ -477,7 +485,7 @@ def test_invalidate_all_drops_clean_entries_and_keeps_dirty_ones() -> None:
     for sid, key in ((clean, "v"), (dirty, "theirs")):
         record = rig.table.load(sid)
         assert record is not None
-        rig.table.records[sid] = {**record, "attributes": {**record["attributes"], key: 9}}
+        rig.table.add(sid, {**record, "attributes": {**record["attributes"], key: 9}})
     rig.engine.invalidate(None)
     assert rig.engine.stats()["live_sessions"] == 1
     session = rig.run(rig.engine.get(clean))
@@ -666,6 +674,30 @@ def test_sessions_of_a_user_through_one_two_and_no_sessions() -> None:
         assert list(rig.table.load_user("alice")) == left
 
 
+def test_sessions_hold_short_attribute_texts_once_and_the_store_shares_their_mapping() -> None:
+    """A theme or a role is one string for every session that holds it; the local store
+    keeps the very mapping of texts the entry holds (no second copy), after a change too."""
+    rig = Rig()
+    long = "x" * (SHARED_TEXT_LENGTH + 10)
+    ids = [
+        rig.run(rig.engine.create(f"user{n}", {"theme": "".join(["da", "rk"]), "note": long}, None))
+        for n in range(3)
+    ]
+    entries = [rig.engine._entries[sid] for sid in ids]
+    assert entries[0].attributes["theme"] is entries[1].attributes["theme"] == '"dark"'
+    assert entries[0].attributes["note"] is not entries[1].attributes["note"]
+    rig.flush()
+    for sid, entry in zip(ids, entries, strict=True):
+        assert rig.table.records[sid].attributes is entry.attributes
+    rig.run(rig.engine.update(ids[0], {"theme": "light"}))
+    rig.flush()
+    assert rig.table.records[ids[0]].attributes is rig.engine._entries[ids[0]].attributes
+    assert rig.table.load(ids[0])["attributes"] == {"theme": "light", "note": long}  # type: ignore[index]
+    for n in range(SHARED_TEXTS + 10):  # the pool stays bounded
+        encode_attributes({"n": n})
+    assert len(codec._short_texts._held) <= SHARED_TEXTS
+
+
 def test_sessions_from_one_browser_share_its_user_agent() -> None:
     rig = Rig()
     agent = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
@@ -677,4 +709,4 @@ def test_sessions_from_one_browser_share_its_user_agent() -> None:
     assert held == [agent] * 3 and held[0] is held[1] is held[2]
     for n in range(SHARED_USER_AGENTS + 10):  # the pool stays bounded
         ClientInfo(user_agent=f"agent {n}")
-    assert len(model._user_agents) <= SHARED_USER_AGENTS
+    assert len(model._user_agents._held) <= SHARED_USER_AGENTS

@@ -215,12 +215,12 @@ class EngineMachine(RuleBasedStateMachine):
 
     def _check_store(self) -> None:
         """After a complete flush, the store agrees with the model."""
-        records = self.rig.table.records
+        table = self.rig.table
         for sid in self.ended:
-            assert sid not in records, "an ended session is back in the store"
+            assert table.load(sid) is None, "an ended session is back in the store"
         for sid, model in self.live.items():
             if self._state(sid) == "live":
-                record = records.get(sid)
+                record = table.load(sid)
                 assert record is not None, "a live session is missing from the store"
                 assert record["username"] == model.username
                 assert record["attributes"] == model.attributes

@@ -353,8 +353,9 @@ def test_fuzzed_files_are_refused_or_read_never_changed(
 
 
 @pytest.mark.parametrize("changed", [3, 2000])
-def test_cached_document_text_always_matches_the_records(changed: int) -> None:
-    """Both ways of building the document (few or many changed records) write the truth."""
+def test_the_document_always_matches_the_records(changed: int) -> None:
+    """The document, built from the encoded texts each record holds, reads back as the
+    records the table hands out, after few or many changes."""
     from pooled_sessions.adapters.record_table import RecordTable
     from pooled_sessions.codec import Delete, Upsert, decode_document, encode_attributes
 
@@ -381,10 +382,43 @@ def test_cached_document_text_always_matches_the_records(changed: int) -> None:
     table.apply([upsert(n, 1) for n in range(0, changed)])
     table.apply([Delete("s2400", "alice", EPOCH)])
     sessions, tombstones = decode_document(table.document().encode(), "table")
-    assert sessions == table.records and tombstones == {"s2400": EPOCH}
+    assert sessions == dict(table.scan()) and tombstones == {"s2400": EPOCH}
     assert [sessions[f"s{n}"]["attributes"]["v"] for n in (0, 2, 2499)] == [1, 1, 0]
     reread = RecordTable(*decode_document(table.document().encode(), "table"))
     assert decode_document(reread.document().encode(), "again")[0] == sessions
+
+
+def test_a_record_read_from_the_file_is_encoded_only_once_it_changes(tmp_path: Path) -> None:
+    """A reopened store holds each record as parsed; a change to one encodes it, merges
+    only the changed key, and the journal and a new snapshot read back the same."""
+    from pooled_sessions.adapters.held import Held, Loaded
+    from pooled_sessions.testing.records import assert_same_record, upsert
+
+    path = tmp_path / "sessions.json"
+    now = time.time()
+    records = {
+        session_id(n): make_record(n, now, attributes={"n": n, "s": "\u2603"}) for n in (1, 2)
+    }
+    first = file_store(path)
+    first.write([upsert(sid, record) for sid, record in records.items()], now)
+    first.compact()
+    first.close()
+    store = file_store(path)
+    assert store.count() == 2
+    table = store._mirror.table
+    assert all(type(held) is Loaded for held in table.records.values())
+    changed, kept = session_id(1), session_id(2)
+    record = make_record(1, now, attributes={"n": 10, "s": "changed but not sent"})
+    store.write([upsert(changed, record, created=False, changed={"n"})], now)
+    assert type(table.records[changed]) is Held and type(table.records[kept]) is Loaded
+    expected = make_record(1, now, attributes={"n": 10, "s": "\u2603"})
+    for reader in (file_store(path), store):
+        assert_same_record(reader.load(changed), expected, "after the change")
+        assert_same_record(reader.load(kept), records[kept], "the other record")
+    store.compact()
+    reopened = file_store(path)
+    assert_same_record(reopened.load(changed), expected, "from the new snapshot")
+    assert_same_record(reopened.load(kept), records[kept], "kept from the new snapshot")
 
 
 def test_every_new_snapshot_is_noticed_by_a_process_holding_an_older_one(tmp_path: Path) -> None:

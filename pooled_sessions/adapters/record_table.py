@@ -6,56 +6,47 @@ The memory store uses it as is; the JSON file stores load it from, and save it t
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from itertools import islice
 
+from pooled_sessions.adapters.held import Held, Loaded
 from pooled_sessions.codec import (
     Delete,
     Operation,
     Record,
     Upsert,
     WriteResult,
-    document_member,
     document_parts,
-    encode_record,
-    is_expired,
-    merge,
-    same_creation,
 )
 from pooled_sessions.user_ids import IdsByUser
 
-ENCODE_AT_ONCE = 1024
-"""Changed records encoded before a document is built; more are encoded piece by piece."""
-
 
 class RecordTable:
-    """Records by id, a per-user index, tombstones, and cached JSON text per record."""
+    """Records by id (each a `Held`), a per-user index, and tombstones."""
 
     def __init__(
         self,
         records: dict[str, Record] | None = None,
         tombstones: dict[str, float] | None = None,
     ) -> None:
-        self.records: dict[str, Record] = records or {}
+        self.records: dict[str, Held] = {}
         self.tombstones: dict[str, float] = tombstones or {}
         self._by_user = IdsByUser()
-        self._text: dict[str, str] = {}  # the document member of each record, once encoded
-        self._unencoded: dict[str, None] = dict.fromkeys(self.records)  # ordered, as a set
         self.version = 0
-        for sid, record in self.records.items():
+        for sid, record in (records or {}).items():
+            self.records[sid] = Loaded.of_record(record)
             self._by_user.add(record["username"], sid)
 
     def load(self, session_id: str) -> Record | None:
         """The record of one session, or None."""
-        return self.records.get(session_id)
+        held = self.records.get(session_id)
+        return None if held is None else held.record()
 
     def load_many(self, session_ids: Sequence[str]) -> dict[str, Record | None]:
         """The record of each session, or None."""
-        records = self.records
-        return {sid: records.get(sid) for sid in session_ids}
+        return {sid: self.load(sid) for sid in session_ids}
 
     def load_user(self, username: str) -> dict[str, Record]:
         """Every record of one user."""
-        return {sid: self.records[sid] for sid in self._by_user.ids(username)}
+        return {sid: self.records[sid].record() for sid in self._by_user.ids(username)}
 
     def apply(self, operations: Sequence[Operation], now: float | None = None) -> WriteResult:
         """Apply a batch as every store does (see `Upsert`): deletes leave tombstones; upserts
@@ -86,8 +77,8 @@ class RecordTable:
             if not isinstance(op, Upsert) or op.succeeds is None:
                 continue
             old, mine = self.records.get(op.succeeds), self.records.get(op.session_id)
-            if (old is not None and (now is None or not is_expired(old, now))) or (
-                mine is not None and same_creation(mine, op.username, op.created_at)
+            if (old is not None and (now is None or not old.expired(now))) or (
+                mine is not None and mine.same_creation(op.username, op.created_at)
             ):
                 held.add(op.succeeds)
         return held
@@ -96,17 +87,18 @@ class RecordTable:
         """Apply one upsert of an id without a tombstone: None if written, True if the id
         is taken, False if refused (a partial write of a session not held)."""
         sid, current = op.session_id, self.records.get(op.session_id)
-        if current is not None and now is not None and is_expired(current, now):
+        if current is not None and now is not None and current.expired(now):
             current = None
         if current is None:
             if not op.created:
                 return False
             self._drop(sid)  # an expired record is replaced, not merged
-        elif op.create and not same_creation(current, op.username, op.created_at):
+            self.records[sid] = held = Held.of_upsert(op)
+        elif op.create and not current.same_creation(op.username, op.created_at):
             return True
-        record = self.records[sid] = merge(current, op)
-        self._unencoded[sid] = None
-        self._by_user.add(record["username"], sid)
+        else:
+            self.records[sid] = held = current.merged(op)
+        self._by_user.add(held.username, sid)
         return None
 
     def purge(self, now: float, tombstone_ttl: float) -> tuple[int, int]:
@@ -116,7 +108,7 @@ class RecordTable:
 
     def purge_ids(self, now: float, tombstone_ttl: float) -> tuple[list[str], list[str]]:
         """`purge`, returning the ids of the expired records and of the old tombstones."""
-        expired = [sid for sid, record in self.records.items() if is_expired(record, now)]
+        expired = [sid for sid, held in self.records.items() if held.expired(now)]
         for sid in expired:
             self._drop(sid)
         self.version += 1
@@ -136,64 +128,34 @@ class RecordTable:
         self._drop(session_id)
 
     def members(self, session_ids: Iterable[str]) -> list[str]:
-        """The document members of these records, encoded now and kept for the next document."""
-        text, records, unencoded = self._text, self.records, self._unencoded
-        found = []
-        for sid in session_ids:
-            if sid in unencoded or sid not in text:
-                text[sid] = document_member(sid, encode_record(records[sid]))
-                unencoded.pop(sid, None)
-            found.append(text[sid])
-        return found
+        """The document members of these records (a journal line's)."""
+        records = self.records
+        return [records[sid].member(sid) for sid in session_ids]
 
     def add(self, session_id: str, record: Record) -> None:
         """Hold a record as read from a file (no merge: the file is the truth)."""
         self._drop(session_id)
-        self.records[session_id] = record
-        self._unencoded[session_id] = None
+        self.records[session_id] = Loaded.of_record(record)
         self._by_user.add(record["username"], session_id)
 
     def document(self, generation: int = 1) -> str:
         """The whole table as a file document."""
         return "".join(self.document_parts(generation))
 
-    def encode_changed(self, limit: int) -> bool:
-        """Encode up to ``limit`` changed records ahead of `document_parts` (a writer that
-        must not hold the CPU long does it in steps); True while some are left."""
-        text, records, unencoded = self._text, self.records, self._unencoded
-        for sid in list(islice(unencoded, limit)):
-            text[sid] = document_member(sid, encode_record(records[sid]))
-            del unencoded[sid]
-        return bool(unencoded)
-
     def document_parts(self, generation: int = 1) -> Iterator[str]:
-        """The document in pieces (see `codec.document_parts`); records keep their cached text."""
-        return document_parts(self._members(), self.tombstones, generation)
-
-    def _members(self) -> Iterator[str]:
-        text, records, unencoded = self._text, self.records, self._unencoded
-        if len(unencoded) <= ENCODE_AT_ONCE:  # the usual flush: a few changed records
-            for sid in unencoded:
-                text[sid] = document_member(sid, encode_record(records[sid]))
-            unencoded.clear()
-            yield from text.values()
-            return
-        for sid, record in records.items():  # a freshly read file: encode as the pieces go
-            if sid in unencoded:
-                text[sid] = document_member(sid, encode_record(record))
-            yield text[sid]
-        unencoded.clear()
+        """The document in pieces (see `codec.document_parts`), each record encoded as its
+        piece is built."""
+        members = (held.member(sid) for sid, held in self.records.items())
+        return document_parts(members, self.tombstones, generation)
 
     def scan(self) -> Iterator[tuple[str, Record]]:
-        """Every record, in insertion order."""
-        return iter(list(self.records.items()))
+        """Every record, in insertion order (decoded as the iteration reaches it)."""
+        return ((sid, held.record()) for sid, held in list(self.records.items()))
 
     def __len__(self) -> int:
         return len(self.records)
 
     def _drop(self, sid: str) -> None:
-        record = self.records.pop(sid, None)
-        self._text.pop(sid, None)
-        self._unencoded.pop(sid, None)
-        if record is not None:
-            self._by_user.discard(record["username"], sid)
+        held = self.records.pop(sid, None)
+        if held is not None:
+            self._by_user.discard(held.username, sid)

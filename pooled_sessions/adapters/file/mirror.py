@@ -304,8 +304,6 @@ class FileMirror:
     def _compacting(self) -> Steps[None]:
         """Write the whole table as snapshot generation + 1, then its empty journal."""
         generation = self.newest + 1
-        while self.table.encode_changed(PACE):
-            yield None
         pieces = []
         for part in self.table.document_parts(generation):
             # A lone surrogate can only have come from the file, as a JSON escape inside a
