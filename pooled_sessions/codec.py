@@ -72,6 +72,12 @@ class Record(TypedDict):
     absolute_expires_at: float | None
 
 
+Changes = bool | frozenset[str]
+"""What a store found other processes had changed since it last looked: False nothing; the
+ids of the sessions they wrote or ended; True when it cannot say which (every cached
+session is stale)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Upsert:
     """Write one session: every attribute is carried, ``changed``/``removed`` say which moved.
@@ -130,13 +136,13 @@ class WriteResult:
     """What a store reports after a batch.
 
     ``refused``: upserts of sessions that are gone (ended, or a partial write of one the
-    store lacks); the writer drops them. ``reloaded``: the store read other processes'
-    writes on the way (cached sessions are stale). ``taken``: creates refused because
+    store lacks); the writer drops them. ``reloaded``: what the store read of other
+    processes' writes on the way (see `Changes`). ``taken``: creates refused because
     another session holds the id; it is live, just not the writer's.
     """
 
     refused: frozenset[str] = frozenset()
-    reloaded: bool = False
+    reloaded: Changes = False
     taken: frozenset[str] = frozenset()
 
 

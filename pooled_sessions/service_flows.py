@@ -113,8 +113,8 @@ class ServiceFlows:
         if chores.cleanup:
             evicted = engine.cleanup()
             self._schedule.cleaned(evicted, (yield Purge(self._clock.time())))
-        if chores.poll and (yield POLL):
-            engine.invalidate(None)
+        if chores.poll and (changes := (yield POLL)):
+            engine.heard(changes)
             self._shared_store_seen()
 
     def _finishing(self, final: FinalFlush) -> Flow[None]:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapp
 from pooled_sessions import Settings
 from pooled_sessions.adapters.memory import AsyncMemoryStore
 from pooled_sessions.adapters.url import StoreURL
-from pooled_sessions.codec import Operation, Record, WriteResult
+from pooled_sessions.codec import Changes, Operation, Record, WriteResult
 
 
 class GatedStore:
@@ -49,7 +49,7 @@ class GatedStore:
     async def purge_expired(self, now: float) -> int:
         return await self.inner.purge_expired(now)
 
-    async def poll(self) -> bool:
+    async def poll(self) -> Changes:
         return await self.inner.poll()
 
     async def scan(self) -> AsyncIterator[tuple[str, Record]]:

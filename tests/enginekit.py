@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from pooled_sessions.adapters.record_table import RecordTable
-from pooled_sessions.codec import WriteResult
+from pooled_sessions.codec import Changes, WriteResult
 from pooled_sessions.config import Settings
 from pooled_sessions.engine.engine import Engine, Flow, Flush, Load, LoadUser, WaitForRoom
 from pooled_sessions.engine.requests import Commit, FlushNow, Poll, WakeFlusher
@@ -40,7 +40,7 @@ class Rig:
     ``write_behind=False`` (the default mode of the services) each change asks for its
     `Commit`, which the rig answers with a flush to the table, or, while ``down`` holds
     an error, with a failed flush whose error is thrown into the operation. ``changed``:
-    the answer to the next `Poll` (another process wrote the table).
+    the answer to the next `Poll` (another process wrote the table: True, or which ids).
     """
 
     def __init__(self, table: RecordTable | None = None, **settings: Any) -> None:
@@ -51,7 +51,7 @@ class Rig:
         self.engine = Engine(self.settings, clock=self.clock.wall, monotonic=self.clock.monotonic)
         self.room = True
         self.down: BaseException | None = None
-        self.changed = False
+        self.changed: Changes = False
         self.requests: list[object] = []
 
     def run(self, flow: Flow[T]) -> T:

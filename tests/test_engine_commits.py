@@ -218,6 +218,27 @@ def test_a_call_sees_what_another_process_wrote_at_once() -> None:
     assert rig.run(rig.engine.validate(sid)).reason is Reason.NOT_FOUND
 
 
+def test_a_store_that_names_what_changed_drops_only_those_sessions() -> None:
+    """A poll naming the sessions another process wrote or ended (`Changes`) leaves the
+    rest of the cache to answer without a load; True drops every clean entry."""
+    rig = committing()
+    ids = [rig.run(rig.engine.create(f"user{n}", {"n": n}, None)) for n in range(3)]
+    other = committing(table=rig.table)
+    assert other.run(other.engine.update(ids[0], {"n": 10}))
+    assert other.run(other.engine.end(ids[1]))
+    rig.changed = frozenset(ids[:2])
+    session = rig.run(rig.engine.get(ids[0]))
+    assert session is not None and session.attributes == {"n": 10}
+    assert set(rig.engine._entries) == {ids[0], ids[2]}, "the untouched one stays cached"
+    assert rig.run(rig.engine.validate(ids[1])).reason is Reason.NOT_FOUND
+    rig.requests.clear()
+    assert rig.run(rig.engine.validate(ids[2]))
+    assert not any(isinstance(r, Load) for r in rig.requests), "served from the cache"
+    rig.changed = True
+    rig.run(rig.engine.validate(ids[2]))
+    assert any(isinstance(r, Load) for r in rig.requests), "True: read again"
+
+
 def test_write_behind_does_not_poll_before_a_call() -> None:
     rig = Rig(write_behind=True)
     sid = rig.run(rig.engine.create("alice", {}, None))

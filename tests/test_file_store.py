@@ -421,6 +421,31 @@ def test_a_record_read_from_the_file_is_encoded_only_once_it_changes(tmp_path: P
     assert_same_record(reopened.load(kept), records[kept], "kept from the new snapshot")
 
 
+def test_a_poll_names_the_sessions_another_process_changed(tmp_path: Path) -> None:
+    """New journal lines name what they changed (written, ended, purged), so another
+    process drops only those from its cache; a new snapshot says True (anything may have
+    changed)."""
+    from pooled_sessions.testing.records import delete, upsert
+
+    path, now = tmp_path / "sessions.json", time.time()
+    reader, writer = file_store(path), file_store(path)
+    records = {session_id(n): make_record(n, now) for n in range(4)}
+    a, b, *rest = records
+    writer.write([upsert(a, records[a])], now)
+    assert reader.poll() is True, "the first write makes the snapshot"
+    writer.write([upsert(sid, records[sid]) for sid in rest], now)
+    assert reader.poll() == frozenset(rest)
+    writer.write([upsert(b, records[b])], now)
+    assert reader.poll() == frozenset({b})
+    writer.write([upsert(a, records[a], created=False, changed=())], now)
+    writer.write([delete(b, records[b], now)], now)
+    assert reader.poll() == frozenset({a, b})
+    assert reader.poll() is False
+    writer.compact()
+    assert reader.poll() is True
+    assert reader.poll() is False
+
+
 def test_every_new_snapshot_is_noticed_by_a_process_holding_an_older_one(tmp_path: Path) -> None:
     """File systems hand freed inodes out again, and mtime can be coarse: two versions of
     the snapshot may stat alike. A process holds the version it read open, so no newer one

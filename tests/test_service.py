@@ -29,7 +29,7 @@ from pooled_sessions import (
 from pooled_sessions.adapters.memory import MemoryStore
 from pooled_sessions.adapters.url import StoreURL
 from pooled_sessions.clock import FastForwardClock
-from pooled_sessions.codec import Operation, Record, WriteResult, short_id
+from pooled_sessions.codec import Changes, Operation, Record, WriteResult, short_id
 from tests.backends import ServiceFactory
 from tests.waiting import wait_until
 
@@ -60,7 +60,7 @@ class FlakyStore:
     def purge_expired(self, now: float) -> int:
         return self.inner.purge_expired(now)
 
-    def poll(self) -> bool:
+    def poll(self) -> Changes:
         return self.inner.poll()
 
     def scan(self) -> Iterator[tuple[str, Record]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
-from pooled_sessions.codec import Operation, Record, WriteResult
+from pooled_sessions.codec import Changes, Operation, Record, WriteResult
 
 
 @runtime_checkable
@@ -16,8 +16,8 @@ class Store(Protocol):
     same batch is sent again: applying it twice must be harmless, a create included). It
     refuses upserts of ended ids and partial upserts of sessions it lacks
     (``WriteResult.refused``) and creates of ids another session holds (``taken``); see
-    `codec.Upsert`. ``poll`` reports whether another process changed the data since this
-    store last looked.
+    `codec.Upsert`. ``poll`` reports what other processes changed since this store last
+    looked (`codec.Changes`: a bool will do).
     """
 
     url: str
@@ -30,7 +30,7 @@ class Store(Protocol):
 
     def purge_expired(self, now: float) -> int: ...
 
-    def poll(self) -> bool: ...
+    def poll(self) -> Changes: ...
 
     def scan(self) -> Iterator[tuple[str, Record]]: ...
 
@@ -53,7 +53,7 @@ class AsyncStore(Protocol):
 
     async def purge_expired(self, now: float) -> int: ...
 
-    async def poll(self) -> bool: ...
+    async def poll(self) -> Changes: ...
 
     def scan(self) -> AsyncIteratorOfRecords: ...
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any, Self
 
-from pooled_sessions.codec import Delete, Operation, WriteResult, short_id
+from pooled_sessions.codec import Changes, Delete, Operation, WriteResult, short_id
 from pooled_sessions.config import Settings
 from pooled_sessions.engine.binding import ClientBinding
 from pooled_sessions.engine.commits import CommitLog, Gone
@@ -89,6 +89,12 @@ class Batches:
             else:
                 self._entries.remove(sid)
 
+    def heard(self, changes: Changes) -> None:
+        """Other processes changed these sessions (True: any of them, see `Changes`): what
+        is cached of them is read again."""
+        if changes:
+            self.invalidate(None if changes is True else changes)
+
     def take_flush(self) -> Flush | None:
         """Every pending change as one batch, or None when nothing is pending."""
         if not len(self.pending):
@@ -122,8 +128,7 @@ class Batches:
             # A taken id is another user's session: ours never existed in the store, and a
             # request here with that id comes from our user, so it is refused here as ended.
             self.invalidate(result.refused | result.taken, ended=True)
-        if result.reloaded:
-            self.invalidate(None)
+        self.heard(result.reloaded)
 
     def _refuse(self, flush: Flush, ids: Collection[str]) -> None:
         """Changes the store refused: the caller of a create (its id live under another

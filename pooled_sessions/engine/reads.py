@@ -9,7 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pooled_sessions.codec import Record, check_username, is_valid_id, same_creation
+from pooled_sessions.codec import (
+    Changes,
+    Record,
+    check_username,
+    is_valid_id,
+    same_creation,
+)
 from pooled_sessions.engine.batches import Batches
 from pooled_sessions.engine.entry import Entry
 from pooled_sessions.engine.pending import Dirty
@@ -122,11 +128,10 @@ class Reads(Batches):
         file, which does not push their changes; not with ``write_behind``)."""
         return self._poll_first
 
-    def polled(self, changed: bool) -> bool:
-        """The store was asked (`polls_first`): if another process wrote it, what is cached
-        is read again. True: the cache may answer now."""
-        if changed:
-            self.invalidate(None)
+    def polled(self, changed: Changes) -> bool:
+        """The store was asked (`polls_first`): what other processes changed is read again
+        (`heard`). True: the cache may answer now."""
+        self.heard(changed)
         return True
 
     def _fresh(self) -> Flow[None]:

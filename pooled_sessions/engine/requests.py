@@ -56,7 +56,7 @@ class Purge(NamedTuple):
 
 
 class Poll(NamedTuple):
-    """Ask the store whether another process changed it (``store.poll``); True or False."""
+    """Ask the store what other processes changed (``store.poll``): a `codec.Changes`."""
 
 
 POLL = Poll()

@@ -26,7 +26,7 @@ from pooled_sessions.adapters.file import journal
 from pooled_sessions.adapters.file.stream import StoreStream
 from pooled_sessions.adapters.protocol import AsyncBulkLoadStore, AsyncCompactStore
 from pooled_sessions.adapters.url import StoreURL
-from pooled_sessions.codec import Operation, Record, WriteResult
+from pooled_sessions.codec import Changes, Operation, Record, WriteResult
 from pooled_sessions.config import Settings
 from pooled_sessions.errors import StoreUnavailableError
 from pooled_sessions.redaction import redact
@@ -130,7 +130,7 @@ class BridgedStore:
             return False
         return self._run(self._store.compact())
 
-    def poll(self) -> bool:
+    def poll(self) -> Changes:
         return self._run(self._store.poll())
 
     def count(self) -> int:

@@ -22,7 +22,13 @@ from typing import Any, NamedTuple, TypeVar
 from pooled_sessions.adapters.file import fsio, journal
 from pooled_sessions.adapters.file.stream import DocumentStream
 from pooled_sessions.adapters.record_table import RecordTable
-from pooled_sessions.codec import FORMAT_VERSION, Operation, WriteResult, decode_snapshot
+from pooled_sessions.codec import (
+    FORMAT_VERSION,
+    Changes,
+    Operation,
+    WriteResult,
+    decode_snapshot,
+)
 from pooled_sessions.errors import CorruptStoreError
 
 T = TypeVar("T")
@@ -113,8 +119,11 @@ class FileMirror:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def refreshing(self, sight: fsio.Sight | None = None, *, settled: bool = False) -> Steps[bool]:
-        """Catch up with the files; True if they held changes this mirror lacked.
+    def refreshing(
+        self, sight: fsio.Sight | None = None, *, settled: bool = False
+    ) -> Steps[Changes]:
+        """Catch up with the files; what they held that this mirror lacked: the sessions
+        new journal lines name, or True for a snapshot read again (see `Changes`).
 
         ``settled``: the caller holds the lock file, so no writer is under way and a
         damaged journal line followed by whole ones is damage, not a write in progress.
@@ -126,9 +135,9 @@ class FileMirror:
                 return False
             if self._grown(sight) and self.journal is not None:
                 data = yield ReadFrom(self.journal, self.offset)
-                start = self.offset
-                self.offset = yield from self._applying(self.table, data, start, settled)
-                return self.offset != start
+                start, named = self.offset, set[str]()
+                self.offset = yield from self._applying(self.table, data, start, settled, named)
+                return frozenset(named) if named else self.offset != start
             return (yield from self._reloading(settled))
         except BaseException:
             self.release()
@@ -145,11 +154,21 @@ class FileMirror:
             and found.st_size > self.offset
         )
 
-    def _applying(self, table: RecordTable, data: bytes, base: int, settled: bool) -> Steps[int]:
-        """Replay the whole lines of ``data`` (journal bytes from ``base``); their end."""
+    def _applying(
+        self,
+        table: RecordTable,
+        data: bytes,
+        base: int,
+        settled: bool,
+        named: set[str] | None = None,
+    ) -> Steps[int]:
+        """Replay the whole lines of ``data`` (journal bytes from ``base``); their end.
+        ``named`` gathers the ids of the sessions they wrote, ended or dropped."""
         end, count = base, 0
         for change, after in journal.read_changes(data, self.journal_path, base, settled=settled):
             journal.replay(table, change)
+            if named is not None:
+                named.update(change.records, change.ended, change.dropped)
             end = after
             count += change.size()
             if self.paced and count >= PACE:

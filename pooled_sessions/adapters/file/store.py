@@ -28,7 +28,7 @@ from pooled_sessions.adapters.file.mirror import (
     Steps,
 )
 from pooled_sessions.adapters.url import StoreURL
-from pooled_sessions.codec import Operation, Record, WriteResult
+from pooled_sessions.codec import Changes, Operation, Record, WriteResult
 from pooled_sessions.config import Settings
 from pooled_sessions.errors import StoreUnavailableError
 
@@ -139,7 +139,7 @@ class JsonFileStore:
         with self._guard():
             return run(self._mirror.compacting(), self.path)
 
-    def poll(self) -> bool:
+    def poll(self) -> Changes:
         with self._mutex:
             return self._refresh_if_stale()
 
@@ -177,7 +177,7 @@ class JsonFileStore:
     def _guard(self) -> fsio.Guard:
         return fsio.Guard(self._mutex, self.path)
 
-    def _refresh_if_stale(self) -> bool:
+    def _refresh_if_stale(self) -> Changes:
         sight = fsio.look(self.path, self._mirror.journal_path)
         if not self._mirror.behind(sight):
             return False

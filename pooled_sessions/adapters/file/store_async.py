@@ -22,7 +22,7 @@ from pooled_sessions.adapters.file import fsio, probe
 from pooled_sessions.adapters.file.mirror import FileMirror, FileStep, Steps
 from pooled_sessions.adapters.file.store import perform, sync_appended
 from pooled_sessions.adapters.url import StoreURL
-from pooled_sessions.codec import Operation, Record, WriteResult
+from pooled_sessions.codec import Changes, Operation, Record, WriteResult
 from pooled_sessions.config import Settings
 from pooled_sessions.errors import MissingDependencyError, StoreUnavailableError
 
@@ -104,7 +104,7 @@ class AioFileStore:
         async with self._exclusive():
             return await self._run(self._mirror.compacting())
 
-    async def poll(self) -> bool:
+    async def poll(self) -> Changes:
         return await self._fresh()
 
     async def scan(self) -> AsyncIterator[tuple[str, Record]]:
@@ -121,8 +121,8 @@ class AioFileStore:
         async with self._lock:
             self._mirror.release()
 
-    async def _fresh(self) -> bool:
-        """Catch up with the files if another process changed them; True if it had.
+    async def _fresh(self) -> Changes:
+        """Catch up with the files if another process changed them; what it changed.
 
         The check is a stat() of each file on the loop: a cached-inode syscall costs about
         a microsecond, a hop to a worker thread fifty times that, on every load.
