@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from pooled_sessions import SessionService, Settings  # noqa: E402
 from pooled_sessions.adapters.protocol import Invalidate  # noqa: E402
 from pooled_sessions.adapters.redis import RedisStore  # noqa: E402
+from pooled_sessions.adapters.redis.events import CatchUp  # noqa: E402
 from tests.redis_servers import RedisCluster, RedisServer  # noqa: E402
 
 Stamp = tuple[str, str, float, float]  # id, kind, write started, write confirmed
@@ -51,7 +52,7 @@ class StampedStore(RedisStore):
         self.dropped: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def watch(self, callback: Invalidate) -> None:
+    def watch(self, callback: Invalidate) -> CatchUp:
         def stamped(ids: Collection[str] | None, ended: bool) -> None:
             callback(ids, ended)
             now = time.monotonic()
@@ -59,7 +60,7 @@ class StampedStore(RedisStore):
                 for sid in ids or ():
                     self.dropped.setdefault(sid, now)
 
-        super().watch(stamped)
+        return super().watch(stamped)
 
 
 def observer(url: str, inbox: Any, outbox: Any) -> None:

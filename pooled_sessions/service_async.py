@@ -45,6 +45,7 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
         self._guard = contextlib.nullcontext()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._catch_up: Callable[[], Awaitable[None] | None] | None = None  # from `watch`
         self._wake = asyncio.Event()  # the flusher: a flush may be due
         self._settled = asyncio.Event()  # replaced each time a flush ended or room came free
         self._tasks: set[asyncio.Task[int]] = set()  # flushes callers await (shielded)
@@ -124,10 +125,13 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
         async def method(self: AsyncSessionService, /, *args: Any, **kwargs: Any) -> Any:
             if not self._serving():
                 await self._start()
-            elif cached is not None:
-                done = cached(self, await self._news(), *args, **kwargs)
-                if done is not None:
-                    return done
+            else:
+                if reads and self._catch_up is not None and (waiting := self._catch_up()):
+                    await waiting  # events already received come first
+                if cached is not None:
+                    done = cached(self, await self._news(), *args, **kwargs)
+                    if done is not None:
+                        return done
             return await self._drive(build(self, *args, **kwargs))
 
         return method
@@ -185,7 +189,7 @@ class AsyncSessionService(ServiceBase[AsyncStore]):
         self._flusher = loop.create_task(self._background(), name=FLUSHER_NAME)
         watching = self._watch_store() if first else None
         if watching is not None:
-            await watching
+            self._catch_up = await watching
 
     async def _flush(self) -> int:
         """Write one batch of everything pending; one flush at a time."""

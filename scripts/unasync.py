@@ -40,6 +40,7 @@ SUBSTITUTIONS = [
     (r"\basync for\b", "for"),
     (r"\bAsyncRedisStore\b", "RedisStore"),
     (r"\bAsyncEventListener\b", "EventListener"),
+    (r"\bAsyncCatchUp\b", "CatchUp"),
     (r"\bAsyncIterator\b", "Iterator"),
     (r"\basynccontextmanager\b", "contextmanager"),
     (r"\bredis\.asyncio\b", "redis"),

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from pooled_sessions import SessionService
+from pooled_sessions import AsyncSessionService, SessionService
 from pooled_sessions.adapters.redis import events
 from pooled_sessions.adapters.redis.events import next_node
 from pooled_sessions.adapters.redis.store import RedisStore
@@ -65,6 +65,40 @@ def test_a_change_committed_elsewhere_is_seen_though_the_listener_sleeps(
                 return session is not None and session.attributes["cart"] == list(range(item + 1))
 
             assert wait_until(seen, timeout=1.0)
+
+
+@pytest.mark.parametrize("caught_up", [True, False], ids=["catch-up", "without"])
+async def test_an_asyncio_read_applies_the_events_already_received(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, caught_up: bool
+) -> None:
+    """Another server's change, whose event is already in this process's socket, is seen
+    by an asyncio read though the listener task has not run since: the read lets it run
+    first. Here the loop is held while the other server writes (as while a request
+    arrives), so without that catch-up every read is stale."""
+    if not caught_up:
+        monkeypatch.setattr(events.AsyncEventListener, "catch_up", lambda self: None)
+    async with AsyncSessionService(redis_url) as b:
+        with SessionService(redis_url) as a:
+            sid = a.create_session("alice", {"n": 0})
+            session = await b.get_session(sid)  # cached in b
+            assert session is not None and session.attributes == {"n": 0}
+            listener = b._store._listener  # type: ignore[attr-defined]
+            assert listener is not None and listener._watched is not None
+            _, fd = listener._watched
+            stale = 0
+            for n in range(1, 31):
+                assert a.update_session(sid, {"n": n})  # b's loop is held meanwhile
+                deadline = time.monotonic() + 1.0  # the event on its way to b's socket
+                while events._unread(fd) == 0 and time.monotonic() < deadline:
+                    pass
+                session = await b.get_session(sid)
+                assert session is not None
+                stale += session.attributes != {"n": n}
+            if caught_up:
+                assert stale == 0, f"{stale} stale reads of 30"
+                assert listener.catch_up() is None, "nothing waits: a read awaits nothing"
+            else:
+                assert stale >= 25, f"only {stale} stale reads of 30 without the catch-up"
 
 
 def test_a_login_on_a_server_not_told_of_an_end_does_not_revive_the_session(

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import Protocol, runtime_checkable
 
 from pooled_sessions.codec import Changes, Operation, Record, WriteResult
@@ -202,10 +210,13 @@ class AsyncWatchableStore(AsyncStore, Protocol):
     first use, before serving), and set ``engine.pending.prompt_ends = True``. The
     callback runs in the event loop's thread, from a task the store owns: it must not
     block or await; it calls ``engine.invalidate(ids, ended=ended)`` directly (under the
-    driver's lock if the driver has one). ``await store.close()`` stops the task.
+    driver's lock if the driver has one). ``await store.close()`` stops the task. ``watch``
+    may return a callable the driver calls before each call reads its cache: it returns
+    None, or an awaitable to await first, which applies the changes the store has already
+    received (Redis: the events waiting in the subscription's socket).
     """
 
-    async def watch(self, callback: Invalidate) -> Callable[[], None] | None: ...
+    async def watch(self, callback: Invalidate) -> Callable[[], Awaitable[None] | None] | None: ...
 
 
 __all__ = [

@@ -24,10 +24,17 @@ from pooled_sessions.adapters.redis.plan import parse_event
 from pooled_sessions.redaction import scrub
 
 Callback = Callable[[Collection[str] | None, bool], None]
+CatchUp = Callable[[], None]
+"""What a blocking store's ``watch`` returns: applies the events already received."""
+AsyncCatchUp = Callable[[], Awaitable[None] | None]
+"""What an asyncio store's ``watch`` returns: None, or an awaitable that applies them."""
 logger = logging.getLogger("session_service")
 FIRST_DELAY, MAX_DELAY, POLL_SECONDS = 0.05, 2.0, 0.5
 CATCH_UP_WAIT = 0.02
 """Longest a call waits for the listener to finish what it is reading (`catch_up`)."""
+CATCH_UP_TURNS = 4
+"""Loop turns an asyncio call gives its listener to apply the events waiting: the bytes
+reach the stream in one, the listener parses them in the next."""
 PEEK_BYTES = 65536
 """Most bytes `catch_up` looks at to tell this process's own events from others'."""
 REST_SECONDS = 0.005
@@ -215,6 +222,29 @@ class AsyncEventListener:
         self._sub = subscription
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._watched: tuple[Any, int] | None = None
+        """The subscription's connection and its socket's descriptor, once subscribed."""
+
+    def catch_up(self) -> Awaitable[None] | None:
+        """Before a call reads the cache: None when no event waits for this process, else
+        an awaitable that lets the listener apply those waiting first.
+
+        The event of a change committed by another worker reaches this process's socket
+        before that worker's call returns, but the listener is a task: a request caused by
+        that return may be served before the loop hands it the bytes. One ``ioctl`` when
+        nothing waits; otherwise a few loop turns, while the listener reads (this
+        process's own events too: the check cannot tell them apart without reading).
+        """
+        watched = self._watched
+        if watched is None or not _waiting(*watched):
+            return None
+        return self._applied(watched)
+
+    async def _applied(self, watched: tuple[Any, int]) -> None:
+        for _ in range(CATCH_UP_TURNS):
+            await asyncio.sleep(0)
+            if self._watched is not watched or not _waiting(*watched):
+                return
 
     async def start(self, wait: float) -> bool:
         """Start listening; True if subscribed within ``wait`` seconds."""
@@ -237,6 +267,7 @@ class AsyncEventListener:
                 pubsub = (await self._client()).pubsub()
                 await pubsub.subscribe(self._channel)
                 while True:
+                    self._watch(pubsub)
                     if self._sub.handle(await pubsub.get_message(timeout=POLL_SECONDS)):
                         self._ready.set()
             except asyncio.CancelledError:
@@ -244,8 +275,27 @@ class AsyncEventListener:
             except Exception as exc:  # reconnect on anything; the service must hear again
                 await asyncio.sleep(self._sub.failed(exc))
             finally:
+                self._watched = None
                 if pubsub is not None:
                     await asyncio.shield(aquietly(pubsub.aclose))
+
+    def _watch(self, pubsub: Any) -> None:
+        """Keep `catch_up` on the subscription's current connection and socket."""
+        connection = getattr(pubsub, "connection", None)
+        writer = getattr(connection, "_writer", None)
+        sock = None if writer is None else writer.get_extra_info("socket")
+        fd = -1 if sock is None else sock.fileno()
+        if fd < 0:
+            self._watched = None
+        elif self._watched is None or self._watched != (connection, fd):
+            self._watched = (connection, fd)
+
+
+def _waiting(connection: Any, fd: int) -> bool:
+    """True when bytes wait for an asyncio subscription: in its socket, or already read
+    into its stream but not yet parsed (the listener task has not run since)."""
+    reader = getattr(connection, "_reader", None)
+    return bool(getattr(reader, "_buffer", None)) or _unread(fd) > 0
 
 
 def _socket(pubsub: Any) -> Any:

@@ -9,7 +9,7 @@ cached sessions another server ended or changed.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -151,14 +151,15 @@ class RedisStore(RedisBase):
         node = self._events_node(self._client.get_default_node(), self._client.get_nodes())
         return node.redis_connection
 
-    def watch(self, callback: events.Callback) -> Callable[[], None] | None:
+    def watch(self, callback: events.Callback) -> events.CatchUp:
         """Call ``callback(ids, ended)`` when other servers end or change sessions (``ids``
         None: anything may have changed), from the listener: a task in the loop's thread,
         or a thread of its own for the blocking store; it must not block. Waits briefly for
         the subscription; if Redis is down, the listener keeps trying in the background.
 
-        Returns, for the blocking store, the listener's ``catch_up``: a driver calls it
-        before each call reads the cache, so events already received are applied first."""
+        Returns the listener's ``catch_up``: a driver calls it before each call reads the
+        cache, so events already received are applied first (an asyncio one awaits what
+        it returns, when it returns something)."""
         if self._listener is not None:
             raise SessionError(f"{self.where} is already watched")
         subscription = self._subscription(callback)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -168,14 +168,15 @@ class AsyncRedisStore(RedisBase):
             node = self._events_node(self._client.get_default_node(), self._client.get_nodes())
             return node.redis_connection
 
-    async def watch(self, callback: events.Callback) -> Callable[[], None] | None:
+    async def watch(self, callback: events.Callback) -> events.AsyncCatchUp:
         """Call ``callback(ids, ended)`` when other servers end or change sessions (``ids``
         None: anything may have changed), from the listener: a task in the loop's thread,
         or a thread of its own for the blocking store; it must not block. Waits briefly for
         the subscription; if Redis is down, the listener keeps trying in the background.
 
-        Returns, for the blocking store, the listener's ``catch_up``: a driver calls it
-        before each call reads the cache, so events already received are applied first."""
+        Returns the listener's ``catch_up``: a driver calls it before each call reads the
+        cache, so events already received are applied first (an asyncio one awaits what
+        it returns, when it returns something)."""
         if self._listener is not None:
             raise SessionError(f"{self.where} is already watched")
         subscription = self._subscription(callback)
@@ -183,10 +184,7 @@ class AsyncRedisStore(RedisBase):
             self._events_client, self.keys.channel, subscription
         )
         await self._listener.start(self._subscribe_wait())
-        if True:  # unasync: an asyncio listener is a task of the loop the calls run on
-            return None
-        else:
-            return self._listener.catch_up
+        return self._listener.catch_up
 
     async def close(self) -> None:
         """Stop listening, then close the client if this store opened it."""
