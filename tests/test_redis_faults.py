@@ -14,7 +14,9 @@ import pytest
 import redis
 
 from pooled_sessions import AsyncSessionService, SessionService, Settings
+from pooled_sessions.adapters.redis import events
 from pooled_sessions.adapters.redis.store import RedisStore
+from pooled_sessions.codec import Delete
 from pooled_sessions.errors import StoreUnavailableError
 from tests.redis_servers import RedisServer, unique_prefix
 
@@ -223,14 +225,16 @@ class CutAfterEnd(FaultyClient):
 def test_a_login_cut_short_after_its_end_is_written_when_sent_again(
     redis_server: RedisServer,
 ) -> None:
-    """Written behind, a login's end and its new id go in two pipelines: when only the
-    first got through, the batch sent again finds the end its own, not one made
-    elsewhere, and writes the new id (it was refused, logging the user out)."""
+    """Written behind, a login's end and its new id go in two pipelines when they do not
+    fit one script call (here: one operation a call): when only the first got through,
+    the batch sent again finds the end its own, not one made elsewhere, and writes the
+    new id (it was refused, logging the user out)."""
     client, settings = (
         CutAfterEnd(redis.Redis(port=redis_server.port)),
         Settings(key_prefix=unique_prefix()),
     )
-    store = RedisStore(settings=settings, client=client)
+    url = f"{redis_server.url}?chunk_size=1"
+    store = RedisStore(url, settings=settings, client=client)
     with SessionService(store=store, write_behind=True, **FAST_RETRY) as service:
         old = service.create_session("alice", {"cart": [1]})
         service.force_save()
@@ -245,6 +249,47 @@ def test_a_login_cut_short_after_its_end_is_written_when_sent_again(
         assert set(store.load_user("alice")) == {new}
     with SessionService(store=RedisStore(settings=settings, client=client.client)) as peer:
         assert peer.validate_session(new) and not peer.validate_session(old)
+    client.client.close()
+
+
+class CountingPipelines(FaultyClient):
+    """A client that counts the pipelines it sends."""
+
+    sent = 0
+
+    def fault(self, replies: list[Any] | None) -> None:
+        self.sent += replies is None
+
+
+@pytest.mark.parametrize("ended_elsewhere", [False, True], ids=["held", "ended elsewhere"])
+def test_a_login_on_one_server_is_one_round_trip(
+    redis_server: RedisServer, ended_elsewhere: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The end of the old id and the create of the new one go in one script call, which
+    writes the new id only if the end found the old session: a session another server
+    ended (its event not heard yet: the listener is silenced) is not revived under the
+    new id."""
+    monkeypatch.setattr(events.EventListener, "catch_up", lambda self: None)
+    monkeypatch.setattr(events.Subscription, "handle", lambda self, message: True)
+    client = CountingPipelines(redis.Redis(port=redis_server.port))
+    settings = Settings(key_prefix=unique_prefix())
+    store = RedisStore(settings=settings, client=client)
+    with SessionService(store=store) as service:
+        old = service.create_session("alice", {"cart": [1]})
+        if ended_elsewhere:
+            other = RedisStore(settings=settings, client=client.client)
+            other.write([Delete(old, "alice", time.time())], time.time())
+            other.close()
+        before = client.sent
+        new = service.rotate_session(old, username="alice")
+        if ended_elsewhere:
+            assert new is None and store.load_user("alice") == {}
+        else:
+            assert client.sent - before == 1, "the login's commit is one pipeline"
+            assert new is not None and set(store.load_user("alice")) == {new}
+            record = store.load(new)
+            assert record is not None and record["attributes"] == {"cart": [1]}
+        assert store.load(old) is None
     client.client.close()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Collection, Generator, Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from pooled_sessions.adapters.redis import bulk as bulk
@@ -39,6 +40,7 @@ T = TypeVar("T")
 Command = tuple[Any, ...]
 Step = Generator[list[Command], list[Any], T]
 PAGE = 500
+NO_FOLLOWS: Mapping[str, str] = MappingProxyType({})
 OWN_ENDS_KEPT = 4096
 """Ends a store remembers for logins whose batch was cut short (see `write`)."""
 WRITTEN, REFUSED, GONE, LAPSED = 1, 0, 2, 3
@@ -94,11 +96,14 @@ class Batch:
         group: Sequence[Operation],
         indexes: Sequence[Command] = (),
         same_only: Collection[str] = (),
+        follows: Mapping[str, str] = NO_FOLLOWS,
     ) -> Command:
         """One APPLY call for operations whose keys share a slot (or any, on one server),
         running ``indexes`` (plain index commands; one server only) in the same call. The
         creates in ``same_only`` (rotations of sessions Redis no longer held) are written
-        only over the same creation: a retried batch whose first attempt got through."""
+        only over the same creation: a retried batch whose first attempt got through. A
+        create in ``follows`` (new id -> old id, the old one's end earlier in ``group``)
+        is a rotation the script writes as such a create if that end found no session."""
         keys: list[str] = []
         args: list[Any] = [*self.head, len(group)]
         for op in group:
@@ -109,10 +114,11 @@ class Batch:
             fields = upsert_fields(op, op.created)
             dels = [] if op.created else removed_fields(op)
             notify = not op.created and bool(op.changed or op.removed)
+            old = follows.get(op.session_id)
             args += (
                 "U",
                 op.session_id,
-                "S" if op.session_id in same_only else mode_of(op),
+                "S" if op.session_id in same_only else mode_of(op) if old is None else "R" + old,
                 ms(op.expires_at),
                 repr(op.expires_at),
                 repr(op.last_accessed_at),
@@ -210,7 +216,8 @@ def write(
     pipeline, after the other operations, so the ends whose pool slots those sessions
     took are written before them. The creates of rotations come after the ends of the ids
     they succeed, each written only if its end found that session in Redis (see
-    `Upsert.succeeds`): one more pipeline, for the batches that hold a login.
+    `Upsert.succeeds`): on one server, in the same script call when the batch fits one
+    (the script tells each rotation what its end found); else in one more pipeline.
 
     ``own_ends`` (the store's, kept between calls) holds the ends of such sessions this
     store wrote in an attempt cut short before their rotations: sent again, the end finds
@@ -228,11 +235,20 @@ def write(
         ops = [op for op in ops if not (isinstance(op, Upsert) and op.succeeds is not None)]
     parts = bulk.split(ops)
     creates, ops = ([], ops) if parts is None else parts
+    follows: dict[str, str] = {}
+    if rotations and not cluster and len(ops) + len(rotations) <= chunk_size:
+        ends = {op.session_id: op.ended_at for op in ops if isinstance(op, Delete)}
+        follows = {
+            op.session_id: op.succeeds
+            for op in rotations
+            if op.succeeds is not None and own.get(op.succeeds, -1.0) != ends.get(op.succeeds)
+        }
+        ops, rotations = [*ops, *rotations], []
     for group in (ops, rotations):
         same_only = {op.session_id for op in rotations if op.succeeds in lapsed}
         for start in range(0, len(group), chunk_size):
             chunk = group[start : start + chunk_size]
-            statuses = yield from _apply(batch, chunk, cluster, same_only, moving)
+            statuses = yield from _apply(batch, chunk, cluster, same_only, moving, follows)
             lost_ops, owned_ops = _refusals(chunk, statuses)
             if lost_ops or owned_ops:
                 undo = batch.indexes([Delete(o.session_id, o.username, now) for o in lost_ops])
@@ -335,19 +351,21 @@ def _apply(
     cluster: bool,
     same_only: Collection[str] = (),
     kept: Collection[str] = (),
+    follows: Mapping[str, str] = NO_FOLLOWS,
 ) -> Step[list[Status]]:
     """Statuses of ``ops`` after one pipeline of APPLY calls and index updates: on one
     server a single APPLY runs the index commands too (pool slots stay a script call of
     their own); on a cluster, whose indexes live in other slots, they follow it. Creates
-    in ``same_only`` are written only over the same creation (see `Batch.apply`); ends in
-    ``kept`` keep their pool slots, for rotations written after them to move."""
+    in ``same_only`` are written only over the same creation, those in ``follows`` as
+    their ends found (see `Batch.apply`); ends in ``kept`` keep their pool slots, for
+    rotations written after them to move."""
     slots, plain = batch.index_parts(ops, kept)
     if cluster:
         groups = [[op] for op in ops]
         commands = [batch.apply(group, same_only=same_only) for group in groups] + slots + plain
     else:
         groups = [list(ops)]
-        commands = [batch.apply(ops, plain, same_only), *slots]
+        commands = [batch.apply(ops, plain, same_only, follows), *slots]
     replies = yield from run(commands)
     return [status for reply in replies[: len(groups)] for status in _statuses(reply)]
 

@@ -26,7 +26,9 @@ class Script:
 # the index keys the batch updates (one server only). ARGV: now_ms, tombstone_ttl_ms,
 # channel, origin, the number of operations, then per operation either
 #   "D", id, ended_at
-#   "U", id, mode ("C" create / "F" full / "P" partial / "S" same creation only),
+#   "U", id, mode ("C" create / "F" full / "P" partial / "S" same creation only /
+#        "R" followed by an id: a rotation of that id, ended earlier in this call: "S"
+#        if its end found no hash, else "C"),
 #        expires_ms, expires, accessed,
 #        notify, nset, ndel, nset field/value pairs, ndel field names
 # then, optionally, the batch's index updates as one JSON array of commands, each naming
@@ -43,7 +45,8 @@ class Script:
 #   never recreates a session Redis dropped;
 # - an end finding no hash reports it (3), so the writer can refuse the rotation of that
 #   session, sending its new id as "S": written only over the same creation (a retried
-#   batch whose first attempt got through), never into a missing hash;
+#   batch whose first attempt got through), never into a missing hash; a rotation sent in
+#   the same call ("R") is turned into "S" or "C" here, saving a login a round trip;
 # - a create ("C") finding a hash is the same creation sent again (a retried batch) only
 #   when its "@user" and "@created" match; otherwise the id is another's and nothing is
 #   written;
@@ -54,7 +57,7 @@ class Script:
 APPLY = Script(
     """
 local now, tomb_ttl, nops = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[5])
-local status, ended, changed = {}, {}, {}
+local status, ended, changed, lapsed = {}, {}, {}, {}
 local i = 6
 local function hset(h, list)
   for s = 1, #list, 512 do
@@ -73,13 +76,17 @@ end
 for k = 1, 2 * nops, 2 do
   local h, t = KEYS[k], KEYS[k + 1]
   if ARGV[i] == 'D' then
-    local lapsed = redis.call('DEL', h) == 0
+    local gone = redis.call('DEL', h) == 0
     redis.call('SET', t, ARGV[i + 2], 'PX', tomb_ttl)
     ended[#ended + 1] = ARGV[i + 1]
-    status[#status + 1] = lapsed and 3 or 1
+    if gone then lapsed[ARGV[i + 1]] = true end
+    status[#status + 1] = gone and 3 or 1
     i = i + 3
   else
     local sid, mode, exp_ms, exp = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4]
+    if string.sub(mode, 1, 1) == 'R' then
+      mode = lapsed[string.sub(mode, 2)] and 'S' or 'C'
+    end
     local accessed, notify = ARGV[i + 5], ARGV[i + 6]
     local nset, ndel = tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8])
     local j = i + 9
