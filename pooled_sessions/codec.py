@@ -95,6 +95,9 @@ class Upsert:
     session_id: str
     username: str
     attributes: Mapping[str, str]
+    """Each attribute's JSON text. A store in the process may keep this very mapping
+    (`adapters.held`): the writer hands over a new one for each change, never changing
+    one it has written."""
     changed: frozenset[str]
     removed: frozenset[str]
     ip: str | None
