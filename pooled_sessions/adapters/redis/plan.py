@@ -236,13 +236,8 @@ def write(
     parts = bulk.split(ops)
     creates, ops = ([], ops) if parts is None else parts
     follows: dict[str, str] = {}
-    if rotations and not cluster and len(ops) + len(rotations) <= chunk_size:
-        ends = {op.session_id: op.ended_at for op in ops if isinstance(op, Delete)}
-        follows = {
-            op.session_id: op.succeeds
-            for op in rotations
-            if op.succeeds is not None and own.get(op.succeeds, -1.0) != ends.get(op.succeeds)
-        }
+    if rotations and not cluster and len(ops) + len(rotations) <= chunk_size:  # one call
+        follows = _decided_in_script(ops, rotations, own)
         ops, rotations = [*ops, *rotations], []
     for group in (ops, rotations):
         same_only = {op.session_id for op in rotations if op.succeeds in lapsed}
@@ -267,6 +262,20 @@ def write(
         refused.update(lost)
         taken.update(owned)
     return WriteResult(refused=frozenset(refused), taken=frozenset(taken))
+
+
+def _decided_in_script(
+    ops: Sequence[Operation], rotations: Sequence[Upsert], own: Mapping[str, float]
+) -> dict[str, str]:
+    """For rotations sent in the call that ends the ids they succeed: each new id and the
+    old id whose end the script consults. One whose end this store already wrote, in an
+    attempt cut short, is a plain create."""
+    ends = {op.session_id: op.ended_at for op in ops if isinstance(op, Delete)}
+    return {
+        op.session_id: op.succeeds
+        for op in rotations
+        if op.succeeds is not None and own.get(op.succeeds, -1.0) != ends.get(op.succeeds)
+    }
 
 
 def _note_end(op: Delete, status: Status, own: dict[str, float], lapsed: set[str]) -> None:
