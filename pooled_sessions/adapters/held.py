@@ -13,10 +13,16 @@ from __future__ import annotations
 import json
 from typing import Any, Self
 
-from pooled_sessions.codec import Record, Upsert, document_member, encode_record, encode_stored
+from pooled_sessions.codec import (
+    Record,
+    Upsert,
+    document_member,
+    encode_record,
+    encode_stored,
+    encode_value,
+    expiry_passed,
+)
 from pooled_sessions.model import shared_user_agent
-
-_text = json.JSONEncoder(ensure_ascii=False).encode  # as `codec` writes str and None
 
 
 class Held:
@@ -107,9 +113,8 @@ class Held:
         )
 
     def expired(self, now: float) -> bool:
-        """True when the idle or the absolute expiry has passed (see `codec.is_expired`)."""
-        absolute = self.absolute_expires_at
-        return self.expires_at <= now or (absolute is not None and absolute <= now)
+        """True when the idle or the absolute expiry has passed."""
+        return expiry_passed(self.expires_at, self.absolute_expires_at, now)
 
     def same_creation(self, username: str, created_at: float) -> bool:
         """True when this is the session created for ``username`` at ``created_at`` (see
@@ -135,15 +140,16 @@ class Held:
     def member(self, session_id: str) -> str:
         """The ``"id":record`` member of a file document, as `codec.encode_record` writes
         the decoded record, built from the texts held."""
-        attributes = ",".join([f"{_text(key)}:{text}" for key, text in self.attributes.items()])
-        absolute = self.absolute_expires_at
+        text = encode_value
+        attributes = ",".join([f"{text(key)}:{value}" for key, value in self.attributes.items()])
         return document_member(
             session_id,
-            f'{{"username":{_text(self.username)},"attributes":{{{attributes}}},'
-            f'"ip":{_text(self.ip)},"user_agent":{_text(self.user_agent)},'
-            f'"created_at":{self.created_at!r},"last_accessed_at":{self.last_accessed_at!r},'
-            f'"expires_at":{self.expires_at!r},'
-            f'"absolute_expires_at":{"null" if absolute is None else repr(absolute)}}}',
+            f'{{"username":{text(self.username)},"attributes":{{{attributes}}},'
+            f'"ip":{text(self.ip)},"user_agent":{text(self.user_agent)},'
+            f'"created_at":{text(self.created_at)},'
+            f'"last_accessed_at":{text(self.last_accessed_at)},'
+            f'"expires_at":{text(self.expires_at)},'
+            f'"absolute_expires_at":{text(self.absolute_expires_at)}}}',
         )
 
 

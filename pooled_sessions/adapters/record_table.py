@@ -32,8 +32,7 @@ class RecordTable:
         self._by_user = IdsByUser()
         self.version = 0
         for sid, record in (records or {}).items():
-            self.records[sid] = Loaded.of_record(record)
-            self._by_user.add(record["username"], sid)
+            self.add(sid, record)
 
     def load(self, session_id: str) -> Record | None:
         """The record of one session, or None."""

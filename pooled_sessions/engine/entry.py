@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pooled_sessions.codec import Record, Upsert, encode_stored
+from pooled_sessions.codec import Record, Upsert, encode_stored, expiry_passed
 from pooled_sessions.model import Session, shared_user_agent, snapshot
 from pooled_sessions.user_ids import IdsByUser
 
@@ -111,8 +111,7 @@ class Entry:
 
     def expired(self, now: float) -> bool:
         """True once the idle or the absolute expiry has passed."""
-        absolute = self.absolute_expires_at
-        return self.expires_at <= now or (absolute is not None and absolute <= now)
+        return expiry_passed(self.expires_at, self.absolute_expires_at, now)
 
     def snapshot(self) -> Session:
         """A read-only copy for a caller."""

@@ -287,7 +287,7 @@ class AsyncEventListener:
         fd = -1 if sock is None else sock.fileno()
         if fd < 0:
             self._watched = None
-        elif self._watched is None or self._watched != (connection, fd):
+        elif self._watched != (connection, fd):
             self._watched = (connection, fd)
 
 
