@@ -16,8 +16,10 @@ import redis
 from pooled_sessions import AsyncSessionService, SessionService, Settings
 from pooled_sessions.adapters.redis import events
 from pooled_sessions.adapters.redis.store import RedisStore
+from pooled_sessions.adapters.redis.store_async import AsyncRedisStore
 from pooled_sessions.codec import Delete
 from pooled_sessions.errors import StoreUnavailableError
+from pooled_sessions.testing.records import make_record, upsert
 from tests.redis_servers import RedisServer, unique_prefix
 
 pytestmark = pytest.mark.redis
@@ -353,3 +355,53 @@ async def test_an_asyncio_change_while_redis_is_down_raises_and_changes_nothing(
     record = observer.load(cart)
     assert record is not None and record["attributes"] == {"cart": [1]}
     observer.close()
+
+
+def test_a_write_connection_dropped_by_the_server_is_opened_again(
+    redis_server: RedisServer,
+) -> None:
+    """Commits go through a connection the store keeps for its writes: one the server
+    closed between two commits is opened again, and the commit goes through."""
+    url = f"{redis_server.url}?prefix={unique_prefix()}"
+    killer = redis.Redis(port=redis_server.port)
+    with SessionService(url) as service:
+        sid = service.create_session("alice", {"n": 0})
+        store = service._store
+        assert isinstance(store, RedisStore) and store._writer is not None
+        before = store._writer._sock.getsockname()
+        assert killer.client_kill(f"{before[0]}:{before[1]}")
+        assert service.update_session(sid, {"n": 1})
+        assert store._writer._sock.getsockname() != before  # a new connection
+        assert service.stats()["store_ok"] is True
+    killer.close()
+    with SessionService(url) as fresh:
+        session = fresh.get_session(sid)
+        assert session is not None and session.attributes == {"n": 1}
+
+
+async def test_an_asyncio_write_cancelled_before_its_reply_leaves_no_reply_behind(
+    redis_server: RedisServer,
+) -> None:
+    """A write cancelled while Redis holds it leaves no reply behind on the store's write
+    connection to be read as the next write's (the next here is refused, the first was not)."""
+    settings = Settings(key_prefix=unique_prefix())
+    store = AsyncRedisStore(redis_server.url, settings)
+    pauser = redis.Redis(port=redis_server.port)
+    try:
+        now = time.time()
+        first = await store.write([upsert("A" * 43, make_record(now))], now)
+        assert not first.refused
+        ended = "E" * 43
+        await store.write([Delete(ended, "bob", now)], now)
+        pauser.client_pause(300, all=False)
+        late = asyncio.ensure_future(store.write([upsert("C" * 43, make_record(now))], now))
+        await asyncio.sleep(0.05)
+        late.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await late
+        again = await store.write([upsert(ended, make_record(now, "bob"))], now)
+        assert again.refused == {ended}, "the reply read is this write's own"
+    finally:
+        pauser.client_unpause()
+        pauser.close()
+        await store.close()

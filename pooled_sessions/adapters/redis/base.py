@@ -153,6 +153,10 @@ class RedisBase:
             client = _build_client(self.options, _package(clients))
         self._client = client
         self._clients = _package(clients)
+        self._exchanges = isinstance(client, self._clients.Redis)
+        """Writes go through a connection of the store's own (``_exchange``): a plain
+        client of one server; a cluster client, or another object, gets pipelines."""
+        self._writer_pid = 0
         self._redis = _redis()
         self._node_name = ""  # the cluster node the events listener subscribes through
         self.eviction_policy: str | None = None
