@@ -405,3 +405,16 @@ async def test_an_asyncio_write_cancelled_before_its_reply_leaves_no_reply_behin
         pauser.client_unpause()
         pauser.close()
         await store.close()
+
+
+def test_a_small_connection_pool_is_not_held_by_the_writes(redis_server: RedisServer) -> None:
+    """With ``max_connections=2`` (the event subscription takes one), a commit borrows the
+    other for its round trip only, so reads of sessions not cached still find it free."""
+    url = f"{redis_server.url}?prefix={unique_prefix()}&max_connections=2"
+    with SessionService(url) as writer, SessionService(url) as reader:
+        sid = writer.create_session("alice", {"n": 0})
+        for n in range(1, 4):
+            assert writer.update_session(sid, {"n": n})
+            session = reader.get_session(sid)
+            assert session is not None and session.attributes == {"n": n}
+            assert writer.sessions_of("alice") == [sid]  # a read through the pool

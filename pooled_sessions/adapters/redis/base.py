@@ -34,6 +34,8 @@ INSTALL_HINT = 'pip install "pooled-sessions[redis]"'
 LOCK_POLL_SECONDS, LOCK_MIN_SECONDS = 0.005, 1.0
 SCRIPT_CALLS = ("EVALSHA", "EVAL")
 POLICY = "maxmemory-policy"
+KEEP_WRITER_FROM = 16
+"""The smallest connection pool a store keeps a connection of for its writes."""
 EVICTING = ("allkeys-", "volatile-")
 """Policies that may evict session keys: every session hash and tombstone has a TTL, so the
 ``volatile-*`` ones reach them as well as ``allkeys-*``."""
@@ -157,6 +159,9 @@ class RedisBase:
         """Writes go through a connection of the store's own (``_exchange``): a plain
         client of one server; a cluster client, or another object, gets pipelines."""
         self._writer_pid = 0
+        limit = getattr(getattr(client, "connection_pool", None), "max_connections", None)
+        self._keeps_writer = self._exchanges and (limit is None or limit >= KEEP_WRITER_FROM)
+        """A pool of fewer connections lends one for each write instead of losing one."""
         self._redis = _redis()
         self._node_name = ""  # the cluster node the events listener subscribes through
         self.eviction_policy: str | None = None

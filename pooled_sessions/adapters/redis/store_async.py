@@ -45,7 +45,8 @@ class AsyncRedisStore(RedisBase):
         else:
             self._writing = threading.Lock()
         self._writer: Any = None
-        """The connection `_exchange` writes through, taken from the client's pool."""
+        """The connection `_exchange` writes through, taken from the client's pool once
+        (unless the pool is small: `RedisBase._keeps_writer`)."""
 
     async def _exchange(self, commands: list[plan.Command]) -> list[Any]:
         """Send ``commands`` and read their replies (an error in place of each refused one)
@@ -53,10 +54,12 @@ class AsyncRedisStore(RedisBase):
         retries included, without its per-call bookkeeping, which costs a commit about
         as much CPU as the round trip. One server only: a cluster routes each command."""
         async with self._writing:
-            conn = self._writer
-            if conn is None or self._writer_pid != os.getpid():  # new, or a forked child's
-                conn = self._writer = await self._client.connection_pool.get_connection()
-                self._writer_pid = os.getpid()
+            pool = self._client.connection_pool
+            conn = self._writer if self._writer_pid == os.getpid() else None  # a fork's: not ours
+            if conn is None:
+                conn = await pool.get_connection()
+                if self._keeps_writer:
+                    self._writer, self._writer_pid = conn, os.getpid()
             refused = self._redis.exceptions.ResponseError
 
             async def attempt() -> list[Any]:
@@ -78,6 +81,9 @@ class AsyncRedisStore(RedisBase):
             except BaseException:  # stopped between two replies: the rest stay unread
                 await conn.disconnect()
                 raise
+            finally:
+                if conn is not self._writer:
+                    await pool.release(conn)
 
     async def _run(self, step: plan.Step[T], *, writes: bool = False) -> T:
         """Run ``step``'s pipelines; ``writes`` through `_exchange` where it can."""
