@@ -117,8 +117,9 @@ def upsert_fields(op: Upsert, full: bool) -> dict[str, str]:
                 ABSOLUTE: "" if op.absolute_expires_at is None else repr(op.absolute_expires_at),
             }
         )
-    names = op.attributes if full else op.changed
-    fields.update((ATTRIBUTE + name, op.attributes[name]) for name in names)
+    attributes = op.attributes
+    for name in attributes if full else op.changed:
+        fields[ATTRIBUTE + name] = attributes[name]
     if op.ip is not None:
         fields[IP] = op.ip
     if op.user_agent is not None:

@@ -14,7 +14,6 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from pooled_sessions.adapters.redis import bulk as bulk
-from pooled_sessions.adapters.redis.bulk import encode as _encode
 from pooled_sessions.adapters.redis.keys import (
     KeySchema,
     decode_hash,
@@ -43,6 +42,7 @@ PAGE = 500
 NO_FOLLOWS: Mapping[str, str] = MappingProxyType({})
 OWN_ENDS_KEPT = 4096
 """Ends a store remembers for logins whose batch was cut short (see `write`)."""
+ALL_WRITTEN = WriteResult()
 WRITTEN, REFUSED, GONE, LAPSED = 1, 0, 2, 3
 Status = int | str
 """Of one write in a script's reply: `WRITTEN`, `REFUSED` (ended), `GONE` (a partial write of
@@ -63,6 +63,8 @@ def evalsha(script: Script, keys: Sequence[str], args: Iterable[Any]) -> Command
 def run(commands: list[Command]) -> Step[list[Any]]:
     """Send one pipeline; scripts the server forgot (a restart) are sent again in full."""
     replies = yield commands
+    if not any(isinstance(reply, Exception) for reply in replies):
+        return replies
     lost = [i for i, reply in enumerate(replies) if _is_noscript(reply)]
     if lost:
         again = yield [("EVAL", _SCRIPTS[commands[i][1]].source, *commands[i][2:]) for i in lost]
@@ -112,7 +114,7 @@ class Batch:
                 args += ("D", op.session_id, repr(op.ended_at))
                 continue
             fields = upsert_fields(op, op.created)
-            dels = [] if op.created else removed_fields(op)
+            dels = removed_fields(op) if op.removed and not op.created else []
             notify = not op.created and bool(op.changed or op.removed)
             old = follows.get(op.session_id)
             args += (
@@ -126,13 +128,14 @@ class Batch:
                 len(fields),
                 len(dels),
             )
-            for name, value in fields.items():
-                args += (name, value)
+            for pair in fields.items():
+                args += pair
             args += dels
         if indexes:
             keys += (command[1] for command in indexes)
-            inline = [[name, n, *map(str, rest)] for n, (name, _, *rest) in enumerate(indexes, 1)]
-            args.append(_encode(inline))
+            args.append(len(indexes))
+            for name, _, *rest in indexes:
+                args += (name, len(rest), *rest)
         return evalsha(APPLY, keys, args)
 
     def slots(self, ops: Sequence[Operation], kept: Collection[str] = ()) -> list[Command]:
@@ -172,30 +175,31 @@ class Batch:
         shard_rem: dict[str, list[str]] = {}
         user_add: dict[str, list[Any]] = {}
         user_rem: dict[str, list[str]] = {}
+        ended: list[str] = []
         for op in ops:
             shard, item = keys.shard_of(op.session_id), member(op.session_id, op.username)
             if isinstance(op, Delete):
                 shard_rem.setdefault(shard, []).append(item)
                 if op.username:  # anonymous sessions are in no user's index
                     user_rem.setdefault(keys.user(op.username), []).append(op.session_id)
+                if op.session_id not in kept:
+                    ended.append(op.session_id)
                 continue
             shard_add.setdefault(shard, []).extend((op.expires_at, item))
             if op.created and op.username:
                 user_add.setdefault(keys.user(op.username), []).extend(
                     (op.created_at, op.session_id)
                 )
-        ended = [op.session_id for op in ops if isinstance(op, Delete)]
-        ended = [sid for sid in ended if sid not in kept]
         if keys.pooled:
             slots = self.slots(ops, kept)
         else:  # an end frees the slot, whether this server counts slots or not
             slots = [("ZREM", keys.slots, *ended)] if ended else []
-        return slots, [
-            *(("ZADD", key, "GT", *items) for key, items in shard_add.items()),
-            *(("ZADD", key, "NX", *items) for key, items in user_add.items()),
-            *(("ZREM", key, *items) for key, items in shard_rem.items()),
-            *(("ZREM", key, *items) for key, items in user_rem.items()),
-        ]
+        plain: list[Command] = [("ZADD", key, "GT", *items) for key, items in shard_add.items()]
+        if user_add or shard_rem or user_rem:
+            plain += [("ZADD", key, "NX", *items) for key, items in user_add.items()]
+            plain += [("ZREM", key, *items) for key, items in shard_rem.items()]
+            plain += [("ZREM", key, *items) for key, items in user_rem.items()]
+        return slots, plain
 
 
 def write(
@@ -229,9 +233,11 @@ def write(
     lapsed: set[str] = set()
     own = {} if own_ends is None else own_ends
     rotations = [op for op in ops if isinstance(op, Upsert) and op.succeeds is not None]
-    succeeded = {op.succeeds for op in rotations if op.succeeds is not None}
-    moving = {old for op in rotations for old in op.rotated_from}  # their slots move later
+    succeeded: set[str] = set()
+    moving: set[str] = set()  # the slots of the ids rotations replace move later
     if rotations:
+        succeeded = {op.succeeds for op in rotations if op.succeeds is not None}
+        moving = {old for op in rotations for old in op.rotated_from}
         ops = [op for op in ops if not (isinstance(op, Upsert) and op.succeeds is not None)]
     parts = bulk.split(ops)
     creates, ops = ([], ops) if parts is None else parts
@@ -239,7 +245,7 @@ def write(
     if rotations and not cluster and len(ops) + len(rotations) <= chunk_size:  # one call
         follows = _decided_in_script(ops, rotations, own)
         ops, rotations = [*ops, *rotations], []
-    for group in (ops, rotations):
+    for group in (ops, rotations) if rotations else (ops,):
         same_only = {op.session_id for op in rotations if op.succeeds in lapsed}
         for start in range(0, len(group), chunk_size):
             chunk = group[start : start + chunk_size]
@@ -248,9 +254,9 @@ def write(
             if lost_ops or owned_ops:
                 undo = batch.indexes([Delete(o.session_id, o.username, now) for o in lost_ops])
                 yield from run(undo + _disown(keys, owned_ops))
-            refused.update(op.session_id for op in lost_ops)
-            taken.update(op.session_id for op, _ in owned_ops)
-            for op, status in zip(chunk, statuses, strict=True):
+                refused.update(op.session_id for op in lost_ops)
+                taken.update(op.session_id for op, _ in owned_ops)
+            for op, status in zip(chunk, statuses, strict=True) if succeeded else ():
                 if isinstance(op, Delete) and op.session_id in succeeded:
                     _note_end(op, status, own, lapsed)
     for old in succeeded:
@@ -261,6 +267,8 @@ def write(
         lost, owned = yield from _bulk(batch, group, chunk_size, cluster)
         refused.update(lost)
         taken.update(owned)
+    if not (refused or taken):
+        return ALL_WRITTEN
     return WriteResult(refused=frozenset(refused), taken=frozenset(taken))
 
 
@@ -369,14 +377,12 @@ def _apply(
     their ends found (see `Batch.apply`); ends in ``kept`` keep their pool slots, for
     rotations written after them to move."""
     slots, plain = batch.index_parts(ops, kept)
-    if cluster:
-        groups = [[op] for op in ops]
-        commands = [batch.apply(group, same_only=same_only) for group in groups] + slots + plain
-    else:
-        groups = [list(ops)]
-        commands = [batch.apply(ops, plain, same_only, follows), *slots]
-    replies = yield from run(commands)
-    return [status for reply in replies[: len(groups)] for status in _statuses(reply)]
+    if not cluster:
+        replies = yield from run([batch.apply(ops, plain, same_only, follows), *slots])
+        return _statuses(replies[0])
+    calls = [batch.apply([op], same_only=same_only) for op in ops]
+    replies = yield from run(calls + slots + plain)
+    return [status for reply in replies[: len(calls)] for status in _statuses(reply)]
 
 
 # -- reads ----------------------------------------------------------------------------
