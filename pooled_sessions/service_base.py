@@ -36,6 +36,7 @@ from pooled_sessions.engine.requests import (
     FlushNow,
     Load,
     LoadUser,
+    Pause,
     Poll,
     Purge,
     Request,
@@ -174,40 +175,10 @@ class ServiceBase(ServiceFlows, Generic[StoreT]):
     # -- answering a flow ----------------------------------------------------------------
 
     def _answer(self, request: Request) -> Any:
-        """Answer one request with the store's call or the driver's own wait, wake or flush.
-
-        For an asyncio service the answer is an awaitable of it.
-        """
-        store: Any = self._store
-        if isinstance(request, Poll):  # first: asked before every call on a polled store
-            return store.poll()
-        if isinstance(request, Load):
-            return store.load(request.session_id)
-        if isinstance(request, LoadUser):
-            return store.load_user(request.username)
-        if isinstance(request, Write):
-            return store.write(request.operations, request.now)
-        if isinstance(request, WakeFlusher):
-            return self._wake_flusher()
-        if isinstance(request, Commit):
-            return self._drive(self._committing(request.seq))
-        if isinstance(request, AwaitTurn):
-            return self._await_turn(request.seq)
-        if isinstance(request, AwaitFlush):
-            return self._await_flush(request.round)
-        if isinstance(request, FlushNow):
-            return self._flush_now(request)
-        if isinstance(request, WaitForRoom):
-            return self._wait_for_room(request.session_id)
-        if isinstance(request, AcquireSlot):
-            return self._acquire_slot(request)
-        if isinstance(request, ClaimSlot):
-            return store.claim_slot(*request)
-        if isinstance(request, Ended):
-            return store.ended(request.session_id)
-        if isinstance(request, Purge):
-            return store.purge_expired(request.now)
-        return self._pause(request.seconds)
+        """Answer one request with the store's call or the driver's own wait, wake or flush
+        (`ANSWERS`, by the request's type). For an asyncio service the answer is an
+        awaitable of it."""
+        return ANSWERS[type(request)](self, request)
 
     # -- what each driver supplies -------------------------------------------------------
 
@@ -329,6 +300,27 @@ class ServiceBase(ServiceFlows, Generic[StoreT]):
         atexit.unregister(self._exit_hook)
         self._unwatch_clock()
         return FinalFlush(self.settings, self._clock, timeout)
+
+
+ANSWERS: dict[type[Any], Callable[[Any, Any], Any]] = {
+    Poll: lambda service, _: service._store.poll(),
+    Load: lambda service, request: service._store.load(request.session_id),
+    LoadUser: lambda service, request: service._store.load_user(request.username),
+    Write: lambda service, request: service._store.write(request.operations, request.now),
+    WakeFlusher: lambda service, _: service._wake_flusher(),
+    Commit: lambda service, request: service._drive(service._committing(request.seq)),
+    AwaitTurn: lambda service, request: service._await_turn(request.seq),
+    AwaitFlush: lambda service, request: service._await_flush(request.round),
+    FlushNow: lambda service, request: service._flush_now(request),
+    WaitForRoom: lambda service, request: service._wait_for_room(request.session_id),
+    AcquireSlot: lambda service, request: service._acquire_slot(request),
+    ClaimSlot: lambda service, request: service._store.claim_slot(*request),
+    Ended: lambda service, request: service._store.ended(request.session_id),
+    Purge: lambda service, request: service._store.purge_expired(request.now),
+    Pause: lambda service, request: service._pause(request.seconds),
+}
+"""How a service answers each request of a flow, by the request's type: a store call, or
+the driver's own wait, wake or flush (one lookup: a commit makes three requests)."""
 
 
 def offers(store: object) -> StoreOffers:

@@ -137,13 +137,22 @@ def test_a_read_leaves_this_process_own_events_to_the_listener(
         for n in range(2, 5):
             assert a.update_session(sid, {"n": n})
         assert wait_until(lambda: events._unread(fd) > 0, timeout=1.0)
-        waiting = events._unread(fd)
+        waiting = _settled_unread(fd)  # the three events may still be on their way
         assert a.get_session(sid).attributes["n"] == 4  # type: ignore[union-attr]
         assert events._unread(fd) == waiting == listener._own  # found to be a's own: left
         assert b.update_session(sid, {"n": 5})
         assert wait_until(lambda: events._unread(fd) > waiting, timeout=1.0)
         assert a.get_session(sid).attributes["n"] == 5  # type: ignore[union-attr]
         assert events._unread(fd) == 0 and listener._own == 0  # read, with a's own
+
+
+def _settled_unread(fd: int) -> int:
+    """The bytes waiting in socket ``fd`` once no more arrive for 20 ms."""
+    seen = -1
+    while (waiting := events._unread(fd)) != seen:
+        seen = waiting
+        time.sleep(0.02)
+    return seen
 
 
 def test_the_listener_skips_this_process_own_events_unparsed(
