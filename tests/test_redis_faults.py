@@ -418,3 +418,29 @@ def test_a_small_connection_pool_is_not_held_by_the_writes(redis_server: RedisSe
             session = reader.get_session(sid)
             assert session is not None and session.attributes == {"n": n}
             assert writer.sessions_of("alice") == [sid]  # a read through the pool
+
+
+def test_a_commit_on_one_server_is_one_exchange_on_the_write_connection(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store opened from a URL (a plain client) sends each commit, a login's included, as
+    one exchange on its own connection: one round trip, led by the apply script."""
+    url = f"{redis_server.url}?prefix={unique_prefix()}"
+    exchanges: list[list[str]] = []
+    exchange = RedisStore._exchange
+
+    def counting(self: RedisStore, commands: list[Any]) -> list[Any]:
+        exchanges.append([command[0] for command in commands])
+        return exchange(self, commands)
+
+    monkeypatch.setattr(RedisStore, "_exchange", counting)
+    with SessionService(url) as service:
+        service.create_session("bob")  # the server learns the script (NOSCRIPT, then EVAL)
+        exchanges.clear()
+        old = service.create_session("alice", {"cart": [1]})
+        assert service.update_session(old, {"cart": [1, 2]})
+        new = service.rotate_session(old, username="alice")
+        assert new is not None and service.end_session(new)
+        assert [kinds[0] for kinds in exchanges] == ["EVALSHA"] * 4, exchanges
+    with SessionService(url) as fresh:
+        assert fresh.get_session(old) is None and fresh.get_session(new) is None
