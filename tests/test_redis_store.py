@@ -367,6 +367,14 @@ def test_a_missing_redis_package_names_the_extra(
         RedisStore(redis_server.url, Settings())
 
 
+def test_a_redis_package_too_old_names_the_version_needed(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis, "__version__", "5.0.8")
+    with pytest.raises(MissingDependencyError, match=r"redis-py 5\.3 or later, found 5\.0\.8"):
+        RedisStore(redis_server.url, Settings())
+
+
 def test_event_messages_are_json_with_ids(redis_server: RedisServer) -> None:
     prefix = unique_prefix()
     opened = RedisStore(f"{redis_server.url}?prefix={prefix}", Settings())

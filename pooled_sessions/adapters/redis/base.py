@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +32,8 @@ from pooled_sessions.errors import (
 from pooled_sessions.redaction import Secrets, scrub
 
 INSTALL_HINT = 'pip install "pooled-sessions[redis]"'
+REDIS_PY = (5, 3)
+"""The oldest redis-py the stores run on (a connection taken from a pool by no command)."""
 LOCK_POLL_SECONDS, LOCK_MIN_SECONDS = 0.005, 1.0
 SCRIPT_CALLS = ("EVALSHA", "EVAL")
 POLICY = "maxmemory-policy"
@@ -54,6 +57,12 @@ def _redis() -> Any:
         raise MissingDependencyError(
             f"the Redis store needs the redis package: {INSTALL_HINT}"
         ) from exc
+    found = tuple(int(part) for part in re.findall(r"\d+", redis.__version__)[:2])
+    if found < REDIS_PY:
+        raise MissingDependencyError(
+            f"the Redis store needs redis-py {'.'.join(map(str, REDIS_PY))} or later, found "
+            f"{redis.__version__}: {INSTALL_HINT}"
+        )
     return redis
 
 
