@@ -167,7 +167,6 @@ class RedisBase:
         self._exchanges = isinstance(client, self._clients.Redis)
         """Writes go through a connection of the store's own (``_exchange``): a plain
         client of one server; a cluster client, or another object, gets pipelines."""
-        self._writer_pid = 0
         limit = getattr(getattr(client, "connection_pool", None), "max_connections", None)
         self._keeps_writer = self._exchanges and (limit is None or limit >= KEEP_WRITER_FROM)
         """A pool of fewer connections lends one for each write instead of losing one."""

@@ -245,7 +245,7 @@ def write(
     if rotations and not cluster and len(ops) + len(rotations) <= chunk_size:  # one call
         follows = _decided_in_script(ops, rotations, own)
         ops, rotations = [*ops, *rotations], []
-    for group in (ops, rotations) if rotations else (ops,):
+    for group in (ops, rotations):
         same_only = {op.session_id for op in rotations if op.succeeds in lapsed}
         for start in range(0, len(group), chunk_size):
             chunk = group[start : start + chunk_size]
@@ -256,9 +256,10 @@ def write(
                 yield from run(undo + _disown(keys, owned_ops))
                 refused.update(op.session_id for op in lost_ops)
                 taken.update(op.session_id for op, _ in owned_ops)
-            for op, status in zip(chunk, statuses, strict=True) if succeeded else ():
-                if isinstance(op, Delete) and op.session_id in succeeded:
-                    _note_end(op, status, own, lapsed)
+            if succeeded:
+                for op, status in zip(chunk, statuses, strict=True):
+                    if isinstance(op, Delete) and op.session_id in succeeded:
+                        _note_end(op, status, own, lapsed)
     for old in succeeded:
         own.pop(old, None)
     step = chunk_size * bulk.CALLS_PER_PIPELINE

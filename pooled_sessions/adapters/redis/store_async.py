@@ -47,6 +47,7 @@ class AsyncRedisStore(RedisBase):
         self._writer: Any = None
         """The connection `_exchange` writes through, taken from the client's pool once
         (unless the pool is small: `RedisBase._keeps_writer`)."""
+        self._writer_pid = 0  # the process `_writer` was taken in (a forked child's is not)
 
     async def _exchange(self, commands: list[plan.Command]) -> list[Any]:
         """Send ``commands`` and read their replies (an error in place of each refused one)
