@@ -6,7 +6,6 @@ fault is an OSError with the errno the kernel would give, raised where it would 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -285,13 +284,11 @@ def test_rename_refused(service: SessionService, path: Path) -> None:
 def test_lock_file_refused(service: SessionService, path: Path) -> None:
     expected = populate(service)
 
-    @contextlib.contextmanager
-    def no_lock(target: str, *, exclusive: bool = True) -> Iterator[None]:
+    def no_lock(fd: int, *, wait: bool = False) -> bool:
         raise OSError(errno.EROFS, "Read-only file system")
-        yield
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(fsio, "locked", no_lock)
+        patch.setattr(fsio, "try_lock", no_lock)
         with pytest.raises(StoreUnavailableError, match=r"cannot lock .*read-only"):
             service.force_save()
     service.force_save()

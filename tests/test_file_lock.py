@@ -193,3 +193,69 @@ def test_a_change_refused_by_the_lock_file_raises_and_changes_nothing(
     with SessionService(path) as check:
         assert check.get_session(kept) is not None and check.get_session(later) is not None
         assert len(check.sessions_of("bob")) == 1
+
+
+# -- held open between commits ----------------------------------------------------------------
+
+
+def open_descriptors_of(name: Path) -> int:
+    """Descriptors of this process open on ``name``."""
+    fds = os.listdir("/proc/self/fd")
+    return sum(1 for fd in fds if os.path.realpath(f"/proc/self/fd/{fd}") == str(name))
+
+
+def test_commits_open_the_lock_file_once_and_again_only_when_it_was_replaced(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[str] = []
+    real_open_lock = fsio.open_lock
+
+    def counting(name: str) -> int:
+        opened.append(name)
+        return real_open_lock(name)
+
+    monkeypatch.setattr(fsio, "open_lock", counting)
+    with SessionService(path) as svc:
+        sid = svc.create_session("alice")
+        before = len(opened)
+        for n in range(20):
+            assert svc.update_session(sid, {"n": n})
+        assert len(opened) == before, "the lock file stays open between commits"
+        os.unlink(lock_of(path))
+        assert svc.update_session(sid, {"n": 20})
+        assert len(opened) == before + 1 and lock_of(path).exists()
+        assert open_descriptors_of(lock_of(path)) == 1
+    assert open_descriptors_of(lock_of(path)) == 0, "shutdown closes the lock file"
+    assert open_descriptors_of(path.parent) == 0, "and the directory"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() only")
+def test_a_forked_child_does_not_share_the_lock_its_parent_holds(path: Path) -> None:
+    lock = fsio.LockFile(str(path))
+    assert lock.take()
+    pid = os.fork()
+    if pid == 0:  # the child: a flock on the parent's open file would be granted at once
+        code = 1
+        try:
+            code = 0 if not lock.take(wait=False) else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    lock.release()
+    lock.close()
+    assert os.waitstatus_to_exitcode(status) == 0, "the child got in beside its parent"
+
+
+def test_a_released_lock_lets_another_holder_in_while_it_stays_open(path: Path) -> None:
+    first, second = fsio.LockFile(str(path)), fsio.LockFile(str(path))
+    try:
+        assert first.take()
+        assert not second.take(wait=False)
+        first.release()
+        assert second.take(wait=False)
+        assert not first.take(wait=False)
+        second.release()
+        assert first.take(wait=False)
+    finally:
+        first.close()
+        second.close()

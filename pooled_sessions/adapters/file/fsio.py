@@ -320,7 +320,7 @@ def lock_path(path: str) -> str:
 
 def open_lock(name: str) -> int:
     """Open (creating it 0600) the lock file ``name``, refusing one that is not this
-    process's own regular file; opened per use, so fork-safe."""
+    process's own regular file (`LockFile` holds it open, and opens it again after fork())."""
     try:
         fd = os.open(name, LOCK_FLAGS, FILE_MODE)
     except OSError as exc:
@@ -367,17 +367,6 @@ def unsafe_lock(name: str, problem: str) -> StoreUnavailableError:
     )
 
 
-def still_there(fd: int, name: str) -> bool:
-    """True while the file locked through ``fd`` is the one at ``name`` (not deleted or
-    replaced since it was opened)."""
-    held = os.fstat(fd)
-    try:
-        now = os.stat(name, follow_symlinks=stat.S_ISDIR(held.st_mode))
-    except FileNotFoundError:
-        return False
-    return (held.st_ino, held.st_dev) == (now.st_ino, now.st_dev)
-
-
 def try_lock(fd: int, *, wait: bool = False) -> bool:
     """Take the exclusive lock (``wait``: waiting for it); False while another holder has it."""
     try:
@@ -387,82 +376,135 @@ def try_lock(fd: int, *, wait: bool = False) -> bool:
     return True
 
 
-class HeldLock(NamedTuple):
-    """The locks a writer holds: the lock file, and the directory when it can be locked."""
-
-    lock_fd: int
-    dir_fd: int | None
-
-    def close(self) -> None:
-        """Let both go (closing a descriptor unlocks it)."""
-        if self.dir_fd is not None:
-            os.close(self.dir_fd)
-        os.close(self.lock_fd)
-
-
 NO_DIRECTORY_LOCK = {errno.EBADF, errno.EINVAL, errno.ENOLCK, errno.EOPNOTSUPP}
 """What flock on a directory says on a file system that cannot lock one (NFS): the lock
 file alone is used there."""
-
-
-def acquire(path: str, *, wait: bool = True) -> HeldLock | None:
-    """Lock the lock file beside ``path``, then its directory; release with ``close()``.
-
-    ``wait=False``: None at once while another holder has either. A lock taken on a file
-    deleted or replaced meanwhile locks nothing anyone else will see, so it is dropped and
-    the file now at the path is locked instead. The directory lock keeps writers apart even
-    when the lock file is deleted while held (a cleanup job, a hand): a second writer would
-    create and lock a new file, but the directory is the same one for both.
-    """
-    lock_fd = _lock_verified(lock_path(path), open_lock, wait)
-    if lock_fd is None:
-        return None
-    try:
-        dir_fd = _lock_verified(os.path.dirname(path) or ".", _open_directory, wait)
-    except OSError as exc:
-        if exc.errno not in NO_DIRECTORY_LOCK:
-            os.close(lock_fd)
-            raise
-        return HeldLock(lock_fd, None)
-    except BaseException:
-        os.close(lock_fd)
-        raise
-    if dir_fd is None:
-        os.close(lock_fd)
-        return None
-    return HeldLock(lock_fd, dir_fd)
 
 
 def _open_directory(directory: str) -> int:
     return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
-def _lock_verified(name: str, opener: Callable[[str], int], wait: bool) -> int | None:
-    """Open ``name`` with ``opener`` and lock it, until the locked file is still the one at
-    ``name``; None (without waiting) when another holder has it."""
-    while True:
-        fd = opener(name)
+class _Held:
+    """One file a `LockFile` locks, held open: its name, opener and open descriptor."""
+
+    def __init__(self, name: str, opener: Callable[[str], int], directory: bool) -> None:
+        self.name, self.opener, self.directory = name, opener, directory
+        self.fd: int | None = None
+        self.inode = (0, 0)
+
+    def lock(self, wait: bool) -> bool:
+        """Lock the file now at ``name``; False (without waiting) while another holder has it.
+
+        A lock taken on a file deleted or replaced since it was opened locks nothing anyone
+        else will see: that file is closed, and the one now at the name opened and locked.
+        """
+        while True:
+            if self.fd is None:
+                fd = self.opener(self.name)
+                found = os.fstat(fd)
+                self.fd, self.inode = fd, (found.st_ino, found.st_dev)
+            try:
+                if not try_lock(self.fd, wait=wait):
+                    return False
+                if self._still_there():
+                    return True
+            except BaseException:
+                self.close()
+                raise
+            self.close()
+
+    def _still_there(self) -> bool:
         try:
-            if not try_lock(fd, wait=wait):
-                os.close(fd)
-                return None
-            if still_there(fd, name):
-                return fd
-        except BaseException:
+            now = os.stat(self.name, follow_symlinks=self.directory)
+        except FileNotFoundError:
+            return False
+        return (now.st_ino, now.st_dev) == self.inode
+
+    def unlock(self) -> None:
+        if self.fd is not None:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            except OSError:
+                self.close()  # closing the descriptor unlocks it too
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
             os.close(fd)
+
+
+class LockFile:
+    """The cross-process lock of a sessions file: the lock file beside it, then its directory.
+
+    Both stay open between commits, so a commit costs a flock and a stat of each rather
+    than opening and checking both files again. The directory lock keeps writers apart
+    even when the lock file is deleted while held (a cleanup job, a hand): a second writer
+    would create and lock a new file, but the directory is the same one for both. A child
+    process after ``fork()`` opens its own files: a flock belongs to the open file, which
+    parent and child would share. Not for two threads at once (the stores hold a mutex).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._files = (
+            _Held(lock_path(path), open_lock, directory=False),
+            _Held(os.path.dirname(path) or ".", _open_directory, directory=True),
+        )
+        self._locks_directory = True
+        self._pid = os.getpid()
+        weakref.finalize(self, _close_all, self._files)
+
+    def take(self, *, wait: bool = True) -> bool:
+        """Lock both; ``wait=False``: False at once while another holder has either."""
+        if self._pid != os.getpid():  # the parent's descriptors, and its locks, stay its own
+            self.close()
+            self._pid = os.getpid()
+        lock_file, directory = self._files
+        if not lock_file.lock(wait):
+            return False
+        if not self._locks_directory:
+            return True
+        try:
+            if directory.lock(wait):
+                return True
+        except OSError as exc:
+            if exc.errno in NO_DIRECTORY_LOCK:
+                self._locks_directory = False  # a file system that cannot lock one (NFS)
+                return True
+            lock_file.unlock()
             raise
-        os.close(fd)
+        except BaseException:
+            lock_file.unlock()
+            raise
+        lock_file.unlock()
+        return False
+
+    def release(self) -> None:
+        """Unlock both (they stay open for the next `take`)."""
+        lock_file, directory = self._files
+        directory.unlock()
+        lock_file.unlock()
+
+    def close(self) -> None:
+        """Close both files (closing unlocks them); a later `take` opens them again."""
+        _close_all(self._files)
+
+
+def _close_all(files: Sequence[_Held]) -> None:
+    for held in files:
+        held.close()
 
 
 @contextlib.contextmanager
 def locked(path: str) -> Iterator[None]:
-    """Hold the lock file beside ``path`` (and its directory), waiting for them."""
-    held = acquire(path)
-    assert held is not None  # a waiting acquire returns only with the lock
+    """Hold the lock of the sessions file ``path`` (`LockFile`), waiting for it."""
+    lock = LockFile(path)
+    lock.take()
     try:
         yield
     finally:
-        held.close()
+        lock.close()
 
 
 def describe(error: OSError) -> str:
@@ -483,26 +525,24 @@ def lock_failed(path: str, error: OSError) -> StoreUnavailableError:
 
 
 class Guard:
-    """This process's mutex and the cross-process lock file, taken together."""
+    """This process's mutex and the cross-process `LockFile`, taken together (``with``)."""
 
     def __init__(self, mutex: threading.Lock, path: str) -> None:
         self._mutex = mutex
-        self._path = path
-        self._held: contextlib.ExitStack | None = None
+        self.lock = LockFile(path)
 
     def __enter__(self) -> None:
-        stack = contextlib.ExitStack()
-        stack.enter_context(self._mutex)
+        self._mutex.acquire()
         try:
-            stack.enter_context(locked(self._path))
+            self.lock.take()
         except BaseException as exc:
-            stack.close()
+            self._mutex.release()
             if isinstance(exc, OSError):
-                raise lock_failed(self._path, exc) from exc
+                raise lock_failed(self.lock.path, exc) from exc
             raise
-        self._held = stack
 
     def __exit__(self, *exc_info: object) -> None:
-        held, self._held = self._held, None
-        if held is not None:
-            held.close()
+        try:
+            self.lock.release()
+        finally:
+            self._mutex.release()

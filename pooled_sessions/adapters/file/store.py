@@ -98,7 +98,8 @@ class JsonFileStore:
         self._mutex = threading.Lock()
         self._mirror = FileMirror(self.path)
         fsio.check_directory(self.path)
-        with self._guard():
+        self._guard = fsio.Guard(self._mutex, self.path)
+        with self._guard:
             fsio.remove_strays(self.path)
             run(self._mirror.refreshing(settled=True), self.path)
 
@@ -136,7 +137,7 @@ class JsonFileStore:
 
     def compact(self) -> bool:
         """Fold the journal into a new snapshot now; False when there was nothing to fold."""
-        with self._guard():
+        with self._guard:
             return run(self._mirror.compacting(), self.path)
 
     def poll(self) -> Changes:
@@ -157,11 +158,12 @@ class JsonFileStore:
         """Let go of the files held open (a later call opens them again)."""
         with self._mutex:
             self._mirror.release()
+            self._guard.lock.close()
 
     def _commit(self, steps: Steps[T]) -> T:
         """Run write steps under the lock file; the journal line they appended is made
         durable once the lock is let go (see `fsio.append`), before this returns."""
-        with self._guard():
+        with self._guard:
             try:
                 result = run(steps, self.path)
             finally:
@@ -173,9 +175,6 @@ class JsonFileStore:
                 self._mirror.suspect = True  # the next write starts a new snapshot
             raise
         return result
-
-    def _guard(self) -> fsio.Guard:
-        return fsio.Guard(self._mutex, self.path)
 
     def _refresh_if_stale(self) -> Changes:
         sight = fsio.look(self.path, self._mirror.journal_path)

@@ -53,6 +53,7 @@ class AioFileStore:
         self._ttl = settings.tombstone_ttl_seconds
         self._mirror = FileMirror(self.path, paced=True)
         self._lock = asyncio.Lock()  # one read-merge-write (or reread) at a time in-process
+        self._lock_file = fsio.LockFile(self.path)
         self._opened = False
         fsio.check_directory(self.path)
 
@@ -120,6 +121,7 @@ class AioFileStore:
         """Let go of the files held open (a later call opens them again)."""
         async with self._lock:
             self._mirror.release()
+            self._lock_file.close()
 
     async def _fresh(self) -> Changes:
         """Catch up with the files if another process changed them; what it changed.
@@ -154,21 +156,20 @@ class AioFileStore:
     async def _exclusive(self) -> AsyncIterator[None]:
         """This store's lock, then the cross-process lock file, polled so the loop runs on."""
         async with self._lock:
-            held = await self._take_lock_file()
+            await self._take_lock_file()
             try:
                 yield
             finally:
-                held.close()
+                self._lock_file.release()
 
-    async def _take_lock_file(self) -> fsio.HeldLock:
+    async def _take_lock_file(self) -> None:
         pause, longest = LOCK_POLL_SECONDS
         while True:
             try:
-                held = fsio.acquire(self.path, wait=False)
+                if self._lock_file.take(wait=False):
+                    return
             except OSError as exc:
                 raise fsio.lock_failed(self.path, exc) from exc
-            if held is not None:
-                return held
             await asyncio.sleep(pause)
             pause = min(pause * 2, longest)
 
