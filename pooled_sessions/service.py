@@ -34,6 +34,7 @@ class SessionService(ServiceBase[Store]):
     """
 
     asynchronous = False
+    leads_in_flow = True
 
     def _prepare(self) -> None:
         self._lock = threading.Lock()

@@ -42,6 +42,10 @@ class ServiceFlows:
     _schedule: Schedule
     _url: str
     _shared_seen: bool
+    leads_in_flow: bool = False
+    """True when a commit's leader runs the flush inside its own flow (a thread's call);
+    False when the driver runs it apart (`FlushNow`): an asyncio service shields it in a
+    task of its own, so a cancelled caller does not cancel the write of the others."""
 
     def _notify(self, flusher: bool = True) -> None:
         """Wake every caller waiting for room or a flush, and the flusher unless ``flusher``
@@ -60,7 +64,10 @@ class ServiceFlows:
                     yield AwaitTurn(seq)
                     continue  # woken: settled, or named to lead
                 try:
-                    yield FLUSH_NOW
+                    if self.leads_in_flow:
+                        yield from self._flushing()
+                    else:
+                        yield FLUSH_NOW
                 except StoreError:
                     pass  # the next verdict says what the failure meant for this change
             except BaseException:  # left (cancelled) while named or leading: the next leads
