@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import Any, TypeVar
 
 from pooled_sessions.adapters.file import fsio, probe
-from pooled_sessions.adapters.file.mirror import FileMirror, FileStep, Steps
+from pooled_sessions.adapters.file.mirror import FileMirror, FileStep, Look, Steps
 from pooled_sessions.adapters.file.store import perform, sync_appended
 from pooled_sessions.adapters.url import StoreURL
 from pooled_sessions.codec import Changes, Operation, Record, WriteResult
@@ -31,6 +31,8 @@ SLICE_SECONDS = 0.002
 """How long file steps may hold the loop before letting other tasks run."""
 LOCK_POLL_SECONDS = (0.001, 0.05)
 """First and longest pause between two tries of a lock file another process holds."""
+LOOK = Look()
+"""The one `Look` step: it carries nothing, so one instance serves every call."""
 
 
 def _threaded_perform() -> Callable[[str, FileStep], Awaitable[Any]]:
@@ -139,7 +141,8 @@ class AioFileStore:
             return await self._run(self._mirror.refreshing(sight))
 
     def _look(self) -> fsio.Sight:
-        return fsio.look(self.path, self._mirror.journal_path)
+        sight: fsio.Sight = perform(self.path, LOOK)  # an OS error names the file
+        return sight
 
     async def _ready(self) -> None:
         """Before the first use: remove temp files a crashed writer left and read the
@@ -180,6 +183,9 @@ class AioFileStore:
             resume_at = time.perf_counter() + SLICE_SECONDS
             while True:
                 step = steps.send(reply)
+                if type(step) is Look:  # two stats: on the loop, as `_fresh` does
+                    reply = perform(self.path, step)
+                    continue
                 if step is not None:
                     reply = await self._in_thread(step)
                     resume_at = time.perf_counter() + SLICE_SECONDS
