@@ -7,6 +7,7 @@ and the routing of script calls, so the two cannot drift apart.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import logging
@@ -43,6 +44,32 @@ EVICTING = ("allkeys-", "volatile-")
 """Policies that may evict session keys: every session hash and tombstone has a TTL, so the
 ``volatile-*`` ones reach them as well as ``allkeys-*``."""
 logger = logging.getLogger("session_service")
+
+
+def packed(conn: Any, commands: Sequence[plan.Command]) -> list[bytes]:
+    """``commands`` in RESP for ``conn``: packed by hiredis in C, as one buffer, where the
+    connection packs with hiredis (redis-py's default when it is installed, whose packer
+    first copies every argument through a generator: about 4 µs a commit); else, or for
+    an argument hiredis does not take, by the connection itself."""
+    hiredis = _hiredis_packer()
+    if hiredis is not None and type(getattr(conn, "_command_packer", None)) is hiredis[0]:
+        try:
+            return [b"".join([hiredis[1](command) for command in commands])]
+        except TypeError:  # the connection raises redis-py's error for it
+            pass
+    packed_commands: list[bytes] = conn.pack_commands(commands)
+    return packed_commands
+
+
+@functools.cache
+def _hiredis_packer() -> tuple[type, Callable[[plan.Command], bytes]] | None:
+    """redis-py's hiredis packer class and hiredis' ``pack_command``, if both are there."""
+    try:
+        import hiredis
+        from redis.connection import HiredisRespSerializer
+    except ImportError:
+        return None
+    return HiredisRespSerializer, hiredis.pack_command
 
 
 def _redis() -> Any:

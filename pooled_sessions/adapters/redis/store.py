@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from pooled_sessions.adapters.redis import events, plan, probe
-from pooled_sessions.adapters.redis.base import LOCK_POLL_SECONDS, POLICY, RedisBase
+from pooled_sessions.adapters.redis.base import LOCK_POLL_SECONDS, POLICY, RedisBase, packed
 from pooled_sessions.adapters.url import StoreURL
 from pooled_sessions.codec import Operation, Record, WriteResult
 from pooled_sessions.config import Settings
@@ -58,7 +58,7 @@ class RedisStore(RedisBase):
             refused = self._redis.exceptions.ResponseError
 
             def attempt() -> list[Any]:
-                conn.send_packed_command(conn.pack_commands(commands))
+                conn.send_packed_command(packed(conn, commands))
                 replies: list[Any] = []
                 for _ in commands:
                     try:
