@@ -274,8 +274,8 @@ class ServiceBase(ServiceFlows, Generic[StoreT]):
     def _invalidated(self, session_ids: Collection[str] | None, ended: bool) -> None:
         """Store callback: other servers ended or changed these sessions (None: any)."""
         with self._guard:
-            self._engine.invalidate(session_ids, ended=ended)
-            self._notify()
+            if self._engine.invalidate(session_ids, ended=ended):
+                self._notify()  # room was made
             if session_ids is not None:
                 self._shared_store_seen()
 

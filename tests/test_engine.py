@@ -375,7 +375,12 @@ def test_invalidate_ended_drops_pending_changes() -> None:
     sid = rig.run(rig.engine.create("alice", {}, None))
     rig.flush()
     rig.run(rig.engine.update(sid, {"a": 1}))
-    rig.engine.invalidate([sid], ended=True)
+    clean = rig.run(rig.engine.create("bob", {}, None))
+    rig.flush()
+    rig.run(rig.engine.update(sid, {"a": 1}))
+    assert not rig.engine.invalidate(["elsewhere", clean])  # changed elsewhere: no room made
+    assert not rig.engine.invalidate(["elsewhere"], ended=True)
+    assert rig.engine.invalidate([sid], ended=True)  # a pending change dropped: room made
     assert len(rig.engine.pending) == 0
     assert rig.run(rig.engine.validate(sid)).reason is Reason.NOT_FOUND
     assert not any(isinstance(r, Load) for r in rig.requests[-1:]), "no store read needed"

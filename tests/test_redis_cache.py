@@ -4,8 +4,11 @@ listing, and event subscriptions whose cluster node died."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,7 @@ from pooled_sessions.adapters.redis import events
 from pooled_sessions.adapters.redis.events import next_node
 from pooled_sessions.adapters.redis.store import RedisStore
 from pooled_sessions.adapters.redis.store_async import AsyncRedisStore
-from tests.redis_servers import RedisCluster, binary, unique_prefix
+from tests.redis_servers import RedisCluster, RedisServer, binary, unique_prefix
 from tests.waiting import wait_until
 
 
@@ -155,36 +158,149 @@ def _settled_unread(fd: int) -> int:
     return seen
 
 
-def test_the_listener_skips_this_process_own_events_unparsed(
+def test_listeners_take_events_as_bytes_not_through_redis_py(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A busy process's own events are read as bytes, not parsed one by one (each cost a
-    commit about 15 µs), while an event from elsewhere among them is still acted on."""
-    parsed: list[Any] = []
-    handle = events.Subscription.handle
+    """Events are read as bytes and acted on from their payloads, not parsed one by one by
+    redis-py (each cost about 15 µs, and every process hears every other's commits): a
+    busy process's own events are only noted, and another's are acted on."""
+    through_redis_py: list[Any] = []
+    acted: list[tuple[str, bytes | str]] = []
+    handle, event = events.Subscription.handle, events.Subscription.event
 
-    def counting(self: events.Subscription, message: Any) -> bool:
+    def counting_handle(self: events.Subscription, message: Any) -> bool:
         if message is not None and message["type"] == "message":
-            parsed.append((self.origin, message["data"]))
+            through_redis_py.append(message["data"])
         return handle(self, message)
 
-    monkeypatch.setattr(events.Subscription, "handle", counting)
+    def counting_event(self: events.Subscription, data: bytes | str) -> None:
+        acted.append((self.origin, data))
+        event(self, data)
+
+    monkeypatch.setattr(events.Subscription, "handle", counting_handle)
+    monkeypatch.setattr(events.Subscription, "event", counting_event)
     with SessionService(redis_url) as a, SessionService(redis_url) as b:
         sid = a.create_session("alice", {"n": 0})
         assert b.get_session(sid) is not None  # cached in b
         monkeypatch.setattr(events.EventListener, "catch_up", lambda self: None)
-        parsed.clear()
+        through_redis_py.clear()
+        acted.clear()
         for n in range(1, 301):
             assert a.update_session(sid, {"n": n})
         assert wait_until(lambda: b.get_session(sid).attributes["n"] == 300)  # type: ignore[union-attr]
         b.update_session(sid, {"n": "from b"})
         assert wait_until(lambda: a.get_session(sid).attributes["n"] == "from b")  # type: ignore[union-attr]
+        store_a, store_b = a._store, b._store
+        assert isinstance(store_a, RedisStore) and isinstance(store_b, RedisStore)
+        origin_a, origin_b = store_a._origin, store_b._origin
+        heard_by_b = [data for by, data in acted if by == origin_b]
+        from_a = [data for data in heard_by_b if origin_a.encode() in _bytes(data)]
+        assert len(from_a) == 300, f"b acted on {len(from_a)} of a's 300 events"
+        assert any(origin_b.encode() in _bytes(data) for by, data in acted if by == origin_a)
+        assert len(through_redis_py) < 60, f"{len(through_redis_py)} of 601 events via redis-py"
+
+
+def test_the_listener_rests_while_calls_catch_up_themselves(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a process's calls read, they apply the events waiting before each read, so its
+    listener does not wake for each event (each wake cost the calls GIL hand-overs and
+    pre-emptions); what another process changed is still seen."""
+    drains: list[str] = []
+    drain = events.EventListener._drain
+
+    def counting(self: events.EventListener, pubsub: Any) -> None:
+        drains.append(threading.current_thread().name)
+        drain(self, pubsub)
+
+    monkeypatch.setattr(events.EventListener, "_drain", counting)
+    with SessionService(redis_url) as a, SessionService(redis_url) as b:
+        sid, busy = a.create_session("alice", {"n": 0}), b.create_session("bob")
+        assert b.get_session(sid) is not None
+        with reading(b, busy):
+            time.sleep(0.1)
+            drains.clear()
+            for n in range(1, 301):
+                assert a.update_session(sid, {"n": n})
+
+                def seen(n: int = n) -> bool:  # at once, unless Redis is slow to deliver
+                    session = b.get_session(sid)
+                    return session is not None and session.attributes["n"] == n
+
+                assert wait_until(seen, timeout=1.0)
+        woken = drains.count("pooled-sessions-events")
+        assert woken < 150, f"the listeners read {woken} times for 300 events each"
+
+
+@contextlib.contextmanager
+def reading(service: SessionService, sid: str) -> Iterator[None]:
+    """Calls reading ``sid`` in a loop, on a thread of their own, for the block."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            assert service.validate_session(sid)
+
+    reader = threading.Thread(target=loop)
+    reader.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        reader.join()
+
+
+def test_a_subscription_redis_closed_is_noticed_while_calls_keep_reading(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    """The listener rests while calls catch up, but never for long: a subscription Redis
+    closed is found and made again, and the cache is dropped for the events lost."""
+    with SessionService(redis_url) as a, SessionService(redis_url) as b:
+        sid, other = a.create_session("alice", {"n": 0}), a.create_session("bob")
+        assert b.get_session(sid) is not None
+        with reading(b, sid):
+            for n in range(20):  # events b's calls read: its listener rests
+                assert a.update_session(other, {"n": n})
+                time.sleep(0.005)
+            client = redis.Redis(port=redis_server.port)
+            assert client.client_kill_filter(_type="pubsub") >= 2
+            time.sleep(0.02)  # a change sent now reaches no subscriber
+            assert a.update_session(sid, {"n": 1})
+            client.close()
+            assert wait_until(lambda: b.get_session(sid).attributes["n"] == 1, timeout=2.0)  # type: ignore[union-attr]
+
+
+def test_a_full_look_of_own_events_still_finds_another_process_change_behind_them(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read looks at a bounded number of waiting bytes to tell this process's own events
+    from others'; when its own fill them exactly, it reads on rather than miss what
+    follows."""
+    with SessionService(redis_url) as a, SessionService(redis_url) as b:
+        sid = a.create_session("alice", {"n": 0})
+        assert b.get_session(sid) is not None
         store = a._store
         assert isinstance(store, RedisStore)
-        origin = store._origin
-        own = [data for by, data in parsed if by == origin and origin.encode() in data]
-        assert len(own) < 100, f"{len(own)} of a's 300 own events were parsed"
-        assert len(parsed) - len(own) >= 301, "b parsed each of a's events, and a b's"
+        listener = store._listener
+        assert isinstance(listener, events.EventListener) and listener._watched is not None
+        fd = listener._watched[1]
+        monkeypatch.setattr(events, "_wait_readable", lambda pubsub, timeout: time.sleep(30))
+        a.update_session(sid, {"n": 1})  # wakes a's listener, which then sleeps
+        assert wait_until(lambda: events._unread(fd) == 0, timeout=1.0)
+        assert a.update_session(sid, {"n": 2})
+        assert wait_until(lambda: events._unread(fd) > 0, timeout=1.0)
+        size = _settled_unread(fd)  # one own event
+        listener._peeked = bytearray(3 * size)  # a look of exactly three
+        for n in range(3, 7):
+            assert a.update_session(sid, {"n": n})
+        assert b.update_session(sid, {"n": "from b"})  # behind five own events
+        assert wait_until(lambda: events._unread(fd) > 5 * size, timeout=1.0)
+        seen = a.get_session(sid)
+        assert seen is not None and seen.attributes["n"] == "from b"
+
+
+def _bytes(data: bytes | str) -> bytes:
+    return data if isinstance(data, bytes) else data.encode()
 
 
 def _message(payload: bytes, push: bool = False, kind: bytes = b"message") -> bytes:
@@ -207,6 +323,22 @@ def test_own_events_are_told_apart_by_their_bytes(push: bool) -> None:
     assert events._own_events(subscribe, len(subscribe), own, 0) == 0
     forged = bytearray(_message(mine, push).replace(b"$22", b"$2x"))
     assert events._own_events(forged, len(forged), own, 0) == 0
+
+
+@pytest.mark.parametrize("push", [False, True], ids=["resp2", "resp3"])
+def test_whole_messages_and_their_payloads_are_read_from_bytes(push: bool) -> None:
+    payloads = [b'{"o":"ab12","c":["x"]}', b'{"o":"cd34","e":["y"]}', b"\r\n$3\r\n*3"]
+    frames = [_message(payload, push) for payload in payloads]
+    data = bytearray(b"".join(frames) + frames[0])
+    whole = sum(map(len, frames))
+    assert events._messages(data, len(data)) == (len(data), [*payloads, payloads[0]])
+    assert events._messages(data, len(data) - 1) == (whole, payloads)  # the last is cut short
+    reply = bytearray(_message(b"1", push, kind=b"subscribe") + frames[1])
+    assert events._messages(reply, len(reply)) == (0, [])  # left to redis-py
+    assert events._messages(bytearray(frames[1] + b"+PONG\r\n"), len(frames[1]) + 7) == (
+        len(frames[1]),
+        [payloads[1]],
+    )
 
 
 def test_the_next_node_follows_name_order() -> None:

@@ -73,21 +73,25 @@ class Batches:
 
     # -- store feedback ----------------------------------------------------------------
 
-    def invalidate(self, session_ids: Collection[str] | None, *, ended: bool = False) -> None:
-        """Another process changed (or, with ``ended``, ended) these sessions; None: all."""
+    def invalidate(self, session_ids: Collection[str] | None, *, ended: bool = False) -> bool:
+        """Another process changed (or, with ``ended``, ended) these sessions; None: all.
+        True if a pending change was dropped (room for more): only then has a waiting
+        caller anything new to look at."""
         targets = list(self._entries) if session_ids is None else session_ids
         mono = self._mono()
+        dropped = False
         for sid in targets:
             if ended:
                 self.slots.release(sid, evicted=True)
                 self._ended[sid] = mono
-                self.pending.drop(sid)
+                dropped = self.pending.drop(sid) or dropped
                 self._entries.remove(sid)
             elif self.pending.is_dirty(sid):
                 if sid in self._entries:
                     self._entries[sid].stale = True
             else:
                 self._entries.remove(sid)
+        return dropped
 
     def heard(self, changes: Changes) -> None:
         """Other processes changed these sessions (True: any of them, see `Changes`): what

@@ -156,9 +156,9 @@ class PendingBuffer:
         if self._first_at is None:
             self._first_at = mono
 
-    def drop(self, session_id: str) -> None:
-        """Forget a pending change (its session was ended elsewhere)."""
-        self._dirty.pop(session_id, None)
+    def drop(self, session_id: str) -> bool:
+        """Forget a pending change (its session was ended elsewhere); True if there was one."""
+        return self._dirty.pop(session_id, None) is not None
 
     def undo(self, session_id: str) -> list[int]:
         """Forget every unwritten change of one session, in flight or pending (its write

@@ -37,11 +37,11 @@ CATCH_UP_TURNS = 4
 reach the stream in one, the listener parses them in the next."""
 PEEK_BYTES = 65536
 """Most bytes `catch_up` looks at to tell this process's own events from others'."""
-REST_SECONDS = 0.005
-"""The blocking listener's pause after a read that met an event of this process's own: a
-busy process's events then wake it once per burst instead of once per commit, which cost
-each commit a third of its time in GIL hand-overs. Reads do not wait for it (`catch_up`),
-and a process that only hears others' events is not slowed."""
+REST_SECONDS, REST_LIMIT_SECONDS = 0.005, 0.05
+"""The blocking listener's pauses (up to the limit in a row) while the process's own calls
+catch up before each read, or after it read this process's own events: it then wakes once
+per burst instead of once per event, where each wake cost the calls GIL hand-overs and
+pre-emptions. Reads do not wait for it (`catch_up`); an idle process is not slowed."""
 
 
 class Subscription:
@@ -71,18 +71,21 @@ class Subscription:
                 self.callback(None, False)
             self.subscribed, self.gap, self.delay = True, False, FIRST_DELAY
         elif message["type"] == "message":
-            data = message["data"]
-            if self.own in (data if isinstance(data, bytes) else data.encode()):
-                self.heard_own = True
-                return self.subscribed
-            parsed = parse_event(data, self.origin)
-            if parsed is not None:
-                ended, changed = parsed
-                if ended:
-                    self.callback(ended, True)
-                if changed:
-                    self.callback(changed, False)
+            self.event(message["data"])
         return self.subscribed
+
+    def event(self, data: bytes | str) -> None:
+        """Act on one event: this store's own is only noted; another's ids are dropped."""
+        if self.own in (data if isinstance(data, bytes) else data.encode()):
+            self.heard_own = True
+            return
+        parsed = parse_event(data, self.origin)
+        if parsed is not None:
+            ended, changed = parsed
+            if ended:
+                self.callback(ended, True)
+            if changed:
+                self.callback(changed, False)
 
     def failed(self, exc: BaseException) -> float:
         """The subscription broke; returns how long to wait before subscribing again."""
@@ -115,8 +118,11 @@ class EventListener:
         self._own = 0
         """How many bytes at the head of the socket `catch_up` found to be own events."""
         self._whole = False
-        """The subscription's reader stopped between messages (see `_discard_own`)."""
+        """The subscription's reader stopped between messages (see `_take_events`)."""
         self._peeked = bytearray(PEEK_BYTES)
+        self._asked = False
+        """A caller caught up since the listener last looked: callers are busy and apply
+        what waits before each read, so the listener rests rather than wake for each event."""
         self._thread = threading.Thread(
             target=self._run, name="pooled-sessions-events", daemon=True
         )
@@ -128,18 +134,18 @@ class EventListener:
         returns, so by the time a request caused by that return reaches this process, its
         event is in this subscription's socket (or being handled): this applies it before
         the caller reads the cache. Events of this process's own commits are left to the
-        listener, which reads them in batches: read here, each would cost about as much as
-        the call. So the common case is one ``ioctl``: nothing waits but events already
-        found to be our own.
+        listener, which reads them in batches, so the common case is one ``ioctl``: nothing
+        waits but events already found to be our own. That a caller came by lets the
+        listener rest (`_rest`).
         """
+        self._asked = True
         watched = self._watched
         if watched is None:
             return
         pubsub, fd = watched
-        if not self._reading.locked():
-            unread = _unread(fd)
-            if unread == 0 or (unread == self._own and not self._reading.locked()):
-                return
+        unread = _unread(fd)
+        if unread in (0, self._own) and not self._reading.locked():
+            return  # looked at after the socket: a reader that took the bytes has applied them
         if not self._reading.acquire(timeout=CATCH_UP_WAIT):
             return  # the listener is stuck (a reconnect): the call goes on without it
         try:  # the listener reads nothing meanwhile, so waiting bytes stay waiting
@@ -149,7 +155,7 @@ class EventListener:
                     self._drain(pubsub)
                 elif waiting:
                     self._own = _own_events(self._peeked, waiting, self._sub.own, self._own)
-                    if self._own < waiting:
+                    if self._own < waiting or waiting == len(self._peeked):  # more may follow
                         self._drain(pubsub)
         except Exception:  # the listener's own read fails too, and reconnects
             self._whole = False  # a read cut short may have left half a message parsed
@@ -159,32 +165,42 @@ class EventListener:
     def _drain(self, pubsub: Any) -> None:
         """Handle every message received, without waiting for more (holding `_reading`)."""
         self._own = 0
-        self._discard_own(pubsub)
+        if self._take_events(pubsub):
+            return
         while (message := pubsub.get_message(timeout=0)) is not None:
             if self._sub.handle(message):
                 self._ready.set()
 
-    def _discard_own(self, pubsub: Any) -> None:
-        """Read this process's own events at the head of the socket as bytes, unparsed:
-        redis-py's ``get_message`` costs about 15 µs an event, which a busy process paid
-        once per commit. Only when the client's reader (hiredis) holds no bytes and no read
-        was cut short since the subscription began (`get_message` reads whole messages),
-        so the socket's next byte starts a message."""
+    def _take_events(self, pubsub: Any) -> bool:
+        """Read the events at the head of the socket as bytes and act on their payloads;
+        True when it read some and the socket is then empty (an empty socket found first
+        may be one Redis closed: ``get_message`` finds out and the listener reconnects).
+        redis-py's ``get_message`` costs about 15 µs
+        an event, and every process hears every other's commits. Only when the client's
+        reader (hiredis) holds no bytes and no read was cut short since the subscription
+        began (`get_message` reads whole messages), so the socket's next byte starts a
+        message; anything else (a reply, a message cut short) is left to ``get_message``."""
         parser = getattr(getattr(pubsub, "connection", None), "_parser", None)
         has_data = getattr(getattr(parser, "_reader", None), "has_data", None)
         sock = _socket(pubsub)
         if not self._whole or sock is None or not callable(has_data) or has_data():
-            return
-        while (
-            _unread(sock.fileno()) > 0
-            and (waiting := _peek(pubsub, self._peeked))
-            and (own := _own_events(self._peeked, waiting, self._sub.own, 0))
-        ):
-            if sock.recv_into(self._peeked, own) != own:
+            return False
+        taken = False
+        while _unread(sock.fileno()) > 0:
+            waiting = _peek(pubsub, self._peeked)
+            if not waiting:
+                return False
+            end, payloads = _messages(self._peeked, waiting)
+            if end == 0:
+                return False
+            if sock.recv_into(self._peeked, end) != end:
                 raise ConnectionError("the subscription's socket gave fewer bytes than it held")
-            self._sub.heard_own = True
-            if own < waiting:
-                return
+            taken = True
+            for payload in payloads:
+                self._sub.event(payload)
+            if end < waiting:
+                return False
+        return taken
 
     def start(self, wait: float) -> bool:
         """Start listening; True if subscribed within ``wait`` seconds."""
@@ -211,9 +227,7 @@ class EventListener:
                         self._watch(pubsub)
                     if self._sub.handle(None):
                         self._ready.set()
-                    if self._sub.heard_own:
-                        self._sub.heard_own = False
-                        self._stop.wait(REST_SECONDS)
+                    self._rest()
                     _wait_readable(pubsub, POLL_SECONDS)
             except Exception as exc:  # reconnect on anything; the service must hear again
                 self._stop.wait(self._sub.failed(exc))
@@ -222,6 +236,15 @@ class EventListener:
                     with self._reading:
                         self._watched = None
                         _quietly(pubsub.close)
+
+    def _rest(self) -> None:
+        """Pause while calls catch up by themselves, or after this process's own events;
+        at most `REST_LIMIT_SECONDS` in a row, so a subscription Redis closed is noticed."""
+        deadline = time.monotonic() + REST_LIMIT_SECONDS
+        while self._sub.heard_own or self._asked:
+            self._sub.heard_own = self._asked = False
+            if self._stop.wait(REST_SECONDS) or time.monotonic() >= deadline:
+                return
 
     def _watch(self, pubsub: Any) -> None:
         """Keep `catch_up` on the subscription's current socket (the client makes a new one
@@ -355,27 +378,43 @@ def _peek(pubsub: Any, into: bytearray) -> int | None:
 
 
 def _own_events(data: bytearray, end: int, own: bytes, at: int) -> int:
-    """The end of the whole pub/sub messages from ``at`` on in ``data[:end]`` (RESP2 arrays
-    or RESP3 pushes of kind, channel and payload) that are events holding ``own``: where
-    the first other message, or one cut short, begins."""
-    try:
-        while at < end:
-            if not data.startswith((b"*3\r\n", b">3\r\n"), at, end):
-                return at
-            parts, after = [], at + 4
-            for _ in range(3):
-                eol = data.index(b"\r\n", after, end)
-                if data[after] != 0x24:  # "$": a bulk string
-                    return at
-                start = eol + 2
-                after = start + int(data[after + 1 : eol]) + 2
-                parts.append(data[start : after - 2])
-            if after > end or parts[0] != b"message" or own not in parts[2]:
-                return at
-            at = after
-    except ValueError:  # a line cut short, or not a length
-        pass
+    """The end of the whole pub/sub messages from ``at`` on in ``data[:end]`` that are
+    events holding ``own``: where the first other message, or one cut short, begins."""
+    while at < end and (found := _message_at(data, at, end)) is not None and own in found[1]:
+        at = found[0]
     return at
+
+
+def _messages(data: bytearray, end: int) -> tuple[int, list[bytes]]:
+    """The end of the whole pub/sub messages at the head of ``data[:end]``, and their
+    payloads."""
+    at, payloads = 0, []
+    while at < end and (found := _message_at(data, at, end)) is not None:
+        at = found[0]
+        payloads.append(found[1])
+    return at, payloads
+
+
+def _message_at(data: bytearray, at: int, end: int) -> tuple[int, bytes] | None:
+    """Where the pub/sub message starting at ``at`` in ``data[:end]`` ends (a RESP2 array
+    or RESP3 push of kind, channel and payload), and its payload; None for anything else
+    or a message cut short."""
+    if not data.startswith((b"*3\r\n", b">3\r\n"), at, end):
+        return None
+    parts, after = [], at + 4
+    try:
+        for _ in range(3):
+            eol = data.index(b"\r\n", after, end)
+            if data[after] != 0x24:  # "$": a bulk string
+                return None
+            start = eol + 2
+            after = start + int(data[after + 1 : eol]) + 2
+            parts.append(bytes(data[start : after - 2]))
+    except ValueError:  # a line cut short, or not a length
+        return None
+    if after > end or parts[0] != b"message":
+        return None
+    return after, parts[2]
 
 
 def _wait_readable(pubsub: Any, timeout: float) -> None:
