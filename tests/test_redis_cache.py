@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -102,6 +103,76 @@ async def test_an_asyncio_read_applies_the_events_already_received(
                 assert listener.catch_up() is None, "nothing waits: a read awaits nothing"
             else:
                 assert stale >= 25, f"only {stale} stale reads of 30 without the catch-up"
+
+
+async def test_an_asyncio_read_takes_waiting_events_as_bytes(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The events waiting in an asyncio subscription's socket are read by the call itself,
+    as bytes, without giving the listener task loop turns to parse them one by one."""
+    parsed: list[Any] = []
+    handle = events.Subscription.handle
+
+    def counting(self: events.Subscription, message: Any) -> bool:
+        if message is not None and message["type"] == "message":
+            parsed.append(message["data"])
+        return handle(self, message)
+
+    monkeypatch.setattr(events.Subscription, "handle", counting)
+    async with AsyncSessionService(redis_url) as b:
+        with SessionService(redis_url) as a:
+            sid = a.create_session("alice", {"n": 0})
+            assert await b.get_session(sid) is not None  # cached in b
+            listener = b._store._listener  # type: ignore[attr-defined]
+            assert isinstance(listener, events.AsyncEventListener)
+            assert listener._watched is not None and listener._sock is not None
+            _, fd = listener._watched
+            await asyncio.sleep(0.05)
+            parsed.clear()
+            for n in range(1, 21):  # b's loop is held: the events wait in its socket
+                assert a.update_session(sid, {"n": n})
+            assert wait_until(lambda: events._unread(fd) > 0 and _settled_unread(fd) > 0)
+            assert listener.catch_up() is None  # read there and then: nothing left to await
+            assert events._unread(fd) == 0 and parsed == []
+            session = await b.get_session(sid)
+            assert session is not None and session.attributes == {"n": 20}
+
+
+def test_an_asyncio_listener_reads_no_tls_bytes_itself() -> None:
+    """Over TLS the socket's bytes are the transport's to decrypt: no duplicate to read
+    events through is made, and a read gives the listener task its loop turns instead."""
+
+    class Writer:
+        def __init__(self, tls: bool) -> None:
+            self.sock = socket.socket()
+            self.tls = tls
+
+        def get_extra_info(self, name: str) -> Any:
+            return {"socket": self.sock, "sslcontext": object() if self.tls else None}[name]
+
+    class Connection:
+        def __init__(self, tls: bool) -> None:
+            self._writer = Writer(tls)
+
+    class PubSub:
+        def __init__(self, tls: bool) -> None:
+            self.connection = Connection(tls)
+
+    sub = events.Subscription("ab12", lambda ids, ended: None, "here")
+    listener = events.AsyncEventListener(lambda: asyncio.sleep(0), "ps:events", sub)
+    plain, tls = PubSub(tls=False), PubSub(tls=True)
+    try:
+        listener._watch(plain)
+        assert listener._sock is not None
+        duplicate = listener._sock
+        listener._watch(tls)
+        assert listener._watched is not None and listener._sock is None
+        assert duplicate.fileno() == -1  # the duplicate of the former socket was closed
+        listener._watch(None)
+        assert listener._watched is None
+    finally:
+        plain.connection._writer.sock.close()
+        tls.connection._writer.sock.close()
 
 
 def test_a_login_on_a_server_not_told_of_an_end_does_not_revive_the_session(

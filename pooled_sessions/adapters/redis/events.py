@@ -172,35 +172,15 @@ class EventListener:
                 self._ready.set()
 
     def _take_events(self, pubsub: Any) -> bool:
-        """Read the events at the head of the socket as bytes and act on their payloads;
-        True when it read some and the socket is then empty (an empty socket found first
-        may be one Redis closed: ``get_message`` finds out and the listener reconnects).
-        redis-py's ``get_message`` costs about 15 µs
-        an event, and every process hears every other's commits. Only when the client's
-        reader (hiredis) holds no bytes and no read was cut short since the subscription
-        began (`get_message` reads whole messages), so the socket's next byte starts a
-        message; anything else (a reply, a message cut short) is left to ``get_message``."""
+        """`read_events` on the subscription's socket, when its next byte starts a message:
+        the client's reader (hiredis) holds no bytes and no read was cut short since the
+        subscription began (`get_message` reads whole messages)."""
         parser = getattr(getattr(pubsub, "connection", None), "_parser", None)
         has_data = getattr(getattr(parser, "_reader", None), "has_data", None)
         sock = _socket(pubsub)
         if not self._whole or sock is None or not callable(has_data) or has_data():
             return False
-        taken = False
-        while _unread(sock.fileno()) > 0:
-            waiting = _peek(pubsub, self._peeked)
-            if not waiting:
-                return False
-            end, payloads = _messages(self._peeked, waiting)
-            if end == 0:
-                return False
-            if sock.recv_into(self._peeked, end) != end:
-                raise ConnectionError("the subscription's socket gave fewer bytes than it held")
-            taken = True
-            for payload in payloads:
-                self._sub.event(payload)
-            if end < waiting:
-                return False
-        return taken
+        return read_events(sock, self._peeked, self._sub)
 
     def start(self, wait: float) -> bool:
         """Start listening; True if subscribed within ``wait`` seconds."""
@@ -273,6 +253,9 @@ class AsyncEventListener:
         self._task: asyncio.Task[None] | None = None
         self._watched: tuple[Any, int] | None = None
         """The subscription's connection and its socket's descriptor, once subscribed."""
+        self._sock: socket.socket | None = None
+        """A duplicate of that socket, to read events through (`read_events`); None on TLS."""
+        self._peeked = bytearray(PEEK_BYTES)
 
     def catch_up(self) -> Awaitable[None] | None:
         """Before a call reads the cache: None when no event waits for this process, else
@@ -281,13 +264,30 @@ class AsyncEventListener:
         The event of a change committed by another worker reaches this process's socket
         before that worker's call returns, but the listener is a task: a request caused by
         that return may be served before the loop hands it the bytes. One ``ioctl`` when
-        nothing waits; otherwise a few loop turns, while the listener reads (this
-        process's own events too: the check cannot tell them apart without reading).
+        nothing waits; otherwise the call reads the waiting events itself, as bytes
+        (`_read_waiting`), or, where it cannot (part of them already in the stream, or
+        TLS), gives the listener a few loop turns to read them.
         """
         watched = self._watched
-        if watched is None or not _waiting(*watched):
+        if watched is None or not _waiting(*watched) or self._read_waiting(watched[0]):
             return None
         return self._applied(watched)
+
+    def _read_waiting(self, connection: Any) -> bool:
+        """`read_events` straight from the socket, in this call, when its next byte starts
+        a message: nothing waits in the connection's stream, nor in its reader (hiredis).
+        True when every waiting byte was read so."""
+        stream = getattr(connection, "_reader", None)
+        parser = getattr(getattr(connection, "_parser", None), "_reader", None)
+        has_data = getattr(parser, "has_data", None)
+        if self._sock is None or getattr(stream, "_buffer", True) or not callable(has_data):
+            return False
+        if has_data():
+            return False
+        try:
+            return read_events(self._sock, self._peeked, self._sub)
+        except OSError:  # the listener's own read fails too, and reconnects
+            return False
 
     async def _applied(self, watched: tuple[Any, int]) -> None:
         for _ in range(CATCH_UP_TURNS):
@@ -324,7 +324,7 @@ class AsyncEventListener:
             except Exception as exc:  # reconnect on anything; the service must hear again
                 await asyncio.sleep(self._sub.failed(exc))
             finally:
-                self._watched = None
+                self._watch(None)
                 if pubsub is not None:
                     await asyncio.shield(aquietly(pubsub.aclose))
 
@@ -334,10 +334,15 @@ class AsyncEventListener:
         writer = getattr(connection, "_writer", None)
         sock = None if writer is None else writer.get_extra_info("socket")
         fd = -1 if sock is None else sock.fileno()
-        if fd < 0:
-            self._watched = None
-        elif self._watched != (connection, fd):
+        if self._watched is not None and self._watched == (connection, fd):
+            return
+        if self._sock is not None:
+            self._sock.close()
+        self._watched = self._sock = None
+        if writer is not None and sock is not None and fd >= 0:
             self._watched = (connection, fd)
+            if writer.get_extra_info("sslcontext") is None and callable(getattr(sock, "dup", None)):
+                self._sock = sock.dup()  # TLS bytes are the transport's to decrypt
 
 
 def _waiting(connection: Any, fd: int) -> bool:
@@ -345,6 +350,32 @@ def _waiting(connection: Any, fd: int) -> bool:
     into its stream but not yet parsed (the listener task has not run since)."""
     reader = getattr(connection, "_reader", None)
     return bool(getattr(reader, "_buffer", None)) or _unread(fd) > 0
+
+
+def read_events(sock: Any, into: bytearray, sub: Subscription) -> bool:
+    """Read the pub/sub messages at the head of ``sock`` as bytes (through ``into``) and
+    act on their payloads; True when it read some and the socket is then empty (an empty
+    socket found first may be one Redis closed: the client finds out, and reconnects).
+
+    redis-py's ``get_message`` costs about 15 µs an event, and every process hears every
+    other's commits. The caller makes sure the socket's next byte starts a message; what
+    is not a whole message (a reply, a message cut short) is left to the client."""
+    taken = False
+    while _unread(sock.fileno()) > 0:
+        waiting = _peek_at(sock, into)
+        if not waiting:
+            return False
+        end, payloads = _messages(into, waiting)
+        if end == 0:
+            return False
+        if sock.recv_into(into, end) != end:
+            raise ConnectionError("the subscription's socket gave fewer bytes than it held")
+        taken = True
+        for payload in payloads:
+            sub.event(payload)
+        if end < waiting:
+            return False
+    return taken
 
 
 def _socket(pubsub: Any) -> Any:
@@ -368,7 +399,11 @@ def _peek(pubsub: Any, into: bytearray) -> int | None:
     left unread; None when they cannot be peeked at (TLS). 0 when Redis closed it: reading
     it now would make the client reconnect, with its retries, in the caller's thread; the
     listener does that. Only for a socket found readable, so the peek returns at once."""
-    sock = _socket(pubsub)
+    return _peek_at(_socket(pubsub), into)
+
+
+def _peek_at(sock: Any, into: bytearray) -> int | None:
+    """`_peek` on a socket (None: not connected)."""
     try:
         return 0 if sock is None else int(sock.recv_into(into, len(into), socket.MSG_PEEK))
     except ValueError:
