@@ -35,6 +35,9 @@ CATCH_UP_WAIT = 0.02
 CATCH_UP_TURNS = 4
 """Loop turns an asyncio call gives its listener to apply the events waiting: the bytes
 reach the stream in one, the listener parses them in the next."""
+MESSAGE_HEADS = (b"*3\r\n$7\r\nmessage\r\n$", b">3\r\n$7\r\nmessage\r\n$")
+"""How a pub/sub message begins, up to its channel's length (RESP2 array, RESP3 push)."""
+MESSAGE_HEAD = len(MESSAGE_HEADS[0])
 PEEK_BYTES = 65536
 """Most bytes `catch_up` looks at to tell this process's own events from others'."""
 REST_SECONDS, REST_LIMIT_SECONDS = 0.005, 0.05
@@ -434,22 +437,20 @@ def _message_at(data: bytearray, at: int, end: int) -> tuple[int, bytes] | None:
     """Where the pub/sub message starting at ``at`` in ``data[:end]`` ends (a RESP2 array
     or RESP3 push of kind, channel and payload), and its payload; None for anything else
     or a message cut short."""
-    if not data.startswith((b"*3\r\n", b">3\r\n"), at, end):
+    if not data.startswith(MESSAGE_HEADS, at, end):
         return None
-    parts, after = [], at + 4
     try:
-        for _ in range(3):
-            eol = data.index(b"\r\n", after, end)
-            if data[after] != 0x24:  # "$": a bulk string
-                return None
-            start = eol + 2
-            after = start + int(data[after + 1 : eol]) + 2
-            parts.append(bytes(data[start : after - 2]))
+        eol = data.index(b"\r\n", at + MESSAGE_HEAD, end)
+        length = eol + 2 + int(data[at + MESSAGE_HEAD : eol]) + 2  # past the channel
+        if length >= end or data[length] != 0x24:  # "$": the payload, a bulk string
+            return None
+        eol = data.index(b"\r\n", length + 1, end)
+        after = eol + 2 + int(data[length + 1 : eol]) + 2
     except ValueError:  # a line cut short, or not a length
         return None
-    if after > end or parts[0] != b"message":
+    if after > end:
         return None
-    return after, parts[2]
+    return after, bytes(data[eol + 2 : after - 2])
 
 
 def _wait_readable(pubsub: Any, timeout: float) -> None:
