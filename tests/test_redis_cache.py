@@ -406,6 +406,9 @@ def test_whole_messages_and_their_payloads_are_read_from_bytes(push: bool) -> No
     assert events._messages(data, len(data) - 1) == (whole, payloads)  # the last is cut short
     reply = bytearray(_message(b"1", push, kind=b"subscribe") + frames[1])
     assert events._messages(reply, len(reply)) == (0, [])  # left to redis-py
+    for forged in (b"$-30", b"$ 22", b"$2_2"):  # lengths RESP never writes
+        odd = bytearray(frames[0].replace(b"$22", forged) + frames[1])
+        assert events._messages(odd, len(odd)) == (0, [])
     assert events._messages(bytearray(frames[1] + b"+PONG\r\n"), len(frames[1]) + 7) == (
         len(frames[1]),
         [payloads[1]],

@@ -441,16 +441,23 @@ def _message_at(data: bytearray, at: int, end: int) -> tuple[int, bytes] | None:
         return None
     try:
         eol = data.index(b"\r\n", at + MESSAGE_HEAD, end)
-        length = eol + 2 + int(data[at + MESSAGE_HEAD : eol]) + 2  # past the channel
-        if length >= end or data[length] != 0x24:  # "$": the payload, a bulk string
+        payload_at = eol + 2 + _length(data[at + MESSAGE_HEAD : eol]) + 2  # past the channel
+        if payload_at >= end or data[payload_at] != 0x24:  # "$": a bulk string
             return None
-        eol = data.index(b"\r\n", length + 1, end)
-        after = eol + 2 + int(data[length + 1 : eol]) + 2
+        eol = data.index(b"\r\n", payload_at + 1, end)
+        after = eol + 2 + _length(data[payload_at + 1 : eol]) + 2
     except ValueError:  # a line cut short, or not a length
         return None
     if after > end:
         return None
     return after, bytes(data[eol + 2 : after - 2])
+
+
+def _length(digits: bytearray) -> int:
+    """A bulk string's length as RESP writes it: ASCII digits only (ValueError else)."""
+    if not digits.isdigit():
+        raise ValueError(f"not a length: {bytes(digits)!r}")
+    return int(digits)
 
 
 def _wait_readable(pubsub: Any, timeout: float) -> None:
