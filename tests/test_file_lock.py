@@ -23,7 +23,7 @@ from tests.storekit import make_record, session_id
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITERS = ("file", "file", "aiofile", "aiofile")
-PER_WRITER = 200
+PER_WRITER = 300
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def test_writers_lose_nothing_while_the_lock_file_is_deleted_every_few_ms(path: 
         for process in (unlinker, *writers):
             if process.poll() is None:
                 process.kill()
-    assert int(removed) > 100, "the lock file was deleted again and again"
+    assert int(removed) > 50, f"the lock file was deleted only {removed.strip()} times"
     assert len(confirmed) == len(WRITERS) * PER_WRITER
     sessions = stored(path).sessions  # the snapshot with its journal replayed
     assert len(sessions) == len(confirmed) and set(sessions) == set(confirmed)
