@@ -184,7 +184,7 @@ class AioFileStore:
             while True:
                 step = steps.send(reply)
                 if type(step) is Look:  # two stats: on the loop, as `_fresh` does
-                    reply = perform(self.path, step)
+                    reply = self._look()
                     continue
                 if step is not None:
                     reply = await self._in_thread(step)

@@ -52,11 +52,13 @@ def packed(conn: Any, commands: Sequence[plan.Command]) -> list[bytes]:
     first copies every argument through a generator: about 4 µs a commit); else, or for
     an argument hiredis does not take, by the connection itself."""
     hiredis = _hiredis_packer()
-    if hiredis is not None and type(getattr(conn, "_command_packer", None)) is hiredis[0]:
-        try:
-            return [b"".join([hiredis[1](command) for command in commands])]
-        except TypeError:  # the connection raises redis-py's error for it
-            pass
+    if hiredis is not None:
+        packer_class, pack = hiredis
+        if type(getattr(conn, "_command_packer", None)) is packer_class:
+            try:
+                return [b"".join([pack(command) for command in commands])]
+            except TypeError:  # the connection raises redis-py's error for it
+                pass
     packed_commands: list[bytes] = conn.pack_commands(commands)
     return packed_commands
 

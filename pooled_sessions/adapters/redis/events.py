@@ -178,10 +178,8 @@ class EventListener:
         """`read_events` on the subscription's socket, when its next byte starts a message:
         the client's reader (hiredis) holds no bytes and no read was cut short since the
         subscription began (`get_message` reads whole messages)."""
-        parser = getattr(getattr(pubsub, "connection", None), "_parser", None)
-        has_data = getattr(getattr(parser, "_reader", None), "has_data", None)
         sock = _socket(pubsub)
-        if not self._whole or sock is None or not callable(has_data) or has_data():
+        if not self._whole or sock is None or not _parsed_all(getattr(pubsub, "connection", None)):
             return False
         return read_events(sock, self._peeked, self._sub)
 
@@ -281,11 +279,7 @@ class AsyncEventListener:
         a message: nothing waits in the connection's stream, nor in its reader (hiredis).
         True when every waiting byte was read so."""
         stream = getattr(connection, "_reader", None)
-        parser = getattr(getattr(connection, "_parser", None), "_reader", None)
-        has_data = getattr(parser, "has_data", None)
-        if self._sock is None or getattr(stream, "_buffer", True) or not callable(has_data):
-            return False
-        if has_data():
+        if self._sock is None or getattr(stream, "_buffer", True) or not _parsed_all(connection):
             return False
         try:
             return read_events(self._sock, self._peeked, self._sub)
@@ -337,7 +331,7 @@ class AsyncEventListener:
         writer = getattr(connection, "_writer", None)
         sock = None if writer is None else writer.get_extra_info("socket")
         fd = -1 if sock is None else sock.fileno()
-        if self._watched is not None and self._watched == (connection, fd):
+        if self._watched == (connection, fd):
             return
         if self._sock is not None:
             self._sock.close()
@@ -379,6 +373,14 @@ def read_events(sock: Any, into: bytearray, sub: Subscription) -> bool:
         if end < waiting:
             return False
     return taken
+
+
+def _parsed_all(connection: Any) -> bool:
+    """True when the client's reader (hiredis) holds no bytes of a reply or message; False
+    for a reader that cannot say (not hiredis)."""
+    reader = getattr(getattr(connection, "_parser", None), "_reader", None)
+    has_data = getattr(reader, "has_data", None)
+    return callable(has_data) and not has_data()
 
 
 def _socket(pubsub: Any) -> Any:
