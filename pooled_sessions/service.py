@@ -40,7 +40,7 @@ class SessionService(ServiceBase[Store]):
         self._lock = threading.Lock()
         self._wake = self._guard = threading.Condition(self._lock)
         self._flushed = threading.Condition(self._lock)  # a flush ended: room may be made
-        self._turns: dict[int, threading.Condition] = {}  # callers waiting for a commit
+        self._turns: dict[int, threading.Lock] = {}  # callers waiting for a commit: their gates
         self._catch_up: Callable[[], None] | None = self._watch_store()
         self._thread = threading.Thread(
             target=self._background, name="pooled-sessions-flusher", daemon=True
@@ -172,24 +172,25 @@ class SessionService(ServiceBase[Store]):
             self._wake.notify_all()
 
     def _await_turn(self, seq: int) -> None:
-        waits = self._engine.commits.waits
         with self._lock:
-            if not waits(seq):
+            if not self._engine.commits.waits(seq):
                 return
-            turn = self._turns[seq] = threading.Condition(self._lock)
-            try:
-                turn.wait_for(lambda: not waits(seq))
-            finally:
-                del self._turns[seq]
+            gate = self._turns[seq] = threading.Lock()
+            gate.acquire()
+        try:  # a gate of its own: woken, it need not contend for the lock its waker holds
+            gate.acquire()
+        except BaseException:
+            with self._lock:
+                self._turns.pop(seq, None)
+            raise
 
     def _notify(self, flusher: bool = True) -> None:
         if flusher:
             self._wake.notify_all()
         self._flushed.notify_all()
         waits = self._engine.commits.waits
-        for seq, turn in self._turns.items():
-            if not waits(seq):
-                turn.notify()
+        for seq in [seq for seq in self._turns if not waits(seq)]:
+            self._turns.pop(seq).release()
 
     def _time_jumped(self) -> None:
         self._wake_flusher()
