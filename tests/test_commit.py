@@ -5,10 +5,13 @@ reported done unless it is written, and write-behind warns when another process 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
+import signal
 import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,6 +26,10 @@ from pooled_sessions import (
 )
 from pooled_sessions.adapters import Store, open_store
 from pooled_sessions.adapters.file import fsio
+from pooled_sessions.adapters.memory import MemoryStore
+from pooled_sessions.adapters.url import StoreURL
+from pooled_sessions.codec import Operation, WriteResult
+from pooled_sessions.config import Settings
 from pooled_sessions.service import SHUTDOWN_THREAD
 from tests.aiokit import GatedStore, eventually, holds
 from tests.backends import ServiceAPI, ServiceFactory
@@ -73,6 +80,75 @@ def test_sixteen_threads_share_writes_and_every_change_is_stored_when_its_call_r
     calls = THREADS * STEPS
     assert writes < calls, f"{writes} store writes for {calls} calls: none were shared"
     print(f"{calls} calls from {THREADS} threads, {writes} store writes")
+
+
+class HeldWrites(MemoryStore):
+    """A memory store whose writes can be held at a gate (a thread's `GatedStore`)."""
+
+    def __init__(self) -> None:
+        super().__init__(StoreURL.parse("memory://"), Settings())
+        self.gate, self.started = threading.Event(), threading.Event()
+        self.gate.set()
+        self.writes = 0
+
+    def write(self, operations: Sequence[Operation], now: float) -> WriteResult:
+        self.started.set()
+        self.gate.wait(30)
+        self.writes += 1
+        return super().write(operations, now)
+
+
+@contextlib.contextmanager
+def interrupted_after(seconds: float) -> Iterator[None]:
+    """A real signal to this (main) thread after ``seconds``, raising KeyboardInterrupt where
+    it waits, as Ctrl-C does (a signal wakes a blocked lock; `interrupt_main` would not)."""
+
+    def raise_interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    main = threading.get_ident()
+    previous = signal.signal(signal.SIGUSR1, raise_interrupt)
+    timer = threading.Timer(seconds, signal.pthread_kill, (main, signal.SIGUSR1))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def test_threads_arriving_during_a_write_share_the_next_and_a_leaver_leaves_no_gate() -> None:
+    store = HeldWrites()
+    with SessionService(store=store) as svc:
+        ids = [svc.create_session(f"u{n}") for n in range(THREADS + 1)]
+        before = store.writes
+        store.gate.clear()
+        store.started.clear()
+        first = threading.Thread(target=svc.update_session, args=(ids[0], {"x": 1}))
+        first.start()
+        assert store.started.wait(10), "the first caller leads a write, held at the gate"
+        done: list[bool] = []
+        late = [
+            threading.Thread(target=lambda sid=sid: done.append(svc.update_session(sid, {"x": 2})))
+            for sid in ids[1:THREADS]
+        ]
+        for thread in late:
+            thread.start()
+        assert wait_until(lambda: len(svc._turns) == THREADS - 1, 10), "each asleep at its gate"
+        with interrupted_after(0.05), pytest.raises(KeyboardInterrupt):  # Ctrl-C while it waits
+            svc.update_session(ids[THREADS], {"x": 3})
+        assert len(svc._turns) == THREADS - 1, "the caller that left took its gate with it"
+        store.gate.set()
+        for thread in [first, *late]:
+            thread.join(10)
+        assert done == [True] * (THREADS - 1)
+        assert store.writes - before == 2, "the write in flight, then one for all who came"
+        assert svc._turns == {}
+        assert svc.update_session(ids[0], {"x": 4}), "the service goes on after the leaver"
+        for n, sid in enumerate(ids):
+            record = store.load(sid)
+            expected = 4 if n == 0 else 3 if n == THREADS else 2
+            assert record is not None and record["attributes"] == {"x": expected}
 
 
 async def test_tasks_that_arrive_during_a_write_share_the_next_one() -> None:
