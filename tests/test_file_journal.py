@@ -185,6 +185,77 @@ def test_a_reader_applies_only_the_new_lines(path: Path) -> None:
         assert not reader.poll()
 
 
+def test_once_it_has_looked_a_reader_checks_the_files_it_holds_not_their_paths(
+    path: Path,
+) -> None:
+    writer = file_store(path)
+    write(writer, *range(20))
+    reader = file_store(path)
+    with pytest.MonkeyPatch.context() as patch:
+        reads = Calls(patch, fsio, "read_pinned", "stat_or_none")
+        assert not reader.poll()  # the first look walks both paths, and vouches for them
+        looked = reads["stat_or_none"]
+        for _ in range(50):
+            assert not reader.poll()
+        assert reads["stat_or_none"] == looked, "nothing changed: an fstat of each file held"
+        write(writer, 20)
+        assert reader.poll() == frozenset({"s00000020"}), "another's append: its lines read"
+        assert reads["read_pinned"] == 1
+        assert not reader.poll()
+        patch.setattr(mirror, "VOUCH_SECONDS", -1.0)  # a look vouches until a moment past
+        write(writer, 21)
+        assert reader.poll() and not reader.poll()
+        looks = reads["stat_or_none"]
+        assert not reader.poll() and not reader.poll()
+        assert reads["stat_or_none"] == looks + 2 * looked, "a vouch run out: look by path"
+
+
+def _stays_current(path: Path, change: Callable[[Path], None], *, reread: bool) -> None:
+    """A reader that vouched for the files, after ``change`` made by hand: it notices (and,
+    with ``reread``, reads the files again) and serves what they hold."""
+    writer = file_store(path)
+    write(writer, *range(5))
+    reader = file_store(path)
+    assert not reader.poll() and not reader.poll()  # vouched for: the fstat path
+    time.sleep(0.02)  # past the file system's clock tick, as anything done by hand is
+    change(path)
+    with pytest.MonkeyPatch.context() as patch:
+        parses = Calls(patch, mirror, "decode_snapshot")
+        looks = Calls(patch, fsio, "stat_or_none")
+        reader.poll()
+        assert looks["stat_or_none"] >= 2, "it looked by path"
+        assert parses["decode_snapshot"] == (1 if reread else 0)
+    assert reader.count() == 5 and reader.load("s00000004") is not None
+    write(writer, 5)
+    assert reader.poll() and reader.load("s00000005") is not None
+
+
+def test_a_reader_notices_a_journal_linked_elsewhere(path: Path) -> None:
+    _stays_current(path, lambda p: os.link(journal_of(p), p.with_name("copy")), reread=False)
+
+
+def test_a_reader_notices_a_journal_moved_away_and_copied_back(path: Path) -> None:
+    def swap(p: Path) -> None:
+        data = journal_of(p).read_bytes()
+        journal_of(p).rename(p.with_name("aside"))
+        journal_of(p).write_bytes(data)
+
+    _stays_current(path, swap, reread=True)
+
+
+def test_a_reader_notices_a_snapshot_touched_in_place(path: Path) -> None:
+    _stays_current(path, lambda p: os.utime(p), reread=True)
+
+
+def test_a_reader_notices_a_snapshot_replaced_by_a_copy(path: Path) -> None:
+    def replace(p: Path) -> None:
+        copy = p.with_name("copy")
+        copy.write_bytes(p.read_bytes())
+        os.replace(copy, p)
+
+    _stays_current(path, replace, reread=True)
+
+
 def test_a_new_generation_written_by_another_process_is_read_whole(path: Path) -> None:
     store = file_store(path)
     write(store, 0, 1)

@@ -81,6 +81,10 @@ class Pin:
         """Let the file go (idempotent)."""
         self._close()
 
+    def stat(self) -> os.stat_result:
+        """An ``fstat`` of the file held: what it is now, wherever its path points."""
+        return os.fstat(self.fd)
+
     def is_file(self, found: os.stat_result | None) -> bool:
         """True when ``found``, a stat of a path, is this file."""
         return found is not None and (found.st_dev, found.st_ino) == self.inode

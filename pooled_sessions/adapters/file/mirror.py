@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import Generator, Sequence
 from typing import Any, NamedTuple, TypeVar
 
@@ -39,6 +40,9 @@ JOURNAL_MIN_BYTES = 1 << 20
 """A journal is folded into a new snapshot once it would pass this size ..."""
 JOURNAL_SHARE = 0.5
 """... and this share of the snapshot's size, whichever is larger."""
+VOUCH_SECONDS = 1.0
+"""How long a look by path vouches for the files held (`FileMirror.still`): a file moved
+by hand within a clock tick of its last change keeps its ctime, and is seen after this."""
 
 
 class Look(NamedTuple):
@@ -98,9 +102,13 @@ class FileMirror:
         self.known = False  # False before the first read and after a failure: read again
         self.suspect = False  # a journal append failed: the next write starts a new snapshot
         self.unsynced: list[int] = []  # descriptors of lines appended, for `fsio.sync`
+        self._vouched: tuple[fsio.Pin, fsio.Pin, int, int, float] | None = None
+        """The files held when a look by path last found them mirrored, their ctimes, and
+        until when (monotonic) that look is trusted."""
 
     def behind(self, sight: fsio.Sight) -> bool:
-        """True when the files are not (or may not be) what is mirrored."""
+        """True when the files are not (or may not be) what is mirrored; when they are,
+        their ctimes are kept for `still`."""
         if not self.known:
             return True
         if self.snapshot is None:
@@ -110,7 +118,46 @@ class FileMirror:
             return True
         if self.journal is None or sight.journal is None:
             return self.journal is not None or sight.journal is not None
-        return not self.journal.is_file(sight.journal) or sight.journal.st_size != self.offset
+        if not self.journal.is_file(sight.journal) or sight.journal.st_size != self.offset:
+            return True
+        if self.snapshot is not None and sight.snapshot is not None:
+            ctimes = sight.snapshot.st_ctime_ns, sight.journal.st_ctime_ns
+            until = time.monotonic() + VOUCH_SECONDS
+            self._vouched = (self.snapshot, self.journal, *ctimes, until)
+        return False
+
+    def still(self) -> bool:
+        """True when the files held open show nothing written since a look by path found
+        them mirrored (`behind`): an ``fstat`` of each, where a stat of each path walks it.
+
+        A file replaced by a rename (every writer's way) or deleted has no link left; one
+        appended to has grown; one edited, linked or moved has a new ctime (unless within
+        the file system's clock tick of the last change: hence `VOUCH_SECONDS`). False
+        (look by path) when any of that may have happened, or nothing was vouched for.
+        """
+        vouched, snapshot, journal = self._vouched, self.snapshot, self.journal
+        if (
+            vouched is None
+            or snapshot is None
+            or journal is None
+            or vouched[0] is not snapshot
+            or vouched[1] is not journal
+        ):
+            return False
+        if time.monotonic() > vouched[4]:
+            return False
+        try:
+            snapshot_now, journal_now = snapshot.stat(), journal.stat()
+        except OSError:  # let go meanwhile: the look by path says what is there
+            return False
+        return (
+            snapshot_now.st_nlink == 1
+            and journal_now.st_nlink == 1
+            and snapshot_now.st_ctime_ns == vouched[2]
+            and journal_now.st_ctime_ns == vouched[3]
+            and snapshot.unchanged(snapshot_now)
+            and journal_now.st_size == self.offset
+        )
 
     def bound(self) -> int:
         """The size past which the journal is folded into a new snapshot."""
@@ -340,6 +387,7 @@ class FileMirror:
         """Replace the journal with a new one for this snapshot, holding ``line``."""
         head = journal.header(self.generation)
         held = yield Replace(self.journal_path, [head, line])
+        self._vouched = None
         if self.journal is not None:
             self.journal.close()
         self.journal, self.live, self.offset = held, True, len(head) + len(line)
@@ -351,6 +399,7 @@ class FileMirror:
 
     def _let_go(self, *, journal: bool = True) -> None:
         """Close the files held (the snapshot, and the journal unless told not to)."""
+        self._vouched = None
         for held in (self.snapshot, self.journal if journal else None):
             if held is not None:
                 held.close()

@@ -1,7 +1,8 @@
 """``file:///path`` or a plain path: every session in a JSON snapshot and its journal.
 
-The process keeps the parsed files in memory (a `FileMirror`) and notices, by one stat of
-each file, when another process appended to the journal or wrote a new snapshot. Each
+The process keeps the parsed files in memory (a `FileMirror`) and notices, by one fstat of
+each file it holds (a stat of each path when that cannot tell), when another process
+appended to the journal or wrote a new snapshot. Each
 write commits one batch under an exclusive lock on a separate lock file: one appended
 journal line and one fdatasync, or now and then a new snapshot (see mirror.py).
 
@@ -177,6 +178,8 @@ class JsonFileStore:
         return result
 
     def _refresh_if_stale(self) -> Changes:
+        if self._mirror.still():
+            return False
         sight = fsio.look(self.path, self._mirror.journal_path)
         if not self._mirror.behind(sight):
             return False

@@ -128,11 +128,12 @@ class AioFileStore:
     async def _fresh(self) -> Changes:
         """Catch up with the files if another process changed them; what it changed.
 
-        The check is a stat() of each file on the loop: a cached-inode syscall costs about
-        a microsecond, a hop to a worker thread fifty times that, on every load.
+        The check is an fstat() of each file held open (`FileMirror.still`), else a stat()
+        of each path, on the loop: a syscall costs about a microsecond, a hop to a worker
+        thread fifty times that, on every load.
         """
         await self._ready()
-        if not self._mirror.behind(self._look()):
+        if self._mirror.still() or not self._mirror.behind(self._look()):
             return False
         async with self._lock:
             sight = self._look()
