@@ -325,14 +325,18 @@ def check_record(session_id: object, record: object, where: str) -> Record:
     """Return ``record`` if it has the shape of a Record, else raise CorruptStoreError."""
     if not is_valid_id(session_id):
         raise CorruptStoreError(f"{where}: invalid session id {str(session_id)[:40]!r}")
-    label = f"{where}: session {short_id(str(session_id))}"
     if not isinstance(record, dict) or record.keys() != _RECORD_TYPES.keys():
-        raise CorruptStoreError(f"{label} is not a session record")
+        raise CorruptStoreError(f"{_label(where, session_id)} is not a session record")
     for key, types in _RECORD_TYPES.items():
         value = record[key]
         if not isinstance(value, types) or isinstance(value, bool):
-            raise CorruptStoreError(f"{label} has a bad {key!r}")
+            raise CorruptStoreError(f"{_label(where, session_id)} has a bad {key!r}")
     return record  # type: ignore[return-value]
+
+
+def _label(where: str, session_id: object) -> str:
+    """How an error names a record: built only for one that fails (valid ones are many)."""
+    return f"{where}: session {short_id(str(session_id))}"
 
 
 def encode_document(
@@ -393,9 +397,18 @@ def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number")
 
 
+_DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_refuse_constant)
+"""One decoder for every parse: ``json.loads`` given these hooks builds a new one each call."""
+
+
 def parse_json(data: bytes | str) -> Any:
-    """Parse JSON as this library writes it: ValueError for NaN, Infinity or an overflow."""
-    return json.loads(data, parse_float=_finite_float, parse_constant=_refuse_constant)
+    """Parse JSON as this library writes it: ValueError for NaN, Infinity or an overflow.
+    What ``json.loads`` does, with its hooks: bytes decoded as it decodes them."""
+    if isinstance(data, str):
+        if data.startswith("\ufeff"):
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", data, 0)
+        return _DECODER.decode(data)
+    return _DECODER.decode(data.decode(json.detect_encoding(data), "surrogatepass"))
 
 
 class Snapshot(NamedTuple):

@@ -198,10 +198,12 @@ def test_once_it_has_looked_a_reader_checks_the_files_it_holds_not_their_paths(
         for _ in range(50):
             assert not reader.poll()
         assert reads["stat_or_none"] == looked, "nothing changed: an fstat of each file held"
-        write(writer, 20)
+        write(writer, 20)  # (the writer looks by path too)
+        before = reads["stat_or_none"]
         assert reader.poll() == frozenset({"s00000020"}), "another's append: its lines read"
         assert reads["read_pinned"] == 1
-        assert not reader.poll()
+        assert not reader.poll() and not reader.poll()
+        assert reads["stat_or_none"] == before + looked, "what it read up to, it vouches for"
         patch.setattr(mirror, "VOUCH_SECONDS", -1.0)  # a look vouches until a moment past
         write(writer, 21)
         assert reader.poll() and not reader.poll()

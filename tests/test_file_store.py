@@ -18,7 +18,7 @@ from pooled_sessions.adapters.file import mirror
 from pooled_sessions.adapters.file.store import JsonFileStore
 from pooled_sessions.adapters.url import StoreURL
 from pooled_sessions.clock import FastForwardClock
-from pooled_sessions.codec import Operation
+from pooled_sessions.codec import Operation, parse_json
 from pooled_sessions.config import Settings
 from pooled_sessions.tools.migrate import upsert_of
 from tests.filekit import (
@@ -239,6 +239,27 @@ def _corrupt_bodies() -> list[tuple[str, bytes]]:
         ("huge integer", text.replace("[1, 2]", "[" + "9" * 5000 + ", 2]", 1).encode()),
         ("deep nesting", text.replace("[1, 2]", "[" * 100_000 + "]" * 100_000, 1).encode()),
     ]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"a": [1, 2.5, "\xc3\xa9"]}',
+        b'\xef\xbb\xbf{"bom": true}',
+        '{"wide": "\u00e9"}'.encode("utf-16"),
+        '{"str": null}',
+    ],
+)
+def test_parse_json_reads_what_json_loads_reads(data: bytes | str) -> None:
+    assert parse_json(data) == json.loads(data)
+
+
+def test_parse_json_refuses_what_this_library_never_writes() -> None:
+    for text in ('{"t": NaN}', '{"t": -Infinity}', '{"t": 1e999}'):
+        with pytest.raises(ValueError):
+            parse_json(text.encode())
+    with pytest.raises(ValueError, match="BOM"):
+        parse_json('\ufeff{"a": 1}')
 
 
 @pytest.mark.parametrize(("name", "data"), _corrupt_bodies(), ids=lambda v: str(v)[:24])

@@ -183,12 +183,16 @@ def read_pair(path: str, journal: str) -> Pair:
 
 
 def read_pinned(held: Pin, offset: int = 0) -> bytes:
-    """Every byte of a held file from ``offset`` to its end."""
+    """Every byte of a held file from ``offset`` to its end (a read that comes back short
+    of what it asked for has reached it)."""
     chunks = []
-    while chunk := os.pread(held.fd, max(held.size - offset, 0) + (1 << 16), offset):
+    while True:
+        wanted = max(held.size - offset, 0) + (1 << 16)
+        chunk = os.pread(held.fd, wanted, offset)
         chunks.append(chunk)
         offset += len(chunk)
-    return b"".join(chunks)
+        if len(chunk) < wanted:
+            return b"".join(chunks)
 
 
 def fdatasync(fd: int) -> None:

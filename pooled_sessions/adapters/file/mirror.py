@@ -184,6 +184,7 @@ class FileMirror:
                 data = yield ReadFrom(self.journal, self.offset)
                 start, named = self.offset, set[str]()
                 self.offset = yield from self._applying(self.table, data, start, settled, named)
+                self.behind(sight)  # read up to what it saw: it vouches for the files
                 return frozenset(named) if named else self.offset != start
             return (yield from self._reloading(settled))
         except BaseException:
