@@ -43,8 +43,7 @@ class Freezer:
 
     def after_flush(self, engine: Engine) -> None:
         """Freeze if the engine's sessions grew or changed enough since the last freeze."""
-        stats = engine.stats()
-        live, written = stats["live_sessions"], stats["sessions_written"]
+        live, written = engine.live_sessions, engine.pending.stats.sessions_written
         fresh = max(written - self._written, live - self._live)  # a creation is both
         if live >= FREEZE_FROM and fresh >= FREEZE_EVERY:
             gc.collect(1)  # the garbage of the moment is not made permanent

@@ -71,6 +71,11 @@ class Batches:
         child._ended = dict(self._ended)
         return child
 
+    @property
+    def live_sessions(self) -> int:
+        """Sessions held in memory (what `stats` reports as ``live_sessions``)."""
+        return len(self._entries)
+
     # -- store feedback ----------------------------------------------------------------
 
     def invalidate(self, session_ids: Collection[str] | None, *, ended: bool = False) -> bool:
@@ -270,7 +275,7 @@ class Batches:
         """Engine counters for `SessionService.stats`."""
         flush = self.pending.stats
         return {
-            "live_sessions": len(self._entries),
+            "live_sessions": self.live_sessions,
             "pending_changes": self.pending.changes,
             "pending_sessions": len(self.pending),
             "inflight_sessions": self.pending.in_flight,
