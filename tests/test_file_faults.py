@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from pooled_sessions import SessionService, StoreUnavailableError
+from pooled_sessions import AsyncSessionService, SessionService, StoreUnavailableError
 from pooled_sessions.adapters.file import fsio, mirror
 from pooled_sessions.clock import FastForwardClock
 from tests.filekit import journal_of, stored, temp_files
@@ -183,6 +183,29 @@ def test_after_a_failed_fdatasync_the_next_write_starts_a_new_snapshot(
     assert stored(path).lines == 1, "then appends go on as before"
     expected[next(iter(expected))]["after"] = True
     assert_file_holds(path, expected)
+
+
+async def test_asyncio_after_a_failed_fdatasync_the_call_fails_and_a_new_snapshot_follows(
+    path: Path,
+) -> None:
+    """The asyncio store appends, lets the lock file go and flushes in one worker-thread
+    hop: a failed flush fails the call and leaves the lock file free, and the next write
+    does not trust that journal."""
+    async with AsyncSessionService(f"aiofile://{path}") as svc:
+        sid = await svc.create_session("alice", {"n": 0})
+        generation = json.loads(path.read_bytes())["generation"]
+        with pytest.MonkeyPatch.context() as patch:
+            Fault(patch, "fdatasync", errno.EIO, times=1)
+            with pytest.raises(StoreUnavailableError, match="I/O error"):
+                await svc.update_session(sid, {"n": 1})
+        lock = fsio.LockFile(str(path))
+        assert lock.take(wait=False), "the lock file was let go"
+        lock.release()
+        lock.close()
+        assert await svc.update_session(sid, {"n": 2})
+    assert json.loads(path.read_bytes())["generation"] == generation + 1
+    assert stored(path).lines == 0, "a new snapshot, not a line on the journal that failed"
+    assert_file_holds(path, {sid: {"n": 2}})
 
 
 def test_the_flusher_retries_with_backoff_until_the_disk_has_room(

@@ -148,6 +148,22 @@ async def test_the_asyncio_store_appends_the_same_way(path: Path) -> None:
     assert stored(path).lines == 1 and len(stored(path).sessions) == 50
 
 
+async def test_the_asyncio_store_does_no_file_step_after_an_append(path: Path) -> None:
+    """It lets the lock file go with the append (always a commit's last step under it), so
+    a step that came after one would run unlocked: it is refused."""
+    store = AioFileStore(StoreURL.parse(f"aiofile://{path}"), Settings())
+    await store.write([upsert(0)], time.time())
+    held = store._mirror
+
+    def steps() -> Any:
+        assert held.journal is not None
+        yield mirror.Append(held.journal.inode, held.offset, journal.framed("{}"))
+        yield mirror.Look()
+
+    with pytest.raises(RuntimeError, match="after the append"):
+        await store._run(steps())
+
+
 def test_ends_and_purges_are_journal_lines(path: Path) -> None:
     store = file_store(path)
     write(store, 0, 1, 2)

@@ -201,11 +201,15 @@ def fdatasync(fd: int) -> None:
 
 
 class Appended(NamedTuple):
-    """A journal line written by `append` but not yet on disk: the journal's new end, and
-    the descriptor `sync` makes it durable through."""
+    """A journal line written by `append`: the journal's new end, and the descriptor `sync`
+    makes it durable through (`SYNCED` once a store already did)."""
 
     end: int
     fd: int
+
+
+SYNCED = -1
+"""`Appended.fd` of a line already made durable, its descriptor closed."""
 
 
 def append(path: str, inode: tuple[int, int], at: int, data: bytes) -> Appended:

@@ -62,7 +62,8 @@ class ReadFrom(NamedTuple):
 
 class Append(NamedTuple):
     """File step: append ``data`` to the journal at ``at`` (`fsio.append`); answered with
-    the `fsio.Appended`, which the store makes durable once it lets go of the lock."""
+    the `fsio.Appended`, which the store makes durable once it lets go of the lock. It is
+    always a commit's last step under the lock, so a store may let go right after it."""
 
     inode: tuple[int, int]
     at: int
@@ -363,7 +364,8 @@ class FileMirror:
             try:
                 appended = yield Append(self.journal.inode, self.offset, line)
                 self.offset = appended.end
-                self.unsynced.append(appended.fd)
+                if appended.fd != fsio.SYNCED:
+                    self.unsynced.append(appended.fd)
             except BaseException:
                 self.suspect = True  # never trusted again: the next write starts a snapshot
                 raise
