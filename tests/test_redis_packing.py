@@ -24,6 +24,11 @@ def connection(**kwargs: Any) -> Any:
     return Connection(**kwargs)  # type: ignore[no-untyped-call]
 
 
+def aconnection(**kwargs: Any) -> Any:
+    """A redis.asyncio connection, not connected."""
+    return redis.asyncio.Connection(**kwargs)
+
+
 def test_a_hiredis_connection_gets_the_bytes_redis_py_would_send() -> None:
     conn = connection()
     assert type(conn._command_packer) is HiredisRespSerializer
@@ -42,8 +47,18 @@ def test_a_connection_that_packs_in_python_packs_for_itself() -> None:
 
     conn.pack_commands = own
     assert packed(conn, COMMANDS) == [b"own"] and calls == [COMMANDS]
-    aconn = redis.asyncio.Connection()  # redis-py's asyncio connections pack with their encoder
-    assert packed(aconn, COMMANDS) == aconn.pack_commands(COMMANDS)
+    latin = aconnection(encoding="latin-1")  # its bytes would not be hiredis'
+    latin.pack_commands = own
+    assert packed(latin, COMMANDS) == [b"own"] and calls == [COMMANDS, COMMANDS]
+
+
+def test_an_asyncio_connection_gets_the_bytes_redis_py_would_send() -> None:
+    """redis.asyncio packs in Python, with its encoder: UTF-8 and strict by default, which
+    gives hiredis' bytes, so hiredis packs for it."""
+    aconn = aconnection()
+    expected = [b"".join(aconn.pack_commands(COMMANDS))]
+    aconn.pack_commands = None  # not asked: hiredis packs
+    assert packed(aconn, COMMANDS) == expected
 
 
 def test_an_argument_hiredis_refuses_gets_redis_py_s_error() -> None:
