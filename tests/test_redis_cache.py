@@ -183,10 +183,39 @@ def test_a_login_on_a_server_not_told_of_an_end_does_not_revive_the_session(
     with SessionService(url) as a, SessionService(url) as b:
         sid = a.create_session("alice", {"cart": ["pear"]})
         assert b.get_session(sid) is not None  # cached in b
-        monkeypatch.setattr(events.EventListener, "catch_up", lambda self: None)
-        monkeypatch.setattr(events.Subscription, "handle", lambda self, message: True)
+        monkeypatch.setattr(b, "_catch_up", None)  # b hears nothing: no call reads events,
+        monkeypatch.setattr(events.Subscription, "event", lambda self, data: None)  # no listener
         assert a.end_session(sid)
         assert b.rotate_session(sid, username="alice") is None
+        assert b.sessions_of("alice") == [] and a.sessions_of("alice") == []
+        store = a._store
+        assert isinstance(store, RedisStore) and store.count() == 0
+
+
+def test_a_login_on_a_server_that_hears_of_an_end_while_it_commits_does_not_revive_it(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B marks a login (a rotation) of its cached copy; before B's commit takes the batch,
+    A's logout is heard and drops the old id's end from it: the new id goes alone, and
+    Redis refuses it, as the session it succeeds is gone."""
+    with SessionService(url) as a, SessionService(url) as b:
+        sid = a.create_session("alice", {"cart": ["pear"]})
+        assert b.get_session(sid) is not None
+        monkeypatch.setattr(b, "_catch_up", None)
+        monkeypatch.setattr(events.Subscription, "event", lambda self, data: None)
+        answer = b._answer
+        staged: list[str] = []
+
+        def answer_after_the_end(request: Any) -> Any:
+            if type(request).__name__ == "Commit" and not staged:
+                staged.append(sid)
+                assert a.end_session(sid)
+                b._invalidated([sid], True)  # as the listener does when the event arrives
+            return answer(request)
+
+        monkeypatch.setattr(b, "_answer", answer_after_the_end)
+        assert b.rotate_session(sid, username="alice") is None
+        assert staged == [sid]
         assert b.sessions_of("alice") == [] and a.sessions_of("alice") == []
         store = a._store
         assert isinstance(store, RedisStore) and store.count() == 0

@@ -92,6 +92,9 @@ def test_an_environment_value_out_of_bounds_is_refused(monkeypatch: pytest.Monke
         ("rediss:/h", "rediss://"),
         ("Memory:x", "memory://"),
         ("redis://h:port/0", "port is not a number"),
+        ("unix://:Pw0000@/@/run/redis.sock", "'@' after the host is ambiguous"),
+        ("unix:///run/a@b/redis.sock", "percent-encoded: %40"),
+        ("redis://h/0@x", "'@' after the host"),
     ],
 )
 def test_store_urls_that_say_something_else_are_refused(

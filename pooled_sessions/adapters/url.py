@@ -59,6 +59,12 @@ class StoreURL:
         )
         if scheme in FILE_SCHEMES:
             _refuse_file_host(url, parts.netloc)
+        elif "@" in parts.path and scheme != "memory":
+            raise ConfigError(
+                f"bad store URL {redact(text)!r}: an '@' after the host is ambiguous (a "
+                "password holding '@' or '/', or a socket path holding '@', must be "
+                "percent-encoded: %40, %2F)"
+            )
         return url
 
     @property

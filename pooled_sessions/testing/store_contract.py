@@ -218,6 +218,28 @@ class BasicStoreContract(StoreContractBase):
                 assert self.call(peer.load(sid)) is None, f"{attempt}: {sid} is held"
             assert set(self.call(peer.load_user(record["username"]))) == {new}, attempt
 
+    def test_a_rotation_sent_without_its_end_never_revives_a_session_ended_elsewhere(
+        self,
+    ) -> None:
+        """A server that hears of another's end of a session just after it marked a login
+        of it drops that end from its batch: the new id, sent alone, is refused as the
+        session is no longer held, and says the same when the batch is sent again."""
+        now, store, peer = time.time(), self.open(), self.open()
+        old, never, new, other = new_id("old"), new_id("never"), new_id("new"), new_id("new2")
+        record = make_record(now)
+        self.write(store, [upsert(old, record)], now)
+        self.write(peer, [delete(old, record, now + 0.5)], now)
+        batch: list[Operation] = [
+            upsert(new, record, create=True, succeeds=old),
+            upsert(other, record, create=True, succeeds=never),
+        ]
+        for attempt in ("first", "repeated"):
+            result = self.write(store, batch, now)
+            assert result.refused == {new, other}, f"{attempt}: {set(result.refused)}"
+            for sid in (old, new, other):
+                assert self.call(peer.load(sid)) is None, f"{attempt}: {sid} is held"
+            assert self.call(peer.load_user(record["username"])) == {}, attempt
+
     def test_writing_a_batch_twice_is_harmless(self) -> None:
         now, store = time.time(), self.open()
         a, b, c = new_id("a"), new_id("b"), new_id("c")

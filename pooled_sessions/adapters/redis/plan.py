@@ -226,6 +226,10 @@ def write(
     ``own_ends`` (the store's, kept between calls) holds the ends of such sessions this
     store wrote in an attempt cut short before their rotations: sent again, the end finds
     its session gone by its own hand, not elsewhere, and the login goes on.
+
+    A rotation sent without the end of the id it succeeds (the service dropped that end on
+    hearing another server's end of the same session) is written only over the same
+    creation (a retry): it never creates the new id, which would revive the ended session.
     """
     batch = Batch(keys, now, origin, tombstone_ttl_ms)
     refused: set[str] = set()
@@ -235,10 +239,13 @@ def write(
     rotations = [op for op in ops if isinstance(op, Upsert) and op.succeeds is not None]
     succeeded: set[str] = set()
     moving: set[str] = set()  # the slots of the ids rotations replace move later
+    orphans: set[str] = set()  # rotations whose old id's end is not in the batch
     if rotations:
         succeeded = {op.succeeds for op in rotations if op.succeeds is not None}
         moving = {old for op in rotations for old in op.rotated_from}
         ops = [op for op in ops if not (isinstance(op, Upsert) and op.succeeds is not None)]
+        ending = {op.session_id for op in ops if isinstance(op, Delete)} | set(own)
+        orphans = {op.session_id for op in rotations if op.succeeds not in ending}
     parts = bulk.split(ops)
     creates, ops = ([], ops) if parts is None else parts
     follows: dict[str, str] = {}
@@ -246,7 +253,7 @@ def write(
         follows = _decided_in_script(ops, rotations, own)
         ops, rotations = [*ops, *rotations], []
     for group in (ops, rotations):
-        same_only = {op.session_id for op in rotations if op.succeeds in lapsed}
+        same_only = orphans | {op.session_id for op in rotations if op.succeeds in lapsed}
         for start in range(0, len(group), chunk_size):
             chunk = group[start : start + chunk_size]
             statuses = yield from _apply(batch, chunk, cluster, same_only, moving, follows)
@@ -283,7 +290,7 @@ def _decided_in_script(
     return {
         op.session_id: op.succeeds
         for op in rotations
-        if op.succeeds is not None and own.get(op.succeeds, -1.0) != ends.get(op.succeeds)
+        if op.succeeds in ends and own.get(op.succeeds, -1.0) != ends[op.succeeds]
     }
 
 
