@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import hiredis
 import pytest
 import redis
 
@@ -136,6 +137,57 @@ async def test_an_asyncio_read_takes_waiting_events_as_bytes(
             assert events._unread(fd) == 0 and parsed == []
             session = await b.get_session(sid)
             assert session is not None and session.attributes == {"n": 20}
+
+
+async def test_the_asyncio_listener_acts_on_each_message_without_redis_py_s_handling(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listener task takes each message's payload as the client parsed it; only what is
+    not a message (the confirmation) goes through redis-py's ``handle_message``."""
+    handled: list[Any] = []
+    acted: list[Any] = []
+    event = events.Subscription.event
+
+    def counting_event(self: events.Subscription, data: bytes | str) -> None:
+        acted.append(data)
+        event(self, data)
+
+    monkeypatch.setattr(events.Subscription, "event", counting_event)
+    async with AsyncSessionService(redis_url) as b:
+        listener = b._store._listener  # type: ignore[attr-defined]
+        assert isinstance(listener, events.AsyncEventListener)
+        monkeypatch.setattr(listener, "catch_up", lambda: None)  # only the task reads
+        with SessionService(redis_url) as a:
+            sid = a.create_session("alice", {"n": 0})
+            assert await b.get_session(sid) is not None
+            real: Any = redis.asyncio.client.PubSub.handle_message
+
+            async def counting_handle(self: Any, response: Any, *args: Any) -> Any:
+                handled.append(response)
+                return await real(self, response, *args)
+
+            monkeypatch.setattr(redis.asyncio.client.PubSub, "handle_message", counting_handle)
+            acted.clear()
+            for n in range(1, 41):
+                assert a.update_session(sid, {"n": n})
+            for _ in range(200):
+                if len(acted) >= 40:
+                    break
+                await asyncio.sleep(0.01)
+            assert len(acted) >= 40, f"the task acted on {len(acted)} of 40 events"
+            assert all(r is None for r in handled), f"messages through redis-py: {handled[:3]}"
+            session = await b.get_session(sid)
+            assert session is not None and session.attributes == {"n": 40}
+
+
+def test_a_message_payload_is_taken_only_from_a_message() -> None:
+    assert events._message_payload([b"message", b"ch", b"x"]) == b"x"
+    assert events._message_payload(["message", "ch", "x"]) == "x"
+    for other in (None, [b"subscribe", b"ch", 1], b"PONG", [b"pong", b""]):
+        assert events._message_payload(other) is None
+    assert events._message_payload([b"pmessage", b"p", b"ch", b"x"]) is None
+    pushed = hiredis.PushNotification([b"message", b"ch", b"y"])  # how hiredis hands it over
+    assert events._message_payload(pushed) == b"y"
 
 
 def test_an_asyncio_listener_reads_no_tls_bytes_itself() -> None:
