@@ -318,18 +318,20 @@ def test_listeners_take_events_as_bytes_not_through_redis_py(
     busy process's own events are only noted, and another's are acted on."""
     through_redis_py: list[Any] = []
     acted: list[tuple[str, bytes | str]] = []
-    handle, event = events.Subscription.handle, events.Subscription.event
+    parse: Any = redis.client.PubSub.parse_response
+    event = events.Subscription.event
 
-    def counting_handle(self: events.Subscription, message: Any) -> bool:
-        if message is not None and message["type"] == "message":
-            through_redis_py.append(message["data"])
-        return handle(self, message)
+    def counting_parse(self: Any, *args: Any, **kwargs: Any) -> Any:
+        response = parse(self, *args, **kwargs)
+        if events._message_payload(response) is not None:
+            through_redis_py.append(response)
+        return response
 
     def counting_event(self: events.Subscription, data: bytes | str) -> None:
         acted.append((self.origin, data))
         event(self, data)
 
-    monkeypatch.setattr(events.Subscription, "handle", counting_handle)
+    monkeypatch.setattr(redis.client.PubSub, "parse_response", counting_parse)
     monkeypatch.setattr(events.Subscription, "event", counting_event)
     with SessionService(redis_url) as a, SessionService(redis_url) as b:
         sid = a.create_session("alice", {"n": 0})

@@ -170,14 +170,16 @@ class EventListener:
         self._own = 0
         if self._take_events(pubsub):
             return
-        while (message := pubsub.get_message(timeout=0)) is not None:
-            if self._sub.handle(message):
+        while pubsub.subscribed and (response := pubsub.parse_response(block=False, timeout=0)):
+            if (payload := _message_payload(response)) is not None:
+                self._sub.event(payload)  # what `get_message` did, without its dict
+            elif self._sub.handle(pubsub.handle_message(response)):
                 self._ready.set()
 
     def _take_events(self, pubsub: Any) -> bool:
         """`read_events` on the subscription's socket, when its next byte starts a message:
         the client's reader (hiredis) holds no bytes and no read was cut short since the
-        subscription began (`get_message` reads whole messages)."""
+        subscription began (the client's own reads take whole messages)."""
         sock = _socket(pubsub)
         if not self._whole or sock is None or not _parsed_all(getattr(pubsub, "connection", None)):
             return False
