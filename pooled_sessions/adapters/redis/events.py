@@ -360,9 +360,11 @@ def read_events(sock: Any, into: bytearray, sub: Subscription) -> bool:
     act on their payloads; True when it read some and the socket is then empty (an empty
     socket found first may be one Redis closed: the client finds out, and reconnects).
 
-    redis-py's ``get_message`` costs about 15 µs an event, and every process hears every
-    other's commits. The caller makes sure the socket's next byte starts a message; what
-    is not a whole message (a reply, a message cut short) is left to the client."""
+    Every process hears every other's commits, and its own: redis-py's ``get_message``
+    took about 15 µs an event, its parser alone 5.6 µs (`_message_payload`), one read of
+    a burst as bytes less for each. The caller makes sure the socket's next byte starts a
+    message; what is not a whole message (a reply, a message cut short) is left to the
+    client."""
     taken = False
     while _unread(sock.fileno()) > 0:
         waiting = _peek_at(sock, into)
