@@ -112,14 +112,15 @@ async def test_an_asyncio_read_takes_waiting_events_as_bytes(
     """The events waiting in an asyncio subscription's socket are read by the call itself,
     as bytes, without giving the listener task loop turns to parse them one by one."""
     parsed: list[Any] = []
-    handle = events.Subscription.handle
+    parse: Any = redis.asyncio.client.PubSub.parse_response
 
-    def counting(self: events.Subscription, message: Any) -> bool:
-        if message is not None and message["type"] == "message":
-            parsed.append(message["data"])
-        return handle(self, message)
+    async def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        response = await parse(self, *args, **kwargs)
+        if events._message_payload(response) is not None:
+            parsed.append(response)
+        return response
 
-    monkeypatch.setattr(events.Subscription, "handle", counting)
+    monkeypatch.setattr(redis.asyncio.client.PubSub, "parse_response", counting)
     async with AsyncSessionService(redis_url) as b:
         with SessionService(redis_url) as a:
             sid = a.create_session("alice", {"n": 0})
@@ -548,9 +549,10 @@ def test_the_listener_notes_events_of_its_own_and_acts_on_the_others() -> None:
     heard: list[tuple[Any, bool]] = []
     sub = events.Subscription("ab12", lambda ids, ended: heard.append((ids, ended)), "here")
     assert sub.handle({"type": "subscribe", "data": 1})
-    assert sub.handle({"type": "message", "data": b'{"c":["x"],"o":"ab12"}'})
+    assert sub.took([b"message", b"ch", b'{"c":["x"],"o":"ab12"}'])
     assert heard == [] and sub.heard_own
     sub.heard_own = False
-    sub.handle({"type": "message", "data": b'{"o":"cd34","e":["y"],"c":["z"]}'})
-    sub.handle({"type": "message", "data": '{"o":"cd34","c":["w"]}'})
+    assert sub.took([b"message", b"ch", b'{"o":"cd34","e":["y"],"c":["z"]}'])
+    assert sub.took(["message", "ch", '{"o":"cd34","c":["w"]}'])
+    assert not sub.took([b"subscribe", b"ch", 1]) and not sub.took(None)
     assert heard == [(["y"], True), (["z"], False), (["w"], False)] and not sub.heard_own

@@ -65,16 +65,23 @@ class Subscription:
         self.gap = False
         self.delay = FIRST_DELAY
 
+    def took(self, response: Any) -> bool:
+        """Act on ``response``, as the client's parser read it, if it is a message (its
+        payload: `event`); False for anything else, which goes to the client's own
+        ``handle_message`` and then `handle`."""
+        payload = _message_payload(response)
+        if payload is None:
+            return False
+        self.event(payload)
+        return True
+
     def handle(self, message: dict[str, Any] | None) -> bool:
-        """Act on one message; True once the subscription is confirmed."""
-        if message is None:
-            return self.subscribed
-        if message["type"] == "subscribe":
+        """Act on what the client made of a reply that is not a message (`took` takes
+        those); True once the subscription is confirmed."""
+        if message is not None and message["type"] == "subscribe":
             if self.gap or self.subscribed:  # a reconnect re-subscribed: events were lost
                 self.callback(None, False)
             self.subscribed, self.gap, self.delay = True, False, FIRST_DELAY
-        elif message["type"] == "message":
-            self.event(message["data"])
         return self.subscribed
 
     def event(self, data: bytes | str) -> None:
@@ -171,9 +178,7 @@ class EventListener:
         if self._take_events(pubsub):
             return
         while pubsub.subscribed and (response := pubsub.parse_response(block=False, timeout=0)):
-            if (payload := _message_payload(response)) is not None:
-                self._sub.event(payload)  # what `get_message` did, without its dict
-            elif self._sub.handle(pubsub.handle_message(response)):
+            if not self._sub.took(response) and self._sub.handle(pubsub.handle_message(response)):
                 self._ready.set()
 
     def _take_events(self, pubsub: Any) -> bool:
@@ -317,10 +322,9 @@ class AsyncEventListener:
                 while True:
                     self._watch(pubsub)
                     response = await pubsub.parse_response(block=False, timeout=POLL_SECONDS)
-                    payload = _message_payload(response)
-                    if payload is not None:
-                        self._sub.event(payload)
-                    elif self._sub.handle(await pubsub.handle_message(response)):
+                    if not self._sub.took(response) and self._sub.handle(
+                        await pubsub.handle_message(response)
+                    ):
                         self._ready.set()
             except asyncio.CancelledError:
                 raise
